@@ -1,0 +1,58 @@
+"""What a request handler needs, built once per API process and injected with Depends."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from celery import Celery
+from fastapi import Request
+
+from service.blobs import BlobStore, LocalBlobStore
+from service.queue import PROCESS_ASSET_TASK, make_celery
+from service.settings import Settings
+from service.store import JobStore
+
+log = logging.getLogger("flatlay.service")
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    store: JobStore
+    blobs: BlobStore
+    celery: Celery
+
+    @classmethod
+    def build(cls, settings: Settings) -> ServiceContext:
+        settings.ensure_dirs()
+        return cls(
+            settings=settings,
+            store=JobStore(settings.resolved_database_url),
+            blobs=LocalBlobStore(settings.resolved_blob_dir),
+            celery=make_celery(settings),
+        )
+
+    def enqueue(self, job_id: str) -> bool:
+        """Send the job id to the workers. False when the broker is down: the job stays
+        `queued` in the store and the reconciler sends it again."""
+        try:
+            self.celery.send_task(
+                PROCESS_ASSET_TASK,
+                args=[job_id],
+                queue=self.settings.queue_name,
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+            )
+        except Exception as exc:  # broker errors come in many types (kombu, redis, OS)
+            log.warning("enqueue of job %s failed, the reconciler will retry: %s", job_id, exc)
+            return False
+        self.store.mark_enqueued(job_id)
+        return True
+
+    def close(self) -> None:
+        self.store.dispose()
+
+
+def get_context(request: Request) -> ServiceContext:
+    return request.app.state.ctx

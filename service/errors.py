@@ -1,0 +1,109 @@
+"""Typed errors: every error body is {"error": {"code", "message", "field"?}}.
+
+Codes are stable and listed in the OpenAPI document, so catalog tooling can branch on them.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# code → (HTTP status, what it means)
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "validation_error": (422, "a request field is missing or invalid; `field` names it"),
+    "unknown_pipeline": (422, "the pipeline name is not one of the registered pipelines"),
+    "empty_file": (422, "the uploaded file has no bytes"),
+    "corrupt_image": (422, "the image data is damaged or truncated"),
+    "image_too_small": (422, "the image is smaller than the minimum side"),
+    "file_too_large": (413, "the upload exceeds the byte limit"),
+    "image_too_many_pixels": (413, "the image exceeds the pixel limit (decompression bombs)"),
+    "unsupported_media_type": (415, "not a JPEG, PNG or WebP image"),
+    "asset_not_found": (404, "no asset with this id"),
+    "asset_not_ready": (409, "the asset is still queued or running"),
+    "asset_failed": (409, "the asset failed; its status holds the reason"),
+    "asset_canceled": (409, "the asset was canceled"),
+    "not_found": (404, "no such route"),
+    "method_not_allowed": (405, "the route exists but not with this method"),
+    "service_unavailable": (503, "a dependency (job store, broker, blob store) is unreachable"),
+    "internal_error": (500, "an unexpected error; the request id is in the logs"),
+}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.status = ERROR_CODES[code][0]
+
+
+def error_response(
+    code: str, message: str, field: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    detail: dict = {"code": code, "message": message}
+    if field is not None:
+        detail["field"] = field
+    return JSONResponse({"error": detail}, status_code=ERROR_CODES[code][0], headers=headers)
+
+
+def error_responses(*codes: str) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for the given codes, grouped by status."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(ERROR_CODES[code][0], []).append(code)
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": "; ".join(f"`{c}`: {ERROR_CODES[c][1]}" for c in cs),
+        }
+        for status, cs in by_status.items()
+    }
+
+
+def _field_of(loc: tuple) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.code, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = _field_of(tuple(first.get("loc", ())))
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "missing":
+            message = f"the field '{field}' is required"
+        elif field:
+            message = f"{field}: {message}"
+        return error_response("validation_error", message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            return error_response("method_not_allowed", "this method is not allowed here")
+        if exc.status_code == 404:
+            return error_response("not_found", str(exc.detail or "not found"))
+        detail = {"code": "http_error", "message": str(exc.detail)}
+        return JSONResponse({"error": detail}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response("internal_error", f"unexpected {type(exc).__name__}")

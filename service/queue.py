@@ -1,0 +1,63 @@
+"""The Celery application's configuration, shared by the API (which only sends job ids)
+and the workers (which also register the tasks). No task code and no torch here."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings
+
+PROCESS_ASSET_TASK = "flatlay.process_asset"
+
+
+def celery_config(settings: Settings) -> dict:
+    conf: dict = {
+        "broker_url": settings.resolved_broker_url,
+        "task_default_queue": settings.queue_name,
+        "task_routes": {PROCESS_ASSET_TASK: {"queue": settings.queue_name}},
+        # The job row holds the outcome; Celery results would be a second, weaker copy.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Long GPU jobs: acknowledge after the work, give the message back if the worker dies,
+        # and never hold more than the job in hand.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+    if settings.embedded_broker:
+        folder = str(settings.queue_dir)
+        conf["broker_transport_options"] = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "store_processed": False,
+        }
+        # The file transport has no broadcast exchange for remote control or events.
+        conf["worker_enable_remote_control"] = False
+        conf["worker_send_task_events"] = False
+    else:
+        conf["broker_transport_options"] = {
+            "visibility_timeout": settings.redis_visibility_timeout_s,
+        }
+    return conf
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("flatlay", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def ping_broker(app: Celery, settings: Settings, timeout_s: float = 2.0) -> None:
+    """Raise when the broker cannot be reached."""
+    if settings.embedded_broker:
+        if not settings.queue_dir.is_dir():
+            raise OSError(f"queue folder {settings.queue_dir} is missing")
+        return
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout_s)

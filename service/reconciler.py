@@ -1,0 +1,53 @@
+"""The reconciler: the job store is the truth, the broker only a delivery mechanism.
+
+A broker can drop a message (the file transport does when the worker holding it is
+killed; Redis redelivers only after its visibility timeout). So, periodically:
+- a job `running` past the hard time limit lost its worker: back to `queued` and sent
+  again, or `failed` with `worker_crashed` once it has used up its attempts;
+- a job `queued` whose last send is old is sent again. Duplicates are harmless: a worker
+  takes a job only by the conditional queued → running update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from service.context import ServiceContext
+
+log = logging.getLogger("flatlay.reconciler")
+
+
+@dataclass
+class ReconcileReport:
+    requeued_running: int = 0
+    failed_crashed: int = 0
+    resent_queued: int = 0
+
+
+def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
+    report = ReconcileReport()
+    settings = ctx.settings
+    for job_id in ctx.store.stale_running(settings.running_stale_after_s):
+        outcome = ctx.store.release(job_id, settings.max_attempts)
+        if outcome == "queued":
+            report.requeued_running += 1
+            ctx.enqueue(job_id)
+        elif outcome == "failed":
+            report.failed_crashed += 1
+    for job_id in ctx.store.stale_queued(settings.requeue_queued_after_s):
+        if ctx.enqueue(job_id):
+            report.resent_queued += 1
+    if report != ReconcileReport():
+        log.info("reconciled: %s", report)
+    return report
+
+
+async def reconcile_forever(ctx: ServiceContext) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(reconcile_once, ctx)
+        except Exception:  # a store outage must not kill the loop
+            log.exception("reconcile pass failed")
+        await asyncio.sleep(ctx.settings.reconcile_interval_s)

@@ -1,0 +1,121 @@
+"""`flatlay serve`: the API in this process, a real Celery worker in a child process.
+
+The worker runs in its own session, so Ctrl-C reaches only us; we then stop the API and give
+the worker a warm shutdown (it finishes the job in hand), killing it only after a grace
+period. A worker that dies on its own is restarted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("flatlay.serve")
+
+
+class WorkerSupervisor:
+    """Keeps one worker child process alive until `stop()`."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], grace_s: float = 30.0) -> None:
+        self.argv = argv
+        self.env = env
+        self.grace_s = grace_s
+        self.proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        log.info("worker started (pid %s)", self.proc.pid)
+
+    def _watch(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            assert self.proc is not None
+            code = self.proc.poll()
+            if code is not None and not self._stopping.is_set():
+                log.warning("worker exited with %s; restarting in %.0f s", code, backoff)
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 30.0)
+                self._spawn()
+            elif code is None:
+                backoff = 1.0
+            self._stopping.wait(0.5)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+        try:
+            proc.wait(self.grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("worker did not stop within %.0f s; killing it", self.grace_s)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    worker: bool = True,
+) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import get_settings
+    from service.store import migrate
+
+    settings = get_settings(data_dir=data_dir, host=host, port=port)
+    settings.ensure_dirs()
+    migrate(settings.resolved_database_url)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+
+    supervisor = None
+    if worker:
+        env = {**os.environ, "FLATLAY_DATA_DIR": str(settings.data_dir.resolve())}
+        argv = [sys.executable, "-m", "cli", "worker"]
+        supervisor = WorkerSupervisor(argv, env)
+        supervisor.start()
+
+    mode = "embedded" if settings.embedded_broker else "distributed"
+    print(
+        f"Flatlay on http://{settings.host}:{settings.port} ({mode}; jobs: "
+        f"{settings.redacted_database_url}; data: {settings.data_dir.resolve()})",
+        flush=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+        )
+    )
+    started = time.monotonic()
+    try:
+        server.run()
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+    # uvicorn returns quietly when it cannot bind; say so and fail.
+    if not server.started and time.monotonic() - started < 5:
+        print(f"could not start the API on {settings.host}:{settings.port}", file=sys.stderr)
+        return 1
+    return 0

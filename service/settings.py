@@ -1,0 +1,113 @@
+"""All settings of the service, in one pydantic-settings class (`FLATLAY_*` variables).
+
+The embedded default needs nothing installed: SQLite for jobs, files for blobs and a
+file-based Celery transport, all under one data directory. Distributed mode changes only
+settings: a Redis broker URL, a PostgreSQL database URL, a shared blob directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+DEFAULT_DATA_DIR = Path("flatlay-data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLATLAY_", extra="ignore")
+
+    # Where everything lives in embedded mode.
+    data_dir: Path = DEFAULT_DATA_DIR
+    # None: derived from data_dir (SQLite file, blob folder, file-based queue).
+    database_url: str | None = None
+    broker_url: str | None = None
+    blob_dir: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    # Ingest limits.
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(default=50_000_000, ge=1)
+    min_image_side: int = Field(default=32, ge=1)
+
+    default_pipeline: str = "cutout"
+
+    # Queue behaviour for long GPU jobs.
+    queue_name: str = "flatlay.gpu"
+    task_soft_time_limit_s: int = Field(default=300, ge=1)
+    task_time_limit_s: int = Field(default=360, ge=1)
+    worker_pool: Literal["prefork", "solo", "threads"] = "prefork"
+    # Pipelines a worker loads at start-up ("all" or a comma-separated list).
+    preload_pipelines: str = "all"
+
+    # Reconciler: the job row is the truth, the broker only delivers.
+    reconcile_interval_s: float = Field(default=15.0, gt=0)
+    requeue_queued_after_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    log_level: str = "info"
+
+    @field_validator("task_time_limit_s")
+    @classmethod
+    def _hard_above_soft(cls, v: int, info) -> int:  # noqa: ANN001
+        soft = info.data.get("task_soft_time_limit_s")
+        if soft is not None and v <= soft:
+            raise ValueError("task_time_limit_s must be above task_soft_time_limit_s")
+        return v
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'jobs.sqlite3').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return (self.blob_dir or self.data_dir / "blobs").resolve()
+
+    @property
+    def queue_dir(self) -> Path:
+        """The file-based transport's message folder (embedded mode only)."""
+        return (self.data_dir / "queue").resolve()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+    @property
+    def running_stale_after_s(self) -> float:
+        """A job `running` longer than the hard limit plus a grace period lost its worker."""
+        return float(self.task_time_limit_s + 60)
+
+    @property
+    def redis_visibility_timeout_s(self) -> int:
+        # Above the hard limit, or Redis would hand a still-running job to a second worker.
+        return self.task_time_limit_s + 120
+
+    @property
+    def redacted_database_url(self) -> str:
+        return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+
+    def ensure_dirs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.resolved_blob_dir.mkdir(parents=True, exist_ok=True)
+        if self.embedded_broker:
+            self.queue_dir.mkdir(parents=True, exist_ok=True)
+
+
+def get_settings(data_dir: Path | None = None, **overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI flags) winning."""
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,50 @@
+"""Start a Celery worker on the job queue (`flatlay worker`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def worker_argv(concurrency: int, queues: str, pool: str, loglevel: str, embedded: bool) -> list:
+    argv = [
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--queues={queues}",
+        f"--loglevel={loglevel.upper()}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if embedded:
+        argv.append("--without-heartbeat")  # the file transport has no broadcast
+    return argv
+
+
+def run_worker(data_dir: Path | None, concurrency: int = 1, queues: str | None = None) -> int:
+    if concurrency < 1:
+        from cli import CLIError
+
+        raise CLIError(f"--concurrency must be at least 1, got {concurrency}")
+    if data_dir is not None:
+        # workers.app reads its settings at import: set the environment first.
+        os.environ["FLATLAY_DATA_DIR"] = str(Path(data_dir).resolve())
+    from service.settings import get_settings
+    from service.store import migrate
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    migrate(settings.resolved_database_url)
+
+    from workers.app import app
+
+    app.worker_main(
+        worker_argv(
+            concurrency,
+            queues or settings.queue_name,
+            settings.worker_pool,
+            settings.log_level,
+            settings.embedded_broker,
+        )
+    )
+    return 0
