@@ -67,6 +67,10 @@ class WorkerSupervisor:
             proc.wait()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve(
     host: str | None = None,
     port: int | None = None,
@@ -108,6 +112,9 @@ def serve(
             timeout_graceful_shutdown=10,
         )
     )
+    # uvicorn re-raises the signal that stopped it once it is done; make SIGTERM end in an
+    # exception (as SIGINT does) so that the worker is stopped below rather than orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
     try:
         server.run()

@@ -127,9 +127,7 @@ def make_engine(database_url: str) -> Engine:
     return create_engine(database_url, pool_pre_ping=True)
 
 
-def migrate(database_url: str, revision: str = "head") -> None:
-    """Upgrade the database at `database_url` to `revision` with Alembic."""
-    from alembic import command
+def _alembic_config(database_url: str):  # noqa: ANN202 (alembic is imported lazily)
     from alembic.config import Config
 
     if database_url.startswith("sqlite:///"):
@@ -137,7 +135,21 @@ def migrate(database_url: str, revision: str = "head") -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.attributes["database_url"] = database_url
-    command.upgrade(cfg, revision)
+    return cfg
+
+
+def migrate(database_url: str, revision: str = "head") -> None:
+    """Upgrade the database at `database_url` to `revision` with Alembic."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Downgrade the database at `database_url` to `revision` ("base" drops everything)."""
+    from alembic import command
+
+    command.downgrade(_alembic_config(database_url), revision)
 
 
 class JobStore:
