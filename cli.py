@@ -39,7 +39,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from service.store import migrate
 
     settings = get_settings(data_dir=args.data_dir)
-    migrate(settings.database_url)
+    migrate(settings.resolved_database_url)
     print(f"job store at head: {settings.redacted_database_url}")
     return 0
 

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 log = logging.getLogger("flatlay.serve")
@@ -67,8 +66,12 @@ class WorkerSupervisor:
             proc.wait()
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: a requested, graceful stop."""
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+    raise _Terminated
 
 
 def serve(
@@ -115,14 +118,17 @@ def serve(
     # uvicorn re-raises the signal that stopped it once it is done; make SIGTERM end in an
     # exception (as SIGINT does) so that the worker is stopped below rather than orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    started = time.monotonic()
     try:
         server.run()
+    except _Terminated:
+        pass
+    except SystemExit:
+        # uvicorn exits this way when it cannot bind or start the application.
+        if server.started:
+            raise
+        print(f"could not start the API on {settings.host}:{settings.port}", file=sys.stderr)
+        return 1
     finally:
         if supervisor is not None:
             supervisor.stop()
-    # uvicorn returns quietly when it cannot bind; say so and fail.
-    if not server.started and time.monotonic() - started < 5:
-        print(f"could not start the API on {settings.host}:{settings.port}", file=sys.stderr)
-        return 1
     return 0
