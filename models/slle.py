@@ -1,0 +1,135 @@
+"""Stage 4, SLLE fusion: K retrieved structures → one structure that fits the photo better.
+
+For the K neighbours e_1..e_K of the photo's embedding e, the weights solve
+    min_w ||e − Σ w_i e_i||² + λ||w||²   subject to  Σ w_i = 1
+in closed form (the regularised local Gram system against a vector of ones, normalised).
+Soft guidance ê = Σ w_i e_i; hard guidance L̂ = Σ w_i L_i (canonical frame) and Ŝ, the
+weighted mean of the neighbours' signed distance fields after each silhouette is warped onto
+L̂ (averaging raw masks would leave ghost outlines). Neighbours come from one category only:
+landmarks of different categories cannot be averaged.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.warp import signed_distance, warp_to_landmarks
+from structure_bank import Hit, StructureBank
+
+DEFAULT_K = 8
+DEFAULT_REG = 1e-2
+# How many global hits vote on the category when the parser gives none.
+CATEGORY_VOTERS = 10
+
+
+@dataclass
+class FusedStructure:
+    """The hard and soft guidance of one photo.
+
+    embedding: (D,) float32 unit vector (ê). landmarks: (L, 2) float32 in the canonical unit
+    square (L̂). silhouette: (S, S) bool on the canonical canvas (Ŝ). neighbours: the bank
+    entries used, with their weights (summing to 1) and cosine scores.
+    """
+
+    category: str
+    embedding: np.ndarray
+    landmarks: np.ndarray
+    silhouette: np.ndarray
+    neighbours: list[dict] = field(default_factory=list)
+
+
+def slle_weights(query: np.ndarray, neighbours: np.ndarray, reg: float = DEFAULT_REG) -> np.ndarray:
+    """LLE reconstruction weights of `query` (D,) from `neighbours` (K, D); sum to 1.
+
+    `reg` scales the ridge term by the Gram matrix's trace, as in LLE, so it means the same
+    whatever the embedding's scale.
+    """
+    z = np.asarray(neighbours, np.float64) - np.asarray(query, np.float64)[None]
+    k = len(z)
+    if k == 1:
+        return np.ones(1)
+    gram = z @ z.T
+    gram += np.eye(k) * reg * max(float(np.trace(gram)), 1e-12)
+    w = np.linalg.solve(gram, np.ones(k))
+    return w / w.sum()
+
+
+def choose_category(bank: StructureBank, query: np.ndarray, parsed: str | None = None) -> str:
+    """The parser's category when it has one, else the majority of the top global hits
+    (ties go to the best-ranked)."""
+    if parsed is not None:
+        return parsed
+    hits = bank.search(query, CATEGORY_VOTERS)
+    if not hits:
+        raise ValueError("the structure bank is empty")
+    votes = Counter(h.category for h in hits)
+    best = max(votes.values())
+    return next(h.category for h in hits if votes[h.category] == best)
+
+
+def fuse_silhouettes(
+    bank: StructureBank, rows: list[int], weights: np.ndarray, landmarks: np.ndarray
+) -> np.ndarray:
+    """Warp each entry's silhouette onto `landmarks`, average signed distances, threshold."""
+    s = bank.silhouette_size
+    sdf = np.zeros((s, s), np.float32)
+    for row, w in zip(rows, weights, strict=True):
+        warped = warp_to_landmarks(
+            bank.entry_silhouette(row), bank.entry_landmarks(row), landmarks, (s, s)
+        )
+        sdf += float(w) * signed_distance(warped)
+    return sdf < 0
+
+
+def _neighbour_list(hits: list[Hit], weights: np.ndarray) -> list[dict]:
+    return [{"id": h.id, "weight": round(float(w), 6), "score": round(h.score, 6)}
+            for h, w in zip(hits, weights, strict=True)]
+
+
+def fuse_structures(
+    bank: StructureBank,
+    query: np.ndarray,
+    k: int = DEFAULT_K,
+    category: str | None = None,
+    reg: float = DEFAULT_REG,
+) -> FusedStructure:
+    """SLLE: retrieve K same-category neighbours of `query` (D,) and fuse them."""
+    category = choose_category(bank, query, category)
+    hits = bank.search(query, k, category=category)
+    if not hits:
+        raise ValueError(f"the structure bank has no {category!r} entries")
+    rows = [h.row for h in hits]
+    emb = bank.embeddings[rows]
+    weights = slle_weights(query, emb, reg)
+    fused_emb = weights @ emb
+    fused_emb /= max(float(np.linalg.norm(fused_emb)), 1e-12)
+    lms = np.stack([bank.entry_landmarks(r) for r in rows])
+    fused_lm = np.einsum("k,kld->ld", weights, lms).astype(np.float32)
+    return FusedStructure(
+        category=category,
+        embedding=fused_emb.astype(np.float32),
+        landmarks=fused_lm,
+        silhouette=fuse_silhouettes(bank, rows, weights, fused_lm),
+        neighbours=_neighbour_list(hits, weights),
+    )
+
+
+def nearest_structure(
+    bank: StructureBank, query: np.ndarray, category: str | None = None
+) -> FusedStructure:
+    """The `nearest` baseline: the top-1 entry of the chosen category, no fusion."""
+    category = choose_category(bank, query, category)
+    hits = bank.search(query, 1, category=category)
+    if not hits:
+        raise ValueError(f"the structure bank has no {category!r} entries")
+    top = hits[0]
+    return FusedStructure(
+        category=category,
+        embedding=bank.embeddings[top.row].copy(),
+        landmarks=bank.entry_landmarks(top.row).copy(),
+        silhouette=bank.entry_silhouette(top.row),
+        neighbours=_neighbour_list(hits, np.ones(1)),
+    )

@@ -1,0 +1,135 @@
+"""Stage 5, coarse align: thin-plate-spline warps between landmark sets.
+
+Landmarks are (N, 2) arrays of (x, y). A warp is computed backwards: for each output pixel
+the spline maps its position in the target frame to where it comes from in the source, and
+the source is sampled there. The spline is evaluated on a coarse grid and upsampled, so a
+large output costs little more than a small one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+def _kernel(r2: np.ndarray) -> np.ndarray:
+    # U(r) = r² log r², with U(0) = 0.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = r2 * np.log(r2)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+@dataclass(frozen=True)
+class ThinPlateSpline:
+    """f(p) = a0 + A p + Σ w_i U(|p − c_i|), fitted so that f(src_i) ≈ dst_i."""
+
+    centres: np.ndarray  # (N, 2)
+    weights: np.ndarray  # (N, 2)
+    affine: np.ndarray  # (3, 2)
+
+    @classmethod
+    def fit(cls, src: np.ndarray, dst: np.ndarray, smoothing: float = 1e-5) -> ThinPlateSpline:
+        """src, dst: (N, 2) corresponding points. `smoothing` > 0 relaxes exact
+        interpolation, which keeps near-duplicate points from making the system singular."""
+        src = np.asarray(src, np.float64)
+        dst = np.asarray(dst, np.float64)
+        if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2:
+            raise ValueError(f"src and dst must both be (N, 2); got {src.shape} and {dst.shape}")
+        n = len(src)
+        if n < 3:
+            raise ValueError(f"a thin-plate spline needs at least 3 points, got {n}")
+        k = _kernel(((src[:, None] - src[None]) ** 2).sum(-1)) + smoothing * np.eye(n)
+        p = np.hstack([np.ones((n, 1)), src])
+        system = np.zeros((n + 3, n + 3))
+        system[:n, :n] = k
+        system[:n, n:] = p
+        system[n:, :n] = p.T
+        rhs = np.vstack([dst, np.zeros((3, 2))])
+        try:
+            sol = np.linalg.solve(system, rhs)
+        except np.linalg.LinAlgError:
+            sol = np.linalg.lstsq(system, rhs, rcond=None)[0]
+        return cls(centres=src, weights=sol[:n], affine=sol[n:])
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """points (M, 2) → (M, 2)."""
+        pts = np.asarray(points, np.float64)
+        u = _kernel(((pts[:, None] - self.centres[None]) ** 2).sum(-1))
+        return self.affine[0] + pts @ self.affine[1:] + u @ self.weights
+
+
+def backward_map(
+    src_landmarks: np.ndarray,
+    dst_landmarks: np.ndarray,
+    out_shape: tuple[int, int],
+    grid: int = 48,
+    smoothing: float = 1e-5,
+) -> np.ndarray:
+    """Source coordinates of every output pixel, for a warp taking src landmarks to dst.
+
+    Landmarks are in the unit square of their own image (x right, y down). Returns
+    (2, H, W) float32: source (x, y) in the source's unit square for each output pixel.
+    """
+    h, w = out_shape
+    tps = ThinPlateSpline.fit(dst_landmarks, src_landmarks, smoothing)
+    gh, gw = min(grid, h), min(grid, w)
+    ys, xs = np.meshgrid(
+        (np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw, indexing="ij"
+    )
+    coarse = tps(np.stack([xs.ravel(), ys.ravel()], 1)).reshape(gh, gw, 2)
+    if (gh, gw) == (h, w):
+        return np.moveaxis(coarse, -1, 0).astype(np.float32)
+    # Upsample the smooth coordinate field (pixel centres of the coarse grid map to the fine).
+    fy = (np.arange(h) + 0.5) / h * gh - 0.5
+    fx = (np.arange(w) + 0.5) / w * gw - 0.5
+    yy, xx = np.meshgrid(fy, fx, indexing="ij")
+    out = np.empty((2, h, w), np.float32)
+    for c in range(2):
+        out[c] = ndimage.map_coordinates(coarse[..., c], [yy, xx], order=1, mode="nearest")
+    return out
+
+
+def warp_to_landmarks(
+    image: np.ndarray,
+    src_landmarks: np.ndarray,
+    dst_landmarks: np.ndarray,
+    out_shape: tuple[int, int],
+    order: int = 1,
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Warp `image` so that its landmarks move onto `dst_landmarks`.
+
+    image: (H, W) or (H, W, C), any dtype; landmarks (N, 2) in unit squares of the source and
+    output images. Returns an array of `out_shape` (+ channels) and the image's dtype;
+    pixels that come from outside the source get `cval`.
+    """
+    coords = backward_map(src_landmarks, dst_landmarks, out_shape)
+    h, w = image.shape[:2]
+    rows = coords[1] * h - 0.5
+    cols = coords[0] * w - 0.5
+    src = image.astype(np.float32) if image.dtype == bool else image
+    if src.ndim == 2:
+        out = ndimage.map_coordinates(src, [rows, cols], order=order, mode="constant", cval=cval)
+    else:
+        out = np.stack(
+            [ndimage.map_coordinates(src[..., c], [rows, cols], order=order, mode="constant",
+                                     cval=cval) for c in range(src.shape[2])],
+            axis=-1,
+        )
+    if image.dtype == bool:
+        return out > 0.5
+    return out.astype(image.dtype)
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool → (H, W) float32 signed distance in pixels: negative inside, positive out."""
+    mask = mask.astype(bool)
+    if not mask.any():
+        return np.full(mask.shape, float(sum(mask.shape)), np.float32)
+    if mask.all():
+        return np.full(mask.shape, -float(sum(mask.shape)), np.float32)
+    outside = ndimage.distance_transform_edt(~mask)
+    inside = ndimage.distance_transform_edt(mask)
+    return (outside - inside).astype(np.float32)

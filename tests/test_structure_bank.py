@@ -1,0 +1,160 @@
+"""The structure bank (format, search) and SLLE fusion, on a world of rectangles whose true
+structure is known exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.slle import choose_category, fuse_structures, nearest_structure, slle_weights
+from models.warp import ThinPlateSpline, signed_distance, warp_to_landmarks
+from structure_bank import Structure, StructureBank
+
+S = 64  # silhouette side
+
+
+def _rect(w: float, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """A centred w × h rectangle: 8 contour landmarks (corners and edge midpoints), mask."""
+    x0, x1, y0, y1 = 0.5 - w / 2, 0.5 + w / 2, 0.5 - h / 2, 0.5 + h / 2
+    lm = np.array([[x0, y0], [0.5, y0], [x1, y0], [x1, 0.5], [x1, y1], [0.5, y1], [x0, y1],
+                   [x0, 0.5]], np.float32)
+    c = (np.arange(S) + 0.5) / S
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    return lm, (xx >= x0) & (xx <= x1) & (yy >= y0) & (yy <= y1)
+
+
+_CENTRES = np.random.default_rng(1).uniform(0.2, 0.8, size=(48, 2))
+
+
+def _embed(w: float, h: float) -> np.ndarray:
+    # Smooth features of the shape (RBF on a grid of centres): locally linear in (w, h).
+    d2 = ((_CENTRES - [w, h]) ** 2).sum(1)
+    e = np.exp(-d2 / (2 * 0.15**2)).astype(np.float32)
+    return e / np.linalg.norm(e)
+
+
+def _bank(n: int = 300, seed: int = 0) -> StructureBank:
+    rng = np.random.default_rng(seed)
+    bank = StructureBank(embedding_dim=48, silhouette_size=S)
+    entries = []
+    for i in range(n):
+        w, h = rng.uniform(0.25, 0.75, 2)
+        lm, mask = _rect(w, h)
+        cat = "wide" if w > h else "tall"
+        entries.append(Structure(id=f"r{i}", category=cat, landmarks=lm, silhouette=mask,
+                                 embedding=_embed(w, h), attributes={"w": w, "h": h}))
+    bank.add(entries)
+    return bank
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_tps_interpolates_and_keeps_affine_maps() -> None:
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 1, (12, 2))
+    dst = src * [1.5, 0.5] + [0.1, -0.2]
+    tps = ThinPlateSpline.fit(src, dst, smoothing=0.0)
+    assert np.allclose(tps(src), dst, atol=1e-6)
+    probe = rng.uniform(0, 1, (50, 2))
+    assert np.allclose(tps(probe), probe * [1.5, 0.5] + [0.1, -0.2], atol=1e-6)
+    bent = dst + rng.normal(0, 0.02, dst.shape)
+    assert np.allclose(ThinPlateSpline.fit(src, bent, smoothing=0.0)(src), bent, atol=1e-6)
+
+
+def test_warp_moves_a_mask_onto_new_landmarks() -> None:
+    lm_a, mask_a = _rect(0.3, 0.6)
+    lm_b, mask_b = _rect(0.7, 0.4)
+    warped = warp_to_landmarks(mask_a, lm_a, lm_b, (S, S))
+    assert warped.dtype == bool
+    assert _iou(warped, mask_b) > 0.93
+    assert _iou(mask_a, mask_b) < 0.5
+
+
+def test_signed_distance_is_negative_inside() -> None:
+    _, mask = _rect(0.5, 0.5)
+    sdf = signed_distance(mask)
+    assert sdf[S // 2, S // 2] < -10 and sdf[0, 0] > 10
+    assert ((sdf < 0) == mask).all()
+
+
+def test_slle_weights_sum_to_one_and_recover_a_combination() -> None:
+    rng = np.random.default_rng(0)
+    neighbours = rng.normal(size=(5, 40))
+    true_w = np.array([0.5, 0.3, 0.1, 0.1, 0.0])
+    w = slle_weights(true_w @ neighbours, neighbours, reg=1e-9)
+    assert abs(w.sum() - 1) < 1e-9
+    assert np.allclose(w, true_w, atol=1e-5)
+    # Strong regularisation pulls toward uniform weights.
+    assert np.allclose(slle_weights(true_w @ neighbours, neighbours, reg=1e3), 0.2, atol=1e-2)
+
+
+def test_bank_round_trip_and_refusals(tmp_path: Path) -> None:
+    bank = _bank(50)
+    bank.save(tmp_path / "bank")
+    again = StructureBank.load(tmp_path / "bank")
+    assert len(again) == 50 and again.category_counts() == bank.category_counts()
+    for row in (0, 17, 49):
+        a, b = bank.entry(row), again.entry(row)
+        assert a.id == b.id and a.category == b.category and a.attributes == b.attributes
+        assert np.array_equal(a.landmarks, b.landmarks)
+        assert np.array_equal(a.silhouette, b.silhouette)
+        assert np.allclose(a.embedding, b.embedding)
+    with pytest.raises(ValueError, match="already in the bank"):
+        again.add([bank.entry(3)])
+    bad = bank.entry(4)
+    bad.id, bad.embedding = "new", np.ones(7, np.float32)
+    with pytest.raises(ValueError, match="embedding shape"):
+        again.add([bad])
+    with pytest.raises(FileNotFoundError):
+        StructureBank.load(tmp_path / "nothing")
+    bank.save(tmp_path / "bank")  # saving over an existing bank replaces it
+    assert len(StructureBank.load(tmp_path / "bank")) == 50
+
+
+def test_search_is_exact_and_respects_category() -> None:
+    bank = _bank(300)
+    q = _embed(0.6, 0.3)
+    hits = bank.search(q, 10)
+    scores = bank.embeddings @ q
+    assert [h.row for h in hits] == list(np.argsort(-scores)[:10])
+    tall = bank.search(q, 5, category="tall")
+    assert len(tall) == 5 and all(h.category == "tall" for h in tall)
+    assert bank.search(q, 5, category="no-such") == []
+    assert choose_category(bank, q) == "wide"
+    assert choose_category(bank, q, parsed="tall") == "tall"
+
+
+def test_hnsw_agrees_with_exact_search() -> None:
+    bank = _bank(300)
+    exact = [h.row for h in bank.search(_embed(0.4, 0.5), 5)]
+    bank.use_index("hnsw")
+    assert [h.row for h in bank.search(_embed(0.4, 0.5), 5)] == exact
+    bank.add([Structure(id="late", category="wide", landmarks=_rect(0.61, 0.29)[0],
+                        silhouette=_rect(0.61, 0.29)[1], embedding=_embed(0.61, 0.29))])
+    assert bank.search(_embed(0.61, 0.29), 1)[0].id == "late"  # added without a rebuild
+    assert all(h.category == "tall" for h in bank.search(_embed(0.6, 0.3), 4, category="tall"))
+
+
+def test_slle_fuses_closer_to_the_truth_than_top1() -> None:
+    bank = _bank(300)
+    rng = np.random.default_rng(7)
+    lm_err_slle, lm_err_top1, iou_slle, iou_top1 = [], [], [], []
+    for _ in range(40):
+        w, h = rng.uniform(0.3, 0.7, 2)
+        true_lm, true_mask = _rect(w, h)
+        q = _embed(w, h)
+        fused = fuse_structures(bank, q, k=8)
+        top1 = nearest_structure(bank, q)
+        assert abs(sum(n["weight"] for n in fused.neighbours) - 1) < 1e-4
+        assert fused.category == top1.category
+        lm_err_slle.append(np.linalg.norm(fused.landmarks - true_lm, axis=1).mean())
+        lm_err_top1.append(np.linalg.norm(top1.landmarks - true_lm, axis=1).mean())
+        iou_slle.append(_iou(fused.silhouette, true_mask))
+        iou_top1.append(_iou(top1.silhouette, true_mask))
+    assert np.mean(lm_err_slle) < 0.8 * np.mean(lm_err_top1)
+    assert np.mean(iou_slle) > np.mean(iou_top1)
+    assert np.mean(iou_slle) > 0.9
