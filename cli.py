@@ -79,8 +79,276 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_migrate)
 
 
+def _cmd_train_structurenet(args: argparse.Namespace) -> int:
+    from models.train.structurenet import TrainConfig, train
+
+    name = args.config if args.config.startswith("structurenet-") else f"structurenet-{args.config}"
+    from models.structurenet import CONFIG_DIR
+
+    if not (CONFIG_DIR / f"{name}.json").is_file():
+        known = ", ".join(p.stem.removeprefix("structurenet-")
+                          for p in sorted(CONFIG_DIR.glob("structurenet-*.json")))
+        raise CLIError(f"unknown config {args.config!r}; available: {known}")
+    short = name.removeprefix("structurenet-")
+    overrides = {k: v for k, v in {
+        "steps": args.steps, "n_train": args.n_train, "device": args.device,
+    }.items() if v is not None}
+    for key in ("steps", "n_train"):
+        if key in overrides and overrides[key] < 1:
+            raise CLIError(f"--{key.replace('_', '-')} must be at least 1")
+    cfg = TrainConfig(
+        config=name,
+        out=str(args.out or f"models/weights/{name}"),
+        run_dir=str(args.run_dir or f"runs/{name}"),
+        **overrides,
+    )
+    if short == "base" and "steps" not in overrides:
+        cfg.steps, cfg.batch = 6_000, 256
+    metrics = train(cfg)
+    print(f"saved {cfg.out}: {metrics}")
+    return 0
+
+
+def _load_bank(path: Path | None):  # noqa: ANN202 (structure_bank imported lazily)
+    from structure_bank import StructureBank
+    from structure_bank.builder import default_bank_path
+
+    path = Path(path or default_bank_path())
+    try:
+        return path, StructureBank.load(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _cmd_bank_build(args: argparse.Namespace) -> int:
+    from structure_bank.builder import build_bank, default_bank_path
+
+    if args.n < 1:
+        raise CLIError(f"--n must be at least 1, got {args.n}")
+    out = Path(args.out or default_bank_path())
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    bank = build_bank(args.n, args.weights, workers=args.workers)
+    bank.save(out)
+    print(f"wrote {out}: {len(bank)} entries {bank.category_counts()}")
+    return 0
+
+
+def _cmd_bank_add(args: argparse.Namespace) -> int:
+    from models.garments import CATEGORIES
+    from structure_bank.builder import world_structures
+
+    path, bank = _load_bank(args.bank)
+    if args.category not in CATEGORIES:
+        raise CLIError(f"unknown category {args.category!r}; available: {', '.join(CATEGORIES)}")
+    if args.n < 1 or args.seed < 0:
+        raise CLIError("--n must be at least 1 and --seed non-negative")
+    structures = world_structures(list(range(args.seed, args.seed + args.n)), args.weights,
+                                  category=args.category, workers=args.workers,
+                                  id_prefix=args.id_prefix)
+    try:
+        bank.add(structures)
+    except ValueError as exc:
+        raise CLIError(f"{exc}; nothing was added") from None
+    bank.save(path)
+    print(f"added {len(structures)} {args.category} structures to {path}: {len(bank)} entries")
+    return 0
+
+
+def _cmd_bank_info(args: argparse.Namespace) -> int:
+    import json
+
+    path, bank = _load_bank(args.bank)
+    print(json.dumps({"path": str(path), "entries": len(bank),
+                      "embedding_dim": bank.embedding_dim,
+                      "silhouette_size": bank.silhouette_size, "model": bank.model,
+                      "categories": bank.category_counts()}, indent=2))
+    return 0
+
+
+def _write_result(name: str, result: dict, table: list[tuple[str, object]]) -> None:
+    import json
+
+    results = Path("bench/results")
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# {name}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in table]
+    (results / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def _cmd_bench_retrieval(args: argparse.Namespace) -> int:
+    import json
+
+    from models.eval.retrieval import benchmark_retrieval
+
+    if args.split not in ("val", "test"):
+        raise CLIError("--split must be val or test")
+    if not 1 <= args.n <= 100_000:
+        raise CLIError("--n must be in 1..100000")
+    result = benchmark_retrieval(split=args.split, n=args.n, k=args.k, weights=args.weights,
+                                 bank_path=args.bank)
+    flat = [(k, v) for k, v in result.items() if not isinstance(v, dict)]
+    flat += [(f"with_garment_box.{k}", v) for k, v in result["with_garment_box"].items()]
+    flat += [(f"zero_shot.{k}", v) for k, v in result["zero_shot"].items()]
+    _write_result(f"retrieval-{args.split}", result, flat)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def _cmd_bench_retrieval_scale(args: argparse.Namespace) -> int:
+    import json
+
+    from models.eval.retrieval_scale import benchmark_scale
+
+    _, bank = _load_bank(args.bank)
+    sizes = tuple(int(x) for x in args.sizes.split(","))
+    result = benchmark_scale(bank.embeddings, sizes=sizes, queries=args.queries)
+    rows = [(f"{r['entries']} entries", r) for r in result["sizes"]]
+    _write_result("retrieval-scale", result, rows)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train a model on the garment world")
+    tsub = train.add_subparsers(dest="model", metavar="MODEL")
+    tsub.required = True
+    p = tsub.add_parser("structurenet", help="the dual-tower retrieval model")
+    p.add_argument("--config", default="tiny", help="tiny (CPU) or base (GPU)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps")
+    p.add_argument("--n-train", type=int, default=None, help="training seeds to render")
+    p.add_argument("--out", type=Path, default=None, help="weights folder")
+    p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.set_defaults(func=_cmd_train_structurenet)
+
+    bank = sub.add_parser("bank", help="the structure bank")
+    bsub = bank.add_subparsers(dest="action", metavar="ACTION")
+    bsub.required = True
+    p = bsub.add_parser("build", help="build a bank from the garment world's train split")
+    p.add_argument("--n", type=int, default=6000, help="entries")
+    p.add_argument("--out", type=Path, default=None, help="bank folder (default: shipped bank)")
+    p.add_argument("--weights", type=Path, default=None, help="StructureNet weights folder")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_bank_build)
+    p = bsub.add_parser("add", help="add structures of a garment family, no retraining")
+    p.add_argument("--category", required=True, help="garment category of the new structures")
+    p.add_argument("--n", type=int, default=500, help="structures to add")
+    p.add_argument("--seed", type=int, default=700_000, help="first garment-world seed")
+    p.add_argument("--bank", type=Path, default=None, help="bank folder (default: shipped)")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--id-prefix", default="added", help="prefix of the new entry ids")
+    p.set_defaults(func=_cmd_bank_add)
+    p = bsub.add_parser("info", help="size, model and categories of a bank")
+    p.add_argument("--bank", type=Path, default=None)
+    p.set_defaults(func=_cmd_bank_info)
+
+    bench = sub.add_parser("bench", help="benchmarks; results under bench/results/")
+    bnsub = bench.add_subparsers(dest="bench", metavar="BENCH")
+    bnsub.required = True
+    p = bnsub.add_parser("retrieval", help="StructureNet + bank + SLLE against ground truth")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--k", type=int, default=8, help="SLLE neighbours")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--bank", type=Path, default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object on one line")
+    p.set_defaults(func=_cmd_bench_retrieval)
+    p = bnsub.add_parser("retrieval-scale", help="search latency at 10k–1M entries")
+    p.add_argument("--sizes", default="10000,100000,1000000")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--bank", type=Path, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_retrieval_scale)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import os
+
+    if args.out is None and args.contact_sheet is None:
+        raise CLIError("nothing to do: give --out DIR (a data set) and/or --contact-sheet FILE.png")
+    if not 64 <= args.size <= 1024:
+        raise CLIError(f"--size must be between 64 and 1024 pixels, got {args.size}")
+    if args.seed < 0:
+        raise CLIError(f"--seed must be a non-negative integer, got {args.seed}")
+    if not 1 <= args.workers <= 64:
+        raise CLIError(f"--workers must be between 1 and 64, got {args.workers}")
+    if args.n is not None and not 1 <= args.n <= 10_000_000:
+        raise CLIError(f"--n must be between 1 and 10000000, got {args.n}")
+    sheet = args.contact_sheet
+    if sheet is not None:
+        if sheet.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise CLIError(f"--contact-sheet must name a .png or .jpg file, got {sheet}")
+        if not sheet.parent.resolve().is_dir():
+            raise CLIError(f"--contact-sheet: folder {sheet.parent} does not exist")
+    out = args.out
+    if out is not None:
+        if args.n is None:
+            raise CLIError("--out needs --n, the number of samples to write")
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"--out {out} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            raise CLIError(f"--out {out} is not empty; pass --overwrite to replace a data set")
+        parent = out if out.is_dir() else next(p for p in out.resolve().parents if p.exists())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CLIError(f"--out {out}: {parent} is not writable")
+
+    from models import garments
+    from models.garments.contact_sheet import write_contact_sheet
+
+    seed = args.seed
+    if args.split is not None:
+        start, stop = garments.SPLITS[args.split]
+        seed = start + args.seed
+        if seed + (args.n or 1) > stop:
+            raise CLIError(f"--split {args.split} holds {stop - start} seeds; --seed {args.seed} "
+                           f"with --n {args.n} runs past it")
+    if out is not None:
+        from tqdm import tqdm
+
+        from models.garments.dataset import write_dataset
+
+        header = write_dataset(out, n=args.n, seed=seed, size=args.size, workers=args.workers,
+                               family=args.family, overwrite=args.overwrite,
+                               progress=lambda it: tqdm(it, total=args.n, unit="pair",
+                                                        desc="synth", disable=args.quiet))
+        last = header["seed_stop"] - 1
+        print(f"wrote {header['n']} samples (seeds {header['seed_start']}..{last}, "
+              f"{args.size}px) to {out}")
+    if sheet is not None:
+        n_sheet = min(args.n or 24, 96)
+        write_contact_sheet(sheet, n=n_sheet, seed=seed, size=args.size)
+        print(f"wrote contact sheet of {n_sheet} pairs to {sheet}")
+    return 0
+
+
+def _add_synth_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="render the garment world: a data set and/or a contact sheet")
+    p.add_argument("--n", type=int, default=None, help="number of samples (sheet default: 24)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (offset into --split if given)")
+    p.add_argument("--size", type=int, default=256, help="canvas side in pixels (64-1024)")
+    p.add_argument("--out", type=Path, default=None, help="data set directory to write")
+    p.add_argument("--workers", type=int, default=1, help="processes (same output for any count)")
+    p.add_argument("--split", choices=["train", "val", "test", "heldout"], default=None,
+                   help="take seeds from this split's range")
+    p.add_argument("--family", choices=["standard", "heldout"], default=None,
+                   help="shape family (default: held-out only for held-out seeds)")
+    p.add_argument("--overwrite", action="store_true", help="replace a data set in --out")
+    p.add_argument("--contact-sheet", type=Path, default=None, metavar="FILE.png",
+                   help="also draw wild|flat pairs with landmarks, every category")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+
 # Each wing adds its subcommands here; the registration functions themselves import nothing heavy.
-_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_service_commands]
+_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_service_commands,
+    _add_model_commands,
+    _add_synth_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,16 +6,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, Response, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from models.compose import parse_background
 from models.io import ImageLimits, IngestError, validate_image
 from models.pipeline import pipeline_names
 from service.context import ServiceContext, get_context
 from service.errors import ApiError, error_response, error_responses, install_error_handlers
+from service.logs import log_context
+from service.metrics import JobStoreCollector, render
+from service.middleware import RequestObservability
 from service.queue import ping_broker
 from service.reconciler import reconcile_forever
 from service.schemas import (
@@ -35,6 +41,7 @@ from service.settings import Settings, get_settings
 from service.store import JobView, new_job_id
 
 log = logging.getLogger("flatlay.api")
+WEB_DIR = Path(__file__).parent / "web"
 Ctx = Annotated[ServiceContext, Depends(get_context)]
 
 
@@ -105,6 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestObservability)
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    store_registry = CollectorRegistry(auto_describe=False)
+    store_registry.register(JobStoreCollector(lambda: app.state.ctx))
     limits = ImageLimits(settings.max_upload_bytes, settings.max_pixels, settings.min_image_side)
 
     @app.post(
@@ -164,11 +175,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    "seed": seed}
         input_meta = {"filename": file.filename, "content_type": info.content_type,
                       "width": info.width, "height": info.height, "bytes": info.bytes}
-        job = ctx.store.create_job(
-            job_id=job_id, pipeline=pipeline, options=options,
-            input_blob=input_blob, input_meta=input_meta,
-        )
-        ctx.enqueue(job_id)
+        with log_context(job_id=job_id):
+            job = ctx.store.create_job(
+                job_id=job_id, pipeline=pipeline, options=options,
+                input_blob=input_blob, input_meta=input_meta,
+            )
+            log.info("asset created", extra={"pipeline": pipeline})
+            ctx.enqueue(job_id)
         response.headers["Location"] = f"/assets/{job_id}"
         return AssetCreated(
             id=job.id, status="queued", created_at=job.created_at, links=_links(job.id)
@@ -219,6 +232,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/pipelines", response_model=PipelineList, summary="Registered pipelines")
     def list_pipelines() -> PipelineList:
         return PipelineList(default=settings.default_pipeline, pipelines=pipeline_names())
+
+    @app.get("/", include_in_schema=False)
+    def web_page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (every series is named flatlay_…)",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    def metrics() -> Response:
+        return Response(render(store_registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", response_model=Health, summary="The process is alive")
     def healthz() -> Health:

@@ -9,6 +9,7 @@ from celery import Celery
 from fastapi import Request
 
 from service.blobs import BlobStore, LocalBlobStore
+from service.logs import TASK_REQUEST_ID_HEADER, request_id_var
 from service.queue import PROCESS_ASSET_TASK, make_celery
 from service.settings import Settings
 from service.store import JobStore
@@ -35,11 +36,14 @@ class ServiceContext:
 
     def enqueue(self, job_id: str) -> bool:
         """Send the job id to the workers. False when the broker is down: the job stays
-        `queued` in the store and the reconciler sends it again."""
+        `queued` in the store and the reconciler sends it again. The request id, when there
+        is one, rides in the message headers so that the worker's logs carry it."""
+        request_id = request_id_var.get()
         try:
             self.celery.send_task(
                 PROCESS_ASSET_TASK,
                 args=[job_id],
+                headers={TASK_REQUEST_ID_HEADER: request_id} if request_id else None,
                 queue=self.settings.queue_name,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},

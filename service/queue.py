@@ -61,3 +61,33 @@ def ping_broker(app: Celery, settings: Settings, timeout_s: float = 2.0) -> None
         return
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout_s)
+
+
+def broker_queue_depth(settings: Settings, timeout_s: float = 1.0) -> int | None:
+    """Messages waiting in the broker for the job queue; None when the broker cannot tell.
+
+    The job store's count of `queued` jobs is the number that matters (the broker may have
+    dropped or duplicated messages); this one shows what the broker itself holds.
+    """
+    if settings.embedded_broker:
+        # kombu's file transport keeps one file per message, named "<stamp>_<id>.<queue>.msg".
+        wanted = f"{settings.queue_name}.msg"
+        try:
+            return sum(1 for p in settings.queue_dir.iterdir()
+                       if p.name.partition(".")[2] == wanted)
+        except OSError:
+            return None
+    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(
+            settings.resolved_broker_url, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        try:
+            return int(client.llen(settings.queue_name))  # kombu: one Redis list per queue
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+    return None

@@ -82,20 +82,42 @@ def serve(
 ) -> int:
     import uvicorn
 
-    from service.app import create_app
+    from service.logs import configure_logging
+    from service.multiproc import prepare_metrics_dir
     from service.settings import get_settings
     from service.store import migrate
 
     settings = get_settings(data_dir=data_dir, host=host, port=port)
     settings.ensure_dirs()
+    configure_logging(settings.log_level, settings.log_format)
+    # Before prometheus_client is imported (by service.app); the worker child inherits it.
+    prepare_metrics_dir(settings.metrics_dir, "serve" if worker else "api")
     migrate(settings.resolved_database_url)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+
+    from service.app import create_app
+
+    # The app is built before the worker starts, so that a broken app leaves no orphan.
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            # Our logging (JSON lines) and our access log line (with the request id).
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
     )
 
     supervisor = None
     if worker:
-        env = {**os.environ, "FLATLAY_DATA_DIR": str(settings.data_dir.resolve())}
+        env = {
+            **os.environ,
+            "FLATLAY_DATA_DIR": str(settings.data_dir.resolve()),
+            # The API's /metrics already shows the worker's series; no second endpoint.
+            "FLATLAY_WORKER_METRICS_PORT": "0",
+        }
         argv = [sys.executable, "-m", "cli", "worker"]
         supervisor = WorkerSupervisor(argv, env)
         supervisor.start()
@@ -105,15 +127,6 @@ def serve(
         f"Flatlay on http://{settings.host}:{settings.port} ({mode}; jobs: "
         f"{settings.redacted_database_url}; data: {settings.data_dir.resolve()})",
         flush=True,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            timeout_graceful_shutdown=10,
-        )
     )
     # uvicorn re-raises the signal that stopped it once it is done; make SIGTERM end in an
     # exception (as SIGINT does) so that the worker is stopped below rather than orphaned.

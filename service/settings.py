@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
 
     log_level: str = "info"
+    # One JSON object per line (ts, level, logger, message, request_id, job_id) or plain text.
+    log_format: Literal["json", "text"] = "json"
+
+    # A worker records itself in the job store every this many seconds; `flatlay status`
+    # counts it live while its last record is younger than three intervals.
+    worker_heartbeat_s: float = Field(default=10.0, gt=0)
+    # Distributed mode: a worker serves its own Prometheus /metrics on this port (0: off).
+    # In embedded mode the API's /metrics already includes the worker's series.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("task_time_limit_s")
     @classmethod
@@ -94,6 +103,15 @@ class Settings(BaseSettings):
     def redis_visibility_timeout_s(self) -> int:
         # Above the hard limit, or Redis would hand a still-running job to a second worker.
         return self.task_time_limit_s + 120
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Parent of the prometheus_client multiprocess folders (one per process group)."""
+        return (self.data_dir / "metrics").resolve()
+
+    @property
+    def worker_live_within_s(self) -> float:
+        return 3 * self.worker_heartbeat_s
 
     @property
     def redacted_database_url(self) -> str:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -65,6 +66,31 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerRow(Base):
+    """One worker process that can take jobs; it refreshes `last_seen_at` as its heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # "host:pid"
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    pipelines: Mapped[list[str]] = mapped_column(JSON)
+    current_job: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    name: str
+    hostname: str
+    pid: int
+    pipelines: list[str]
+    current_job: str | None
+    started_at: dt.datetime
+    last_seen_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -281,6 +307,49 @@ class JobStore:
         return self._update(
             job_id, Job.status.in_(("queued", "running")), status="canceled", finished_at=utcnow()
         )
+
+    # Worker heartbeats -----------------------------------------------------------------------
+
+    def heartbeat(
+        self, name: str, *, hostname: str, pid: int, pipelines: list[str],
+        current_job: str | None,
+    ) -> None:
+        """Record that worker `name` is alive now (insert on its first beat)."""
+        now = utcnow()
+        with self._session() as s, s.begin():
+            updated = s.execute(
+                update(WorkerRow).where(WorkerRow.name == name)
+                .values(last_seen_at=now, current_job=current_job, pipelines=pipelines)
+            ).rowcount
+            if not updated:
+                s.add(WorkerRow(name=name, hostname=hostname, pid=pid, pipelines=pipelines,
+                                current_job=current_job, started_at=now, last_seen_at=now))
+
+    def forget_worker(self, name: str) -> None:
+        with self._session() as s, s.begin():
+            s.execute(delete(WorkerRow).where(WorkerRow.name == name))
+
+    def live_workers(self, within_s: float) -> list[WorkerView]:
+        """Workers whose last heartbeat is younger than `within_s` seconds, by name."""
+        cutoff = utcnow() - dt.timedelta(seconds=within_s)
+        with self._session() as s:
+            rows = s.scalars(
+                select(WorkerRow).where(WorkerRow.last_seen_at >= cutoff).order_by(WorkerRow.name)
+            ).all()
+            return [
+                WorkerView(
+                    name=r.name, hostname=r.hostname, pid=r.pid, pipelines=list(r.pipelines),
+                    current_job=r.current_job, started_at=_aware(r.started_at),  # type: ignore[arg-type]
+                    last_seen_at=_aware(r.last_seen_at),  # type: ignore[arg-type]
+                )
+                for r in rows
+            ]
+
+    def prune_workers(self, older_than_s: float) -> int:
+        """Delete the records of workers silent for `older_than_s` (killed, never said bye)."""
+        cutoff = utcnow() - dt.timedelta(seconds=older_than_s)
+        with self._session() as s, s.begin():
+            return s.execute(delete(WorkerRow).where(WorkerRow.last_seen_at < cutoff)).rowcount
 
     # Reconciliation --------------------------------------------------------------------------
 

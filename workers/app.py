@@ -10,12 +10,14 @@ import logging
 import os
 import socket
 
+from celery import Task
 from celery.concurrency import asynpool
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
+from service.logs import TASK_REQUEST_ID_HEADER, configure_logging, log_context
 from service.queue import PROCESS_ASSET_TASK, make_celery
 from service.settings import get_settings
-from workers.jobs import WorkerContext, run_job
+from workers.jobs import Heartbeat, WorkerContext, run_job
 
 log = logging.getLogger("flatlay.worker")
 
@@ -25,6 +27,7 @@ asynpool.PROC_ALIVE_TIMEOUT = 600.0
 settings = get_settings()
 app = make_celery(settings)
 _context: WorkerContext | None = None
+_heartbeat: Heartbeat | None = None
 
 
 def worker_context() -> WorkerContext:
@@ -35,20 +38,34 @@ def worker_context() -> WorkerContext:
     return _context
 
 
+@setup_logging.connect
+def _logging(**_: object) -> None:
+    # Connected, so Celery leaves logging (and stdout) to us: JSON lines like the API's.
+    configure_logging(settings.log_level, settings.log_format)
+
+
 @worker_process_init.connect
 def _load_models(**_: object) -> None:
+    global _heartbeat
     ctx = worker_context()
     spent = ctx.load_models()
     log.info("worker %s loaded pipelines %s", ctx.name, spent)
+    _heartbeat = Heartbeat(ctx, settings.worker_heartbeat_s)
+    _heartbeat.start()
 
 
 @worker_process_shutdown.connect
 def _close(**_: object) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
     if _context is not None:
         _context.close()
 
 
-@app.task(name=PROCESS_ASSET_TASK, acks_late=True, reject_on_worker_lost=True)
-def process_asset(job_id: str) -> str:
-    """Run one asset job. The only argument is its id; the job row says everything else."""
-    return run_job(worker_context(), job_id)
+@app.task(name=PROCESS_ASSET_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def process_asset(self: Task, job_id: str) -> str:
+    """Run one asset job. The only argument is its id; the job row says everything else.
+    The API's request id, when there is one, comes in the message headers."""
+    request_id = getattr(self.request, TASK_REQUEST_ID_HEADER, None)
+    with log_context(request_id=request_id, job_id=job_id):
+        return run_job(worker_context(), job_id)

@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models.io import ImageLimits, IngestError, decode_image, encode_image
-from models.pipeline import PipelineError, PipelineOptions, get_pipeline, load_pipelines
+from models.pipeline import (
+    PipelineError,
+    PipelineOptions,
+    ProgressFn,
+    get_pipeline,
+    load_pipelines,
+)
 from service.blobs import BlobStore, LocalBlobStore
+from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
 from service.settings import Settings
 from service.store import JobStore
 
@@ -32,6 +42,7 @@ class WorkerContext:
     name: str
     pid: int = field(default_factory=os.getpid)
     loaded: dict[str, float] = field(default_factory=dict)
+    current_job: str | None = None
 
     @classmethod
     def build(cls, settings: Settings, name: str) -> WorkerContext:
@@ -46,10 +57,49 @@ class WorkerContext:
         wanted = self.settings.preload_pipelines.strip()
         names = None if wanted == "all" else [n.strip() for n in wanted.split(",") if n.strip()]
         self.loaded = load_pipelines(names)
+        for pipeline, seconds in self.loaded.items():
+            MODEL_LOAD_SECONDS.labels(pipeline).set(seconds)
         return self.loaded
 
     def close(self) -> None:
         self.store.dispose()
+
+
+def flatten_photo(
+    data: bytes,
+    pipeline: str,
+    options: dict[str, Any],
+    limits: ImageLimits,
+    timings: dict[str, float],
+    progress: ProgressFn | None = None,
+) -> tuple[bytes, str]:
+    """The work of one job without the job store: photo bytes → (image bytes, content type).
+
+    options: output_size, background, format, seed (as stored on the job row). `timings`
+    fills with seconds per stage as each one ends, so a failure still says where time went.
+    progress(stage, percent) spans the whole job: decode 0, the pipeline's stages 5–90,
+    encode 90.
+    """
+    report = progress or (lambda stage, percent: None)
+    report("decode", 0)
+    start = time.perf_counter()
+    rgb = decode_image(data, limits)
+    timings["decode"] = round(time.perf_counter() - start, 6)
+
+    pipeline_options = PipelineOptions(
+        output_size=options["output_size"], background=options["background"],
+        seed=options.get("seed"),
+    )
+    result = get_pipeline(pipeline)(
+        rgb, pipeline_options, lambda stage, pct: report(stage, 5 + pct * 85 // 100)
+    )
+    timings.update(result.timings)
+
+    report("encode", 90)
+    start = time.perf_counter()
+    encoded = encode_image(result.image, options["format"])
+    timings["encode"] = round(time.perf_counter() - start, 6)
+    return encoded
 
 
 def run_job(ctx: WorkerContext, job_id: str) -> str:
@@ -57,38 +107,38 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
     job = ctx.store.claim(job_id, ctx.name)
     if job is None:
         log.info("job %s is not queued (duplicate delivery or canceled); skipped", job_id)
+        seen = ctx.store.get(job_id)
+        JOBS_PROCESSED.labels(seen.pipeline if seen else "unknown", "skipped").inc()
         return "skipped"
+    ctx.current_job = job_id
     timings: dict[str, float] = {}
+    try:
+        outcome = _run_claimed(ctx, job_id, job.pipeline, job.options, job.input_blob, timings)
+    finally:
+        ctx.current_job = None
+    for stage, seconds in timings.items():
+        STAGE_SECONDS.labels(job.pipeline, stage).observe(seconds)
+    JOBS_PROCESSED.labels(job.pipeline, outcome).inc()
+    log.info("job %s", outcome, extra={"pipeline": job.pipeline, "timings": timings})
+    return outcome
 
+
+def _run_claimed(
+    ctx: WorkerContext, job_id: str, pipeline: str, opts: dict[str, Any], input_blob: str,
+    timings: dict[str, float],
+) -> str:
     def progress(stage: str, percent: int) -> None:
         ctx.store.set_progress(job_id, stage, percent)
 
+    s = ctx.settings
     try:
-        start = time.perf_counter()
-        progress("decode", 0)
-        s = ctx.settings
-        rgb = decode_image(
-            ctx.blobs.get(job.input_blob), ImageLimits(s.max_upload_bytes, s.max_pixels, 1)
+        data, content_type = flatten_photo(
+            ctx.blobs.get(input_blob), pipeline, opts,
+            ImageLimits(s.max_upload_bytes, s.max_pixels, 1), timings, progress,
         )
-        timings["decode"] = round(time.perf_counter() - start, 6)
-
-        opts = job.options
-        options = PipelineOptions(
-            output_size=opts["output_size"], background=opts["background"], seed=opts["seed"]
-        )
-        # Pipeline stages report 0–100 of their own; the job's bar spans 5–90 for them.
-        result = get_pipeline(job.pipeline)(
-            rgb, options, lambda stage, pct: progress(stage, 5 + pct * 85 // 100)
-        )
-        timings.update(result.timings)
-
-        progress("encode", 90)
-        start = time.perf_counter()
-        data, content_type = encode_image(result.image, opts["format"])
         ext = opts["format"].replace("jpeg", "jpg")
         result_blob = f"assets/{job_id}/result.{ext}"
         ctx.blobs.put(result_blob, data)
-        timings["encode"] = round(time.perf_counter() - start, 6)
     except (IngestError, PipelineError) as exc:
         ctx.store.fail(job_id, code=exc.code, message=exc.message, timings=timings)
         return "failed"
@@ -113,3 +163,41 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
     # Canceled (or otherwise taken away) while running: keep nothing.
     ctx.blobs.delete(result_blob)
     return "dropped"
+
+
+class Heartbeat:
+    """Records this worker process in the job store every `interval_s` (`flatlay status`,
+    `flatlay_workers_live`), with the job in hand; removes the record on a clean stop."""
+
+    def __init__(self, ctx: WorkerContext, interval_s: float) -> None:
+        self.ctx = ctx
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        self.ctx.store.heartbeat(
+            self.ctx.name, hostname=socket.gethostname(), pid=self.ctx.pid,
+            pipelines=sorted(self.ctx.loaded), current_job=self.ctx.current_job,
+        )
+
+    def start(self) -> None:
+        # Records of workers killed long ago would only grow the table.
+        self.ctx.store.prune_workers(older_than_s=86400)
+        self.beat()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.beat()
+            except Exception as exc:  # a store outage must not kill the worker
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.ctx.store.forget_worker(self.ctx.name)
+        except Exception as exc:
+            log.warning("could not remove the worker record: %s", exc)

@@ -29,14 +29,32 @@ def run_worker(data_dir: Path | None, concurrency: int = 1, queues: str | None =
     if data_dir is not None:
         # workers.app reads its settings at import: set the environment first.
         os.environ["FLATLAY_DATA_DIR"] = str(Path(data_dir).resolve())
+    from service.multiproc import prepare_metrics_dir
     from service.settings import get_settings
     from service.store import migrate
 
     settings = get_settings()
     settings.ensure_dirs()
+    # Before prometheus_client is imported: the pool's processes share one metrics folder
+    # (under `flatlay serve`, the API's, inherited through the environment).
+    prepare_metrics_dir(settings.metrics_dir, "worker")
     migrate(settings.resolved_database_url)
 
     from workers.app import app
+
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        from service.metrics import process_registry
+
+        try:
+            start_http_server(settings.worker_metrics_port, registry=process_registry())
+        except OSError as exc:
+            from cli import CLIError
+
+            raise CLIError(
+                f"cannot serve worker metrics on port {settings.worker_metrics_port}: {exc}"
+            ) from None
 
     app.worker_main(
         worker_argv(

@@ -1,0 +1,35 @@
+"""The garment world: procedural garments with ground-truth landmarks over real photos.
+
+    from models.garments import generate
+    s = generate(seed=7, size=256)      # GarmentSample: flat-lay + wild photo + landmarks
+
+See docs/garment-world.md for categories, landmark schemas, splits and held-out families.
+"""
+
+from .categories import (
+    CATEGORIES,
+    CATEGORY_SCALE,
+    FAMILIES,
+    HELDOUT,
+    contour_count,
+    flip_permutation,
+    landmark_names,
+    num_landmarks,
+)
+from .sample import GENERATOR_VERSION, SPLITS, GarmentSample, generate, split_of
+
+__all__ = [
+    "CATEGORIES",
+    "CATEGORY_SCALE",
+    "FAMILIES",
+    "GENERATOR_VERSION",
+    "HELDOUT",
+    "SPLITS",
+    "GarmentSample",
+    "contour_count",
+    "flip_permutation",
+    "generate",
+    "landmark_names",
+    "num_landmarks",
+    "split_of",
+]

@@ -43,7 +43,7 @@ def photo_path(name: str) -> Path:
     return Path(spec.origin).parent / rel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_photo(name: str) -> Image.Image:
     """The decoded photo as an RGB PIL image (tinted when the source is grey). Cached."""
     _, _, tint, _ = PHOTOS[name]

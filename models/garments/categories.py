@@ -350,16 +350,22 @@ def _front_neckline(b: _Builder, prm: _Params, neck: float, depth: float, style:
     return half
 
 
-def _sleeve_geometry(shoulder, armpit, angle_deg, length, cuff, side_x_at):
-    """Right-hand sleeve corners (cuff_top, cuff_bottom) keeping the sleeve off the torso."""
+def _sleeve_geometry(shoulder, armpit, angle_deg, length, cuff, side_x_at, side_ctrl):
+    """Right-hand sleeve corners (cuff_top, cuff_bottom), raising the sleeve until it clears
+    the torso side and opens at least 45 degrees at the armpit (so the armpit stays a crisp,
+    visible corner of the outline)."""
     shoulder, armpit = np.asarray(shoulder), np.asarray(armpit)
+    below = np.asarray(side_ctrl) - armpit  # the torso side leaves the armpit towards its ctrl
+    below /= np.linalg.norm(below)
     theta = np.deg2rad(angle_deg)
     for _ in range(40):
         u = np.array([np.cos(theta), np.sin(theta)])
         n = np.array([-np.sin(theta), np.cos(theta)])
         ct = shoulder + length * u
         cb = ct + cuff * n
-        if cb[0] > side_x_at(cb[1]) + 0.02:
+        under = (cb - armpit) / np.linalg.norm(cb - armpit)
+        opening = np.rad2deg(np.arccos(np.clip(under @ below, -1, 1)))
+        if cb[0] > side_x_at(cb[1]) + 0.02 and opening >= 45:
             break
         theta -= np.deg2rad(2.0)
     return ct, cb, float(np.rad2deg(theta))
@@ -423,8 +429,9 @@ def _build_top(rng: np.random.Generator, category: str, family: str) -> GarmentS
     def side_x(y):  # right-hand torso side, for keeping sleeves off the body
         return float(np.interp(y, [al[1], wl[1], hl[1]], [chest, waist_w, hem_w]))
 
+    side_ctrl = (0.5 * (chest + waist_w), 0.5 * (al[1] + wl[1]))
     ct_r, cb_r, angle = _sleeve_geometry(_mirror(sl)[0], _mirror(al)[0], angle, slen, cuff,
-                                         side_x)
+                                         side_x, side_ctrl)
     prm.values["sleeve_angle"] = round(angle, 3)
     ctl, cbl = _mirror(ct_r)[0], _mirror(cb_r)[0]
     b.lm("cuff_top_l", ctl, "sleeve_l")
@@ -477,7 +484,7 @@ def _build_top(rng: np.random.Generator, category: str, family: str) -> GarmentS
         b.lm("hood_top", (0.0, -hood_h), "hood")
         hood_half = _path(
             [(0.0, 0.04)], [(-0.6 * neck, 0.04)], [nl],
-            _bez(nl, (-hood_w * 1.02, -0.05 * hood_h), hl_pt, 8),
+            _bez(nl, (-hood_w * 0.95, -0.3 * hood_h), hl_pt, 8),
             _bez(hl_pt, (-hood_w * 0.95, -hood_h), (0.0, -hood_h), 8),
         )[::-1]
         b.part("hood", _symmetric(hood_half), 0)
@@ -751,8 +758,9 @@ def _build_sleeveless_or_dress(rng: np.random.Generator, category: str,
         def side_x(y):
             return float(np.interp(y, [al[1], wl[1], hl[1]], [chest, waist_w, hem_w]))
 
+        side_ctrl = (0.5 * (chest + waist_w), 0.5 * (al[1] + wl[1]))
         ct_r, cb_r, angle = _sleeve_geometry(_mirror(sl)[0], _mirror(al)[0], angle, slen, cuff,
-                                             side_x)
+                                             side_x, side_ctrl)
         ctl, cbl = _mirror(ct_r)[0], _mirror(cb_r)[0]
         b.lm("cuff_top_l", ctl, "sleeve_l")
         b.lm("cuff_bottom_l", cbl, "sleeve_l")
@@ -855,6 +863,8 @@ def _build_legwear(rng: np.random.Generator, category: str, family: str) -> Garm
         inseam = prm.u("inseam", 0.05, 0.16)
         hem_width = prm.u("hem_width", 0.15, 0.2)
         splay = prm.u("splay", 0.02, 0.06)
+        splay = max(splay, hem_width - hip_w + 0.03)  # legs apart at the hem
+        prm.values["splay"] = round(splay, 5)
         leg = rise + inseam
     else:
         leg = prm.u("length", 0.8, 0.88)
@@ -862,7 +872,7 @@ def _build_legwear(rng: np.random.Generator, category: str, family: str) -> Garm
             "hem_width", 0.11, 0.15)
         splay = prm.u("splay", 0.0, 0.03)
         # Legs must not overlap at the hem: wide legs spread further apart.
-        splay = max(splay, hem_width - hip_w + 0.02)
+        splay = max(splay, hem_width - hip_w + 0.03)
         prm.values["splay"] = round(splay, 5)
     outer_hem = (-(hip_w + splay), leg - (0.02 if shorts else 0.0))
     inner_hem = (outer_hem[0] + hem_width, leg)
@@ -874,18 +884,18 @@ def _build_legwear(rng: np.random.Generator, category: str, family: str) -> Garm
     hi = b.lm("hem_inner_l", inner_hem)
     if shorts:
         left = _path([(0.0, 0.0)], [wl], _bez(wl, (-hip_w, 0.4 * hip_y), hipl, 5), [ho], [hi],
-                     _bez(hi, (-0.01, rise + 0.01), crotch, 6))
+                     _bez(hi, (0.5 * hi[0], rise + 0.02), crotch, 6))
     else:
         knee_y = rise + 0.45 * (leg - rise)
         knee_w = 0.5 * (hip_w + hem_width * 0.9) if category != "jeans" else 0.5 * (
             hip_w * 0.85 + hem_width)
         knee_out = -(hip_w + splay * 0.45 + 0.004)
         ko = b.lm("knee_outer_l", (knee_out, knee_y))
-        ki = b.lm("knee_inner_l", (min(knee_out + knee_w, -0.008), knee_y))
+        ki = b.lm("knee_inner_l", (min(knee_out + knee_w, -0.025), knee_y))
         left = _path([(0.0, 0.0)], [wl], _bez(wl, (-hip_w, 0.4 * hip_y), hipl, 5),
                      _bez(hipl, (-(hip_w + 0.15 * splay), 0.5 * (hip_y + knee_y)), ko, 6), [ho],
                      [hi], _bez(hi, (ki[0] + 0.004, 0.5 * (ki[1] + leg)), ki, 5),
-                     _bez(ki, (-0.012, rise + 0.03), crotch, 6))
+                     _bez(ki, (-0.02, rise + 0.04), crotch, 6))
     b.part("torso", _symmetric(left), 1)
     denim = category == "jeans"
     _waistband(b, waist_w, band, belt_loops=denim or prm.flag("belt_loops", 0.5), button=True)
@@ -894,7 +904,8 @@ def _build_legwear(rng: np.random.Generator, category: str, family: str) -> Garm
         b.detail("pocket_curve", "torso", [(-waist_w * 0.95, band + 0.005),
                                            (-waist_w * 0.55, band + 0.07),
                                            (-hip_w * 0.99, hip_y + 0.045)], mirror=True)
-        b.detail("pocket", "torso", [(-waist_w * 0.85, band + 0.012), (-waist_w * 0.6, band + 0.012),
+        b.detail("pocket", "torso", [(-waist_w * 0.85, band + 0.012),
+                                     (-waist_w * 0.6, band + 0.012),
                                      (-waist_w * 0.6, band + 0.045),
                                      (-waist_w * 0.85, band + 0.045)], mirror=False)
         for x, y in ((-waist_w * 0.55, band + 0.07), (-hip_w * 0.99, hip_y + 0.045),

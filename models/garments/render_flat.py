@@ -39,6 +39,23 @@ class FlatLayers:
     attributes: dict
 
 
+def soft_blur(alpha: np.ndarray, radius: float, offset=(0.0, 0.0)) -> np.ndarray:
+    """Gaussian blur (and shift by `offset` pixels) of an (S, S) float alpha in [0, 1],
+    computed at reduced resolution: soft shading and shadows have no detail to lose."""
+    size = alpha.shape[0]
+    f = 4 if radius >= 4 else 2 if radius >= 2 else 1
+    img = Image.fromarray((alpha * 255).astype(np.uint8))
+    small = img.reduce(f) if f > 1 else img
+    small = small.filter(ImageFilter.GaussianBlur(radius / f))
+    if offset[0] or offset[1]:
+        small = small.transform(small.size, Image.Transform.AFFINE,
+                                (1, 0, -offset[0] / f, 0, 1, -offset[1] / f),
+                                resample=Image.Resampling.BILINEAR)
+    if f > 1:
+        small = small.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(small, np.float32) * np.float32(1 / 255)
+
+
 def _rgb(c: np.ndarray) -> tuple[int, int, int]:
     c = np.clip(np.asarray(c, dtype=np.float32) * 255, 0, 255)
     return int(c[0]), int(c[1]), int(c[2])
@@ -71,19 +88,24 @@ class _DetailPainter:
         self.cord = _rgb([0.95, 0.95, 0.93] if rng.random() < 0.5 else base * 0.85)
         label = rng.random() < 0.5
         self.label = _rgb([0.96, 0.96, 0.94] if label else [0.12, 0.12, 0.14])
-        rib = 0.82 + 0.12 * (np.mod(np.arange(size), 3) == 0).astype(np.float32)
-        self.tints = {
-            "lining": Image.fromarray((fabric.rgb * 0.6 * 255).astype(np.uint8)),
-            "rib": Image.fromarray(np.clip(fabric.rgb * rib[None, :, None] * 255, 0, 255)
-                                   .astype(np.uint8)),
-            "collar": Image.fromarray(np.clip(fabric.rgb * 1.03 * 255, 0, 255).astype(np.uint8)),
-            "flap": Image.fromarray((fabric.rgb * 0.9 * 255).astype(np.uint8)),
-        }
+        self.tints: dict[str, Image.Image] = {}
+
+    def _tint(self, kind: str) -> Image.Image:
+        """The fabric re-lit for a detail: lining in shadow, ribbing, collar, flap (cached)."""
+        if kind not in self.tints:
+            if kind == "rib":
+                rib = 0.82 + 0.12 * (np.mod(np.arange(self.size), 3) == 0).astype(np.float32)
+                factor = rib[None, :, None]
+            else:
+                factor = np.float32({"lining": 0.6, "collar": 1.03, "flap": 0.9}[kind])
+            rgb = np.clip(self.fabric.rgb * factor * 255, 0, 255).astype(np.uint8)
+            self.tints[kind] = Image.fromarray(rgb)
+        return self.tints[kind]
 
     def _fill(self, layer: Image.Image, tint: str, points: np.ndarray) -> None:
         mask = Image.new("L", layer.size, 0)
         ImageDraw.Draw(mask).polygon(_px(points, self.size), fill=255)
-        layer.paste(self.tints[tint], (0, 0), mask)
+        layer.paste(self._tint(tint), (0, 0), mask)
 
     def paint(self, layer: Image.Image, draw: ImageDraw.ImageDraw, d: Detail) -> None:
         s, lw = self.size, self.line_w
@@ -183,7 +205,7 @@ def render_flat(shape: GarmentShape, fabric: Fabric, size: int,
         union = Image.fromarray(np.maximum(np.asarray(union), np.asarray(alpha)))
     # Soft even light: a faint darkening towards the outline, as cloth curls at its edges.
     a = np.asarray(union, dtype=np.float32) / 255
-    soft = np.asarray(union.filter(ImageFilter.GaussianBlur(size / 48)), dtype=np.float32) / 255
+    soft = soft_blur(a, size / 48)
     shade = 1.0 - 0.12 * a * (1.0 - soft)
     img = np.asarray(canvas, dtype=np.float32)
     img = img * shade[..., None] + 255 * (1 - a[..., None]) * (1 - shade[..., None])

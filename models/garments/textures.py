@@ -245,7 +245,8 @@ _WORDS = ["BROOKLYN", "SURF CLUB", "ATHLETIC DEPT.", "NEW YORK", "CALIFORNIA", "
           "NO. 23", "BERLIN", "Coffee & Co", "VINTAGE", "FLATLAY", "NORTH", "ROCK'N'ROLL",
           "Summer '99", "SKATE", "LA FAMILIA", "AMOR", "HELLO", "BASIC", "1994"]
 _FONT_FILES = ["DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "DejaVuSerif-Bold.ttf",
-               "DejaVuSerif-BoldItalic.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSans-BoldOblique.ttf",
+               "DejaVuSerif-BoldItalic.ttf", "DejaVuSansMono-Bold.ttf",
+               "DejaVuSans-BoldOblique.ttf",
                "DejaVuSerif.ttf", "DejaVuSansMono.ttf"]
 
 

@@ -1,0 +1,204 @@
+"""The retrieval benchmark (`flatlay bench retrieval`): StructureNet + bank + SLLE against
+the garment world's ground truth.
+
+Photos are embedded whole (no parser crop yet) and, as a second view, cropped to the
+garment's true box (what a good parser would give); both are reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.garments import CATEGORIES, SPLITS, generate
+from models.slle import choose_category, fuse_structures, nearest_structure
+from models.structurenet import (
+    DEFAULT_WEIGHTS,
+    StructureNet,
+    embed_photos,
+    normalise_photos,
+    photo_tensor_uint8,
+)
+from models.train.pairs import RENDER_SIZE, SILHOUETTE_SIZE
+from structure_bank import Structure, StructureBank
+from structure_bank.builder import BANK_SEED_START, default_bank_path, world_structures
+
+ZERO_SHOT_CATEGORY = "skirt"
+CANONICAL_DIAGONAL = float(np.sqrt(2.0))  # of the unit-square canvas
+
+
+@dataclass
+class EvalSample:
+    seed: int
+    category: str
+    landmarks: np.ndarray  # (L, 2) canonical, ground truth flat-lay
+    silhouette: np.ndarray  # (128, 128) bool
+    photo_whole: np.ndarray  # (P, P, 3) uint8
+    photo_box: np.ndarray  # (P, P, 3) uint8
+
+
+def render_eval(seeds: list[int], photo_size: int, category: str | None = None) -> list[EvalSample]:
+    from PIL import Image
+
+    out = []
+    for seed in tqdm(seeds, desc="render test photos", leave=False):
+        s = generate(int(seed), size=RENDER_SIZE, category=category)
+        sil = s.flat_mask
+        if sil.shape[0] != SILHOUETTE_SIZE:
+            sil = np.asarray(Image.fromarray(sil.astype(np.uint8) * 255).resize(
+                (SILHOUETTE_SIZE, SILHOUETTE_SIZE), Image.Resampling.BILINEAR)) > 127
+        out.append(EvalSample(
+            seed=int(seed), category=s.category, landmarks=s.flat_landmarks, silhouette=sil,
+            photo_whole=photo_tensor_uint8(s.wild_image, photo_size),
+            photo_box=photo_tensor_uint8(s.wild_image, photo_size, s.wild_mask),
+        ))
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def landmark_nme(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean landmark distance over the canvas diagonal (both in the canonical unit square)."""
+    return float(np.linalg.norm(pred - truth, axis=1).mean() / CANONICAL_DIAGONAL)
+
+
+def _embed(model: StructureNet, samples: list[EvalSample], view: str) -> np.ndarray:
+    photos = np.stack([getattr(s, f"photo_{view}") for s in samples])
+    with torch.inference_mode():
+        return embed_photos(model, normalise_photos(photos))
+
+
+def _without_category(bank: StructureBank, category: str) -> StructureBank:
+    out = StructureBank(bank.embedding_dim, bank.silhouette_size, bank.model)
+    out.add([bank.entry(r) for r in range(len(bank)) if bank.categories[r] != category])
+    return out
+
+
+def _quality(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray, k: int) -> dict:
+    cat_ok, nme_slle, nme_top1, iou_slle, iou_top1 = [], [], [], [], []
+    for s, q in zip(samples, emb, strict=True):
+        cat = choose_category(bank, q)
+        cat_ok.append(cat == s.category)
+        fused = fuse_structures(bank, q, k=k, category=cat)
+        top1 = nearest_structure(bank, q, category=cat)
+        iou_slle.append(iou(fused.silhouette, s.silhouette))
+        iou_top1.append(iou(top1.silhouette, s.silhouette))
+        if cat == s.category:
+            nme_slle.append(landmark_nme(fused.landmarks, s.landmarks))
+            nme_top1.append(landmark_nme(top1.landmarks, s.landmarks))
+    return {
+        "category_accuracy": round(float(np.mean(cat_ok)), 4),
+        "landmark_nme_slle": round(float(np.mean(nme_slle)), 5) if nme_slle else None,
+        "landmark_nme_top1": round(float(np.mean(nme_top1)), 5) if nme_top1 else None,
+        "landmark_nme_n": len(nme_slle),
+        "silhouette_iou_slle": round(float(np.mean(iou_slle)), 4),
+        "silhouette_iou_top1": round(float(np.mean(iou_top1)), 4),
+    }
+
+
+def _recall(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray,
+            targets: list[Structure]) -> dict:
+    with_targets = StructureBank(bank.embedding_dim, bank.silhouette_size, bank.model)
+    with_targets.add([bank.entry(r) for r in range(len(bank))] + targets)
+    r1, r5 = [], []
+    for s, q in zip(samples, emb, strict=True):
+        ids = [h.id for h in with_targets.search(q, 5)]
+        own = f"test-{s.seed}"
+        r1.append(ids[:1] == [own])
+        r5.append(own in ids)
+    return {"recall_at_1": round(float(np.mean(r1)), 4), "recall_at_5": round(float(np.mean(r5)),
+                                                                            4)}
+
+
+def benchmark_retrieval(
+    split: str = "test",
+    n: int = 500,
+    k: int = 8,
+    weights: Path | None = None,
+    bank_path: Path | None = None,
+    zero_shot_n: int = 100,
+    zero_shot_bank_n: int = 500,
+    workers: int = 2,
+) -> dict:
+    torch.set_grad_enabled(False)
+    weights = Path(weights or DEFAULT_WEIGHTS)
+    model = StructureNet.from_pretrained(weights)
+    bank = StructureBank.load(bank_path or default_bank_path())
+    start = SPLITS[split][0]
+    seeds = list(range(start, start + n))
+    samples = render_eval(seeds, model.photo_size)
+    targets = world_structures(seeds, weights, workers=workers, id_prefix="test")
+
+    result: dict = {"split": split, "n": n, "k": k, "bank_size": len(bank),
+                    "weights": weights.name}
+    for view in ("whole", "box"):
+        emb = _embed(model, samples, view)
+        metrics = {**_recall(bank, samples, emb, targets), **_quality(bank, samples, emb, k)}
+        if view == "whole":
+            result.update(metrics)
+        else:
+            result["with_garment_box"] = metrics
+
+    emb = _embed(model, samples, "whole")
+    timings = []
+    for q in emb:
+        t = time.perf_counter()
+        bank.search(q, k)
+        timings.append((time.perf_counter() - t) * 1000)
+    result["search_ms_p50"] = round(float(np.percentile(timings, 50)), 4)
+    result["search_ms_p99"] = round(float(np.percentile(timings, 99)), 4)
+    fuse_ms = []
+    for q in emb[:100]:
+        t = time.perf_counter()
+        fuse_structures(bank, q, k=k)
+        fuse_ms.append((time.perf_counter() - t) * 1000)
+    result["slle_ms_p50"] = round(float(np.percentile(fuse_ms, 50)), 3)
+    result["per_category"] = _per_category(bank, samples, emb, k)
+    result["zero_shot"] = zero_shot(model, bank, weights, split, zero_shot_n, zero_shot_bank_n, k,
+                                    workers)
+    return result
+
+
+def _per_category(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray,
+                  k: int) -> dict:
+    out = {}
+    for cat in CATEGORIES:
+        idx = [i for i, s in enumerate(samples) if s.category == cat]
+        if idx:
+            out[cat] = {"n": len(idx),
+                        **_quality(bank, [samples[i] for i in idx], emb[idx], k)}
+    return out
+
+
+def zero_shot(model: StructureNet, bank: StructureBank, weights: Path, split: str, n: int,
+              bank_n: int, k: int, workers: int) -> dict:
+    """A category StructureNet never saw and the bank lacks: silhouette IoU of its test
+    photos before and after its structures are added to the bank (no retraining)."""
+    cat = ZERO_SHOT_CATEGORY
+    start = SPLITS[split][0] + 50_000  # apart from the main test seeds
+    samples = render_eval(list(range(start, start + n)), model.photo_size, category=cat)
+    emb = _embed(model, samples, "whole")
+    without = _without_category(bank, cat)
+    before = _quality(without, samples, emb, k)
+    added = world_structures(list(range(BANK_SEED_START + 200_000,
+                                        BANK_SEED_START + 200_000 + bank_n)),
+                             weights, category=cat, workers=workers, id_prefix="added")
+    without.add(added)
+    after = _quality(without, samples, emb, k)
+    return {
+        "category": cat,
+        "n": n,
+        "structures_added": len(added),
+        "silhouette_iou_before": before["silhouette_iou_slle"],
+        "silhouette_iou_after": after["silhouette_iou_slle"],
+        "category_accuracy_before": before["category_accuracy"],
+        "category_accuracy_after": after["category_accuracy"],
+        "landmark_nme_after": after["landmark_nme_slle"],
+    }

@@ -1,0 +1,185 @@
+"""Stage 2, embed: StructureNet, a dual-tower contrastive model built with open_clip.
+
+The photo tower embeds an in-the-wild garment photo; the structure tower embeds a
+standardized structure rendered on the canonical canvas (silhouette plus landmark heatmaps).
+Trained with open_clip's ClipLoss on (wild photo, own flat-lay structure) pairs, a photo lands
+next to the structure of its own flat-lay, so the bank can be searched with it.
+
+Configs are JSON files in `models/configs/` (`structurenet-tiny` for CPUs, `structurenet-base`
+for a GPU), registered in open_clip's model-config registry; both towers are open_clip vision
+towers (ModifiedResNet when `layers` is a list, ViT when it is an int).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import _build_vision_tower
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "structurenet-tiny"
+
+# Photo normalisation (per channel, on [0, 1] RGB).
+PHOTO_MEAN = (0.5, 0.5, 0.5)
+PHOTO_STD = (0.25, 0.25, 0.25)
+
+
+def register_configs() -> list[str]:
+    """Put our JSON configs into open_clip's registry (`open_clip.get_model_config`).
+
+    open_clip's own scanner only takes image–text configs, so ours go in directly.
+    """
+    names = []
+    for path in sorted(CONFIG_DIR.glob("structurenet-*.json")):
+        open_clip.factory._MODEL_CONFIGS[path.stem] = json.loads(path.read_text())
+        names.append(path.stem)
+    return names
+
+
+register_configs()
+
+
+def model_config(name: str) -> dict[str, Any]:
+    cfg = open_clip.get_model_config(name)
+    if cfg is None or "photo_cfg" not in cfg:
+        available = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("structurenet-*.json")))
+        raise ValueError(f"unknown StructureNet config {name!r}; available: {available}")
+    return cfg
+
+
+class StructureNet(nn.Module):
+    """Two open_clip vision towers and a learned temperature."""
+
+    def __init__(self, config: dict[str, Any], name: str = "custom") -> None:
+        super().__init__()
+        self.name = name
+        self.config = config
+        self.embed_dim = int(config["embed_dim"])
+        self.photo_size = int(config["photo_cfg"]["image_size"])
+        self.structure_size = int(config["structure_cfg"]["image_size"])
+        self.photo = _build_vision_tower(self.embed_dim, config["photo_cfg"])
+        self.structure = _build_vision_tower(self.embed_dim, config["structure_cfg"])
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.get("init_logit_scale",
+                                                                      math.log(1 / 0.07)))))
+
+    @classmethod
+    def from_config(cls, name: str) -> StructureNet:
+        return cls(model_config(name), name=name)
+
+    def encode_photo(self, photos: torch.Tensor) -> torch.Tensor:
+        """(B, 3, P, P) normalised photos → (B, D) unit vectors."""
+        return F.normalize(self.photo(photos), dim=-1)
+
+    def encode_structure(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) structure maps in [0, 1] → (B, D) unit vectors."""
+        return F.normalize(self.structure(maps * 2.0 - 1.0), dim=-1)
+
+    def forward(
+        self, photos: torch.Tensor, maps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.encode_photo(photos), self.encode_structure(maps), self.logit_scale.exp()
+
+    # Local folders only: config.json + model.safetensors (+ a model card written by training).
+
+    def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"architecture": "StructureNet", "name": self.name, "model_cfg": self.config,
+                **(extra or {})}
+        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, folder: Path, device: str | torch.device = "cpu") -> StructureNet:
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} holds no StructureNet (config.json missing)")
+        meta = json.loads((folder / "config.json").read_text())
+        model = cls(meta["model_cfg"], name=meta.get("name", "custom"))
+        model.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
+        return model.to(device).eval()
+
+
+# Inputs ----------------------------------------------------------------------------------------
+
+
+def photo_tensor_uint8(rgb: np.ndarray, size: int, mask: np.ndarray | None = None,
+                       pad: float = 0.06) -> np.ndarray:
+    """The photo tower's view of a photo: (size, size, 3) uint8.
+
+    With a garment mask (H, W), the photo is cropped to the mask's square box plus `pad`;
+    without, the whole photo is letterboxed to a square (outside the photo is black).
+    """
+    h, w = rgb.shape[:2]
+    if mask is not None and mask.any():
+        ys, xs = np.nonzero(mask)
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 * (1 + 2 * pad) + 1
+    else:
+        cy, cx, half = h / 2, w / 2, max(h, w) / 2
+    # A square canvas around the box; outside the photo stays black.
+    canvas = Image.new("RGB", (int(np.ceil(2 * half)), int(np.ceil(2 * half))))
+    canvas.paste(Image.fromarray(rgb), (int(round(half - cx)), int(round(half - cy))))
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+def normalise_photos(photos: np.ndarray) -> torch.Tensor:
+    """(N, P, P, 3) uint8 → (N, 3, P, P) float tensor, normalised for the photo tower."""
+    t = torch.from_numpy(np.ascontiguousarray(photos)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(PHOTO_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(PHOTO_STD).view(1, 3, 1, 1)
+    return (t - mean) / std
+
+
+def structure_map(landmarks: np.ndarray, silhouette: np.ndarray, size: int) -> np.ndarray:
+    """A structure on the canonical canvas → (3, size, size) float32 in [0, 1].
+
+    Channel 0: the silhouette; 1: Gaussian blobs at the landmarks; 2: the same blobs scaled
+    by their rank along the contour, so the tower can tell where the contour starts.
+    landmarks: (L, 2) canonical unit square; silhouette: (S, S) bool.
+    """
+    sil = np.asarray(
+        Image.fromarray(silhouette.astype(np.uint8) * 255).resize(
+            (size, size), Image.Resampling.BILINEAR), np.float32) / 255.0
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size
+    sigma = 1.5 / size
+    gx = np.exp(-((c[None, :] - landmarks[:, :1]) ** 2) / (2 * sigma**2))  # (L, size)
+    gy = np.exp(-((c[None, :] - landmarks[:, 1:]) ** 2) / (2 * sigma**2))
+    blobs = gy[:, :, None] * gx[:, None, :]  # (L, size, size)
+    rank = (np.arange(len(landmarks), dtype=np.float32) + 1) / len(landmarks)
+    heat = np.clip(blobs.sum(0), 0, 1)
+    ordered = np.clip((blobs * rank[:, None, None]).max(0), 0, 1)
+    return np.stack([sil, heat, ordered]).astype(np.float32)
+
+
+@torch.no_grad()
+def embed_structures(model: StructureNet, maps: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(N, 3, S, S) structure maps → (N, D) float32 unit embeddings."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model.encode_structure(torch.from_numpy(maps[i : i + batch]).to(device)).cpu()
+           for i in range(0, len(maps), batch)]
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.embed_dim),
+                                                                          np.float32)
+
+
+@torch.no_grad()
+def embed_photos(model: StructureNet, photos: torch.Tensor, batch: int = 128) -> np.ndarray:
+    """(N, 3, P, P) normalised photos → (N, D) float32 unit embeddings."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model.encode_photo(photos[i : i + batch].to(device)).cpu()
+           for i in range(0, len(photos), batch)]
+    return torch.cat(out).numpy().astype(np.float32)
