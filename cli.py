@@ -343,11 +343,78 @@ def _add_synth_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from service.settings import get_settings
+    from service.status import StatusError, collect_status, format_status
+
+    try:
+        status = collect_status(get_settings(data_dir=args.data_dir))
+    except StatusError as exc:
+        raise CLIError(str(exc)) from None
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from models.compose import parse_background
+    from models.pipeline import pipeline_names
+    from service.settings import get_settings
+    from workers.local import find_photos, generate
+
+    if args.pipeline not in pipeline_names():
+        raise CLIError(f"unknown pipeline {args.pipeline!r}; available: "
+                       f"{', '.join(pipeline_names())}")
+    if not 256 <= args.output_size <= 2048:
+        raise CLIError(f"--output-size must be within 256–2048, got {args.output_size}")
+    try:
+        transparent = parse_background(args.background) is None
+    except ValueError as exc:
+        raise CLIError(f"--background: {exc}") from None
+    if transparent and args.format == "jpeg":
+        raise CLIError("JPEG has no alpha channel: use --format png or webp for a transparent "
+                       "background")
+    try:
+        photos = find_photos(args.inputs)
+    except FileNotFoundError as exc:
+        raise CLIError(f"no such file or folder: {exc}") from None
+    if not photos:
+        raise CLIError("no JPEG, PNG or WebP photos in the given inputs")
+    options = {"output_size": args.output_size, "background": args.background,
+               "format": args.format, "seed": args.seed}
+    run = generate(photos, args.out, args.pipeline, options, get_settings())
+    print(f"{len(run.written)} flat-lay(s) in {args.out}"
+          + (f"; {len(run.failed)} photo(s) failed" if run.failed else ""))
+    return 1 if run.failed else 0
+
+
+def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="queue depth, jobs by state and live workers")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "generate", help="turn local photos into flat-lays, no service (a progress bar)"
+    )
+    p.add_argument("inputs", nargs="+", type=Path, help="photos, or folders of photos")
+    p.add_argument("-o", "--out", type=Path, default=Path("flatlays"),
+                   help="output folder (default ./flatlays)")
+    p.add_argument("--pipeline", default="cutout", help="pipeline name (default cutout)")
+    p.add_argument("--output-size", type=int, default=1024, help="canvas side, 256–2048")
+    p.add_argument("--background", default="#ffffff", help="'transparent' or #rrggbb")
+    p.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_cmd_generate)
+
+
 # Each wing adds its subcommands here; the registration functions themselves import nothing heavy.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_service_commands,
     _add_model_commands,
     _add_synth_command,
+    _add_operator_commands,
 ]
 
 

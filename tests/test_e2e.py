@@ -8,9 +8,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ServiceProcesses, encode, free_port, garment_photo, wait_for_job
 
@@ -27,6 +29,15 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProces
     )
     yield svc
     svc.stop()
+
+
+def _samples(text: str) -> dict[tuple[str, ...], float]:
+    """Prometheus text → {(sample name, *label values): value}."""
+    return {
+        (sample.name, *sample.labels.values()): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def _check_result(data: bytes, content_type: str, size: int, fmt: str, background: str) -> None:
@@ -99,12 +110,14 @@ def test_embedded_bad_input_never_hurts_the_worker(embedded: ServiceProcesses) -
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_distributed_round_trip(redis_url: str, postgres_url: str, tmp_path: Path) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
+    queue = f"flatlay.test.{uuid.uuid4().hex[:8]}"
     env = {
         "FLATLAY_DATA_DIR": str(tmp_path / "data"),
         "FLATLAY_DATABASE_URL": postgres_url,
         "FLATLAY_BROKER_URL": redis_url,
-        "FLATLAY_QUEUE_NAME": f"flatlay.test.{uuid.uuid4().hex[:8]}",
+        "FLATLAY_QUEUE_NAME": queue,
+        "FLATLAY_WORKER_METRICS_PORT": str(metrics_port),
     }
     svc = ServiceProcesses.start(
         [["api", "--port", str(port)], ["worker"]], env=env, port=port, log_dir=tmp_path
@@ -115,5 +128,14 @@ def test_distributed_round_trip(redis_url: str, postgres_url: str, tmp_path: Pat
             assert ready["checks"]["broker"] == "ok"
         _round_trip(svc, "png", "#ffffff", 512)
         _round_trip(svc, "webp", "transparent", 256)
+        # The worker serves its own series; the API's /metrics has the job store's view.
+        worker = _samples(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
+        assert worker[("flatlay_stage_seconds_count", "cutout", "parse")] == 2
+        assert worker[("flatlay_jobs_processed_total", "cutout", "succeeded")] == 2
+        with svc.client() as c:
+            api = _samples(c.get("/metrics").text)
+        assert not any(name == "flatlay_stage_seconds_count" for name, *_ in api)
+        assert api[("flatlay_jobs", "succeeded")] >= 2
+        assert api[("flatlay_broker_queue_depth", queue)] == 0
     finally:
         svc.stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +64,20 @@ def test_same_seed_same_bytes_and_seeds_differ():
     assert a.wild_image.tobytes() != c.wild_image.tobytes()
 
 
+def test_same_bytes_in_a_fresh_interpreter():
+    # A new process has a different hash seed: nothing may depend on set or dict-hash order.
+    code = ("import hashlib; from models.garments import generate; s = generate(77, size=96); "
+            "print(hashlib.sha256(s.wild_image.tobytes() + s.flat_image.tobytes() "
+            "+ s.wild_landmarks.tobytes()).hexdigest())")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True).stdout
+    s = generate(77, size=96)
+    here = hashlib.sha256(s.wild_image.tobytes() + s.flat_image.tobytes()
+                          + s.wild_landmarks.tobytes()).hexdigest()
+    assert out.strip() == here
+
+
 def test_arrays_have_documented_shapes_and_dtypes(per_category):
     for cat, samples in per_category.items():
         n = num_landmarks(cat)
@@ -98,10 +114,10 @@ def test_flat_landmarks_lie_on_the_outline_in_contour_order(per_category_256):
             contour = _outer_contour(s.flat_mask)
             px = s.flat_landmarks * s.size - 0.5
             dist = np.linalg.norm(px[:k, None, :] - contour[None], axis=-1)
-            # 2.5 px (1% of the canvas): narrow concave corners (a steep sleeve meeting the
-            # armpit, the crotch) fill in when rasterised.
+            # 3 px (about 1% of the canvas): the tip of a concave corner (armpit, crotch) is
+            # narrower than a pixel for its last pixel or two and fills in when rasterised.
             worst = landmark_names(cat)[dist.min(1).argmax()]
-            assert dist.min(1).max() < 2.5, (cat, s.seed, worst)
+            assert dist.min(1).max() < 3.0, (cat, s.seed, worst)
             # Walking the landmarks in schema order goes round the outline exactly once.
             idx = dist.argmin(1)
             steps = np.diff(np.append(idx, idx[0])) % len(contour)

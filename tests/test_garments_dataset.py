@@ -33,6 +33,7 @@ def test_manifest_round_trip(tmp_path):
         for name in ARRAYS:
             a, b = getattr(back, name), getattr(fresh, name)
             assert a.dtype == b.dtype and np.array_equal(a, b), name
+        assert back.wild_jpeg == fresh.wild_jpeg  # the photo's own JPEG file, not re-encoded
         assert back.attributes == json.loads(json.dumps(fresh.attributes))
         assert back.category == fresh.category and back.family == fresh.family
         assert len(r["flat_landmarks"]) == len(head["landmark_names"][r["category"]])

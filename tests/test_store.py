@@ -117,3 +117,17 @@ def test_stale_queued_jobs_are_found(store: JobStore) -> None:
     assert store.stale_queued(60) == [job_id]
     store.mark_enqueued(job_id)  # just sent again: not stale any more
     assert store.stale_queued(60) == []
+
+
+def test_worker_heartbeats(store: JobStore) -> None:
+    store.heartbeat("h:1", hostname="h", pid=1, pipelines=["cutout"], current_job=None)
+    first = store.live_workers(within_s=30)
+    assert [(w.name, w.pipelines, w.current_job) for w in first] == [("h:1", ["cutout"], None)]
+    store.heartbeat("h:1", hostname="h", pid=1, pipelines=["cutout"], current_job="j")
+    (again,) = store.live_workers(within_s=30)
+    assert again.current_job == "j" and again.started_at == first[0].started_at
+    assert again.last_seen_at >= first[0].last_seen_at and again.last_seen_at.tzinfo
+    assert store.live_workers(within_s=0) == []  # none seen in the last instant
+    assert store.prune_workers(older_than_s=3600) == 0
+    store.forget_worker("h:1")
+    assert store.live_workers(within_s=30) == []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FileChooser, Page, expect, sync_playwright
 
 from tests.support import REPO, ServiceProcesses, encode, free_port, garment_photo
 
@@ -79,7 +79,8 @@ def _watch_statuses(page: Page) -> None:
         window.seenStatuses = [];
         const record = (chip) => {
             const last = window.seenStatuses[window.seenStatuses.length - 1];
-            if (chip.textContent && chip.textContent !== last) window.seenStatuses.push(chip.textContent);
+            const text = chip.textContent;
+            if (text && text !== last) window.seenStatuses.push(text);
         };
         new MutationObserver(() => document.querySelectorAll('#run-rows .chip').forEach(record))
             .observe(document.getElementById('run-rows'),
@@ -93,15 +94,23 @@ def test_upload_from_the_keyboard_watch_progress_see_and_download(
     photo = _photo(tmp_path / "blue shirt.jpg", offset=(0.1, 0.0))
     # Options come from the API: the default pipeline is preselected.
     expect(page.locator("#pipeline")).to_have_value("cutout")
+    # Listen for the file dialog well before it opens: Playwright intercepts the dialog only
+    # once its listener is installed in the browser.
+    choosers: list[FileChooser] = []
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
     page.select_option("#output-size", "512")
     page.select_option("#format", "png")
     _watch_statuses(page)
 
     # The drop zone is a button: Enter opens the file dialog.
     page.focus("#dropzone")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(photo))
+    page.keyboard.press("Enter")
+    for _ in range(50):
+        if choosers:
+            break
+        page.wait_for_timeout(100)
+    assert len(choosers) == 1, "Enter on the drop zone opened no file dialog"
+    choosers[0].set_files(str(photo))
 
     row = page.locator("#run-rows tr").first
     expect(row.locator(".file-name")).to_have_text("blue shirt.jpg")
@@ -187,11 +196,12 @@ def test_a_zip_and_photos_in_one_run_with_an_api_key_and_download_all(
     # Messages can be dismissed (keeping the one about the ZIP's text file).
     page.locator("#messages .message", has_text="Nothing was sent").locator("button").click()
     expect(page.locator("#messages .message")).to_have_count(1)
-    page.click("#run-rows tr:nth-child(3) .view")
+    page.click("#run-rows tr:nth-child(3) .file-name")
     expect(page.locator("#viewer-name")).to_have_text("green.jpg")
     expect(page.locator("#viewer-title")).to_be_focused()
     page.wait_for_function("document.getElementById('after-img').naturalWidth === 256")
     page.locator("#compare-slider").fill("38")
+    page.mouse.move(0, 0)  # no hover styles in the screenshot
     page.screenshot(path=ARTIFACTS / "web-batch.png", full_page=True)
     if os.environ.get("FLATLAY_UPDATE_DOCS") == "1":
         page.screenshot(path=REPO / "docs" / "web-page.png")

@@ -863,7 +863,7 @@ def _build_legwear(rng: np.random.Generator, category: str, family: str) -> Garm
         inseam = prm.u("inseam", 0.05, 0.16)
         hem_width = prm.u("hem_width", 0.15, 0.2)
         splay = prm.u("splay", 0.02, 0.06)
-        splay = max(splay, hem_width - hip_w + 0.03)  # legs apart at the hem
+        splay = max(splay, hem_width - hip_w + 0.05)  # legs apart at the hem
         prm.values["splay"] = round(splay, 5)
         leg = rise + inseam
     else:

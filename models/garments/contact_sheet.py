@@ -79,5 +79,5 @@ def sample_for_sheet(n: int, seed: int, size: int) -> list[GarmentSample]:
 def write_contact_sheet(path: str | Path, n: int = 24, seed: int = 0, size: int = 256,
                         columns: int = 4) -> Path:
     path = Path(path)
-    contact_sheet(sample_for_sheet(n, seed, size), columns).save(path)
+    contact_sheet(sample_for_sheet(n, seed, size), columns).save(path, optimize=True)
     return path

@@ -7,7 +7,7 @@ Layout of a data set directory:
                              means the set is complete)
     manifest.jsonl           one JSON object per sample, in seed order (see `sample_record`)
     shard-00000/             up to `shard_size` samples each:
-        0000042_wild.png         (S, S, 3) RGB, the in-the-wild photo (lossless copy)
+        0000042_wild.jpg         the in-the-wild photo: the very JPEG file it was made as
         0000042_wild_mask.png    (S, S) 1-bit visible garment mask
         0000042_occluder.png     (S, S) 1-bit occluder mask
         0000042_flat.png         (S, S, 3) RGB flat-lay
@@ -19,6 +19,7 @@ through `read_sample` gives back the arrays `generate` made, bit for bit.
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -31,13 +32,14 @@ from PIL import Image
 
 from . import backgrounds
 from .categories import CATEGORIES, landmark_names
+from .render_wild import decode_jpeg
 from .sample import GENERATOR_VERSION, SPLITS, GarmentSample, generate, split_of
 
 FORMAT = "flatlay-garments"
 FORMAT_VERSION = 1
 HEADER = "dataset.json"
 MANIFEST = "manifest.jsonl"
-_FILES = {"wild_image": "wild.png", "wild_mask": "wild_mask.png",
+_FILES = {"wild_image": "wild.jpg", "wild_mask": "wild_mask.png",
           "wild_occluder_mask": "occluder.png", "flat_image": "flat.png",
           "flat_mask": "flat_mask.png"}
 
@@ -70,12 +72,22 @@ def write_sample(root: Path, shard: str, sample: GarmentSample) -> dict:
     files = {}
     for key, suffix in _FILES.items():
         rel = f"{shard}/{sample.seed:07d}_{suffix}"
+        files[key] = rel
+        if key == "wild_image":
+            # The photo is already a JPEG: store that file, no second (lossy) encode.
+            (root / rel).write_bytes(sample.wild_jpeg or _jpeg_of(sample.wild_image))
+            continue
         array = getattr(sample, key)
         img = Image.fromarray(array) if array.dtype == np.uint8 else Image.fromarray(array).convert(
             "1")
         img.save(root / rel, compress_level=1)
-        files[key] = rel
     return sample_record(sample, files)
+
+
+def _jpeg_of(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
 
 
 def _work(job: tuple[str, str, int, int, str | None]) -> dict:
@@ -165,6 +177,10 @@ def read_sample(root: str | Path, record: dict) -> GarmentSample:
     root = Path(root)
     arrays = {}
     for key, rel in record["files"].items():
+        if key == "wild_image":
+            arrays["wild_jpeg"] = (root / rel).read_bytes()
+            arrays[key] = decode_jpeg(arrays["wild_jpeg"])
+            continue
         with Image.open(root / rel) as img:
             a = np.asarray(img)
         arrays[key] = a.astype(bool) if img.mode == "1" else a

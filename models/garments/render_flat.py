@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from .categories import Detail, GarmentShape, Part
 from .textures import Fabric, draw_print
@@ -198,17 +198,15 @@ def render_flat(shape: GarmentShape, fabric: Fabric, size: int,
         layers.append(layer)
 
     canvas = Image.new("RGB", (size, size), WHITE)
-    union = Image.new("L", (size, size), 0)
+    union = np.zeros((size, size), np.uint8)
     for layer in layers:
         alpha = layer.getchannel("A")
         canvas.paste(layer, (0, 0), alpha)
-        union = Image.fromarray(np.maximum(np.asarray(union), np.asarray(alpha)))
+        np.maximum(union, np.asarray(alpha), out=union)
     # Soft even light: a faint darkening towards the outline, as cloth curls at its edges.
-    a = np.asarray(union, dtype=np.float32) / 255
-    soft = soft_blur(a, size / 48)
-    shade = 1.0 - 0.12 * a * (1.0 - soft)
-    img = np.asarray(canvas, dtype=np.float32)
-    img = img * shade[..., None] + 255 * (1 - a[..., None]) * (1 - shade[..., None])
-    return FlatLayers(parts=shape.parts, layers=layers,
-                      image=np.clip(img + 0.5, 0, 255).astype(np.uint8), mask=a >= 0.5,
+    a = union.astype(np.float32) * np.float32(1 / 255)
+    shade = 255.5 - 30.6 * a * (1.0 - soft_blur(a, size / 48))
+    shade_img = Image.fromarray(shade.astype(np.uint8))
+    image = ImageChops.multiply(canvas, Image.merge("RGB", (shade_img, shade_img, shade_img)))
+    return FlatLayers(parts=shape.parts, layers=layers, image=np.asarray(image), mask=a >= 0.5,
                       attributes=attrs)

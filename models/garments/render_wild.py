@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .backgrounds import PHOTOS, crop_background, load_photo, sample_background
 from .categories import GarmentShape, landmark_names
 from .render_flat import FlatLayers, soft_blur
+from .textures import PALETTE, white_noise
 
 GRID = 24  # warp grid cells per side
 SCENES = ("surface", "hanger", "worn")
@@ -38,7 +39,8 @@ class WildRender:
     """`image` (S, S, 3) uint8 RGB; `mask` (S, S) bool visible garment pixels; `occluder_mask`
     (S, S) bool pixels covered by hands, hanger or objects; `landmarks` (N, 2) float32 in the
     wild image's unit square (x, y; may fall outside [0, 1] when out of frame); `visibility`
-    (N,) uint8, 1 = visible, 0 = occluded, self-occluded or out of frame."""
+    (N,) uint8, 1 = visible, 0 = occluded, self-occluded or out of frame. `jpeg` is the JPEG
+    file the photo went through; decoding it gives `image` exactly."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -46,9 +48,16 @@ class WildRender:
     landmarks: np.ndarray
     visibility: np.ndarray
     attributes: dict
+    jpeg: bytes
 
 
 # ---- geometry ------------------------------------------------------------------------------
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of a JPEG file."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -90,14 +99,14 @@ class _Drape:
         rhs = np.vstack([delta, np.zeros((3, 2))])
         sol = np.linalg.solve(a, rhs)
         self.w, self.aff = sol[:k], sol[k:]
-        m = int(round(2 + 9 * difficulty * rng.uniform(0.6, 1.0)))
+        m = int(round(3 + 12 * difficulty * rng.uniform(0.6, 1.0)))
         self.rc = np.stack([rng.uniform(x0, x1, m), rng.uniform(y0, y1, m)], 1)
         base = np.pi / 2 if vertical_folds else 0.0
         spread = 0.35 if vertical_folds else np.pi
         ang = base + rng.uniform(-spread, spread, m)
         self.rt = np.stack([np.cos(ang), np.sin(ang)], 1)
-        self.rl = rng.uniform(0.05, 0.22, m)
-        self.rw = rng.uniform(0.009, 0.024, m)
+        self.rl = rng.uniform(0.06, 0.3, m)
+        self.rw = rng.uniform(0.007, 0.022, m)
         self.ra = rng.choice([-1, 1], m) * rng.uniform(0.25, 1.0, m) * self.rw * (
             0.4 + 0.8 * difficulty)
         self.gain = np.minimum(0.6 * self.ra**2 / self.rw, 0.6 * self.rw)
@@ -105,14 +114,14 @@ class _Drape:
 
     @staticmethod
     def _phi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        r2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        r2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * (a @ b.T)
+        r2 = np.maximum(r2, 0.0)
         return 0.5 * r2 * np.log(r2 + 1e-12)
 
     def _ridges(self, q: np.ndarray):
-        rel = q[:, None, :] - self.rc[None]
-        par = (rel * self.rt[None]).sum(-1)
         normal = np.stack([-self.rt[:, 1], self.rt[:, 0]], 1)
-        perp = (rel * normal[None]).sum(-1)
+        par = q @ self.rt.T - (self.rc * self.rt).sum(1)
+        perp = q @ normal.T - (self.rc * normal).sum(1)
         env = np.exp(-((par / self.rl) ** 2) - (perp / self.rw) ** 2)
         return par, perp, normal, env
 
@@ -133,26 +142,29 @@ class _Drape:
         return h, grad
 
 
-def _bilinear(nodes: np.ndarray, xs: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Evaluate the piecewise-bilinear map given at node positions xs (both axes) at pts."""
+def _bilinear(nodes: np.ndarray, xs: np.ndarray, pts: np.ndarray):
+    """The piecewise-bilinear map given at node positions xs (both axes), at pts (N, 2):
+    values (N, 2) and the partial derivatives along x and along y, each (N, 2)."""
     ix = np.clip(np.searchsorted(xs, pts[:, 0]) - 1, 0, len(xs) - 2)
     iy = np.clip(np.searchsorted(xs, pts[:, 1]) - 1, 0, len(xs) - 2)
-    tx = (pts[:, 0] - xs[ix]) / (xs[ix + 1] - xs[ix])
-    ty = (pts[:, 1] - xs[iy]) / (xs[iy + 1] - xs[iy])
+    wx, wy = (xs[ix + 1] - xs[ix])[:, None], (xs[iy + 1] - xs[iy])[:, None]
+    tx = (pts[:, :1] - xs[ix][:, None]) / wx
+    ty = (pts[:, 1:] - xs[iy][:, None]) / wy
     a, b = nodes[iy, ix], nodes[iy, ix + 1]
     c, d = nodes[iy + 1, ix], nodes[iy + 1, ix + 1]
-    tx, ty = tx[:, None], ty[:, None]
-    return (a * (1 - tx) + b * tx) * (1 - ty) + (c * (1 - tx) + d * tx) * ty
+    top, bottom = a + (b - a) * tx, c + (d - c) * tx
+    value = top + (bottom - top) * ty
+    ddx = ((b - a) * (1 - ty) + (d - c) * ty) / wx
+    ddy = (bottom - top) / wy
+    return value, ddx, ddy
 
 
 def _invert(nodes: np.ndarray, xs: np.ndarray, target: np.ndarray, x0: np.ndarray) -> np.ndarray:
     """Solve bilinear-map(x) = target by Newton from x0 (all (N, 2), output pixels)."""
     x = x0.copy()
-    eps = 0.25
-    for _ in range(3):
-        f = _bilinear(nodes, xs, x) - target
-        fx = (_bilinear(nodes, xs, x + [eps, 0]) - _bilinear(nodes, xs, x - [eps, 0])) / (2 * eps)
-        fy = (_bilinear(nodes, xs, x + [0, eps]) - _bilinear(nodes, xs, x - [0, eps])) / (2 * eps)
+    for _ in range(4):
+        f, fx, fy = _bilinear(nodes, xs, x)
+        f = f - target
         det = fx[:, 0] * fy[:, 1] - fx[:, 1] * fy[:, 0]
         det = np.where(np.abs(det) < 1e-12, 1e-12, det)
         dx = (f[:, 0] * fy[:, 1] - f[:, 1] * fy[:, 0]) / det
@@ -171,36 +183,75 @@ def _interp_weights(size: int, nodes: tuple[float, ...]) -> tuple[np.ndarray, np
     return i, t[:, None]
 
 
-def _dense(grid: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
-    """Upsample an (G+1, G+1) node grid to (S, S) pixel centres, exactly bilinear per cell."""
+def _dense(grid: np.ndarray, xs: np.ndarray, size: int, win: tuple[slice, slice]) -> np.ndarray:
+    """Upsample an (G+1, G+1) node grid to the pixel centres of window `win` (rows, cols) of
+    the (S, S) image, exactly bilinear inside each grid cell."""
     i, t = _interp_weights(size, tuple(xs.tolist()))
-    rows = grid[i] * (1 - t) + grid[i + 1] * t
-    return rows[:, i] * (1 - t.T) + rows[:, i + 1] * t.T
+    ri, rt = i[win[0]], t[win[0]]
+    ci, ct = i[win[1]], t[win[1]].T
+    rows = grid[ri] * (1 - rt) + grid[ri + 1] * rt
+    return rows[:, ci] * (1 - ct) + rows[:, ci + 1] * ct
 
 
 def _sample_rgba(layer: np.ndarray, sx: np.ndarray, sy: np.ndarray,
                  bbox: np.ndarray) -> np.ndarray:
-    """Bilinear lookup of an (S, S, 4) uint8 layer at source pixel coords (sx, sy); pixels whose
-    source lies outside the part's bbox stay transparent. Returns (S, S, 4) float32 in [0, 1]."""
+    """Bilinear lookup of an (S, S, 4) uint8 layer at source pixel coords (sx, sy), any shape
+    (H, W); pixels whose source lies outside the part's bbox stay transparent.
+    Returns (H, W, 4) float32 in [0, 1]."""
     size = layer.shape[0]
-    out = np.zeros((size * size, 4), np.float32)
+    out = np.zeros((sx.size, 4), np.float32)
     x = sx.ravel() - 0.5
     y = sy.ravel() - 0.5
     sel = np.flatnonzero((x > bbox[0] - 2) & (x < bbox[2] + 1) & (y > bbox[1] - 2)
                          & (y < bbox[3] + 1))
-    if sel.size == 0:
-        return out.reshape(size, size, 4)
-    x, y = x[sel], y[sel]
-    x0 = np.clip(np.floor(x), 0, size - 2).astype(np.int32)
-    y0 = np.clip(np.floor(y), 0, size - 2).astype(np.int32)
-    tx = np.clip(x - x0, 0, 1).astype(np.float32)[:, None]
-    ty = np.clip(y - y0, 0, 1).astype(np.float32)[:, None]
-    flat = layer.reshape(-1, 4)
-    i = y0 * size + x0
-    top = flat[i] * (1 - tx) + flat[i + 1] * tx
-    bottom = flat[i + size] * (1 - tx) + flat[i + size + 1] * tx
-    out[sel] = (top * (1 - ty) + bottom * ty) * np.float32(1 / 255)
-    return out.reshape(size, size, 4)
+    if sel.size:
+        x, y = x[sel], y[sel]
+        x0 = np.clip(np.floor(x), 0, size - 2).astype(np.int32)
+        y0 = np.clip(np.floor(y), 0, size - 2).astype(np.int32)
+        tx = np.clip(x - x0, 0, 1).astype(np.float32)[:, None]
+        ty = np.clip(y - y0, 0, 1).astype(np.float32)[:, None]
+        flat = layer.reshape(-1, 4)
+        i = y0 * size + x0
+        top = flat[i] * (1 - tx) + flat[i + 1] * tx
+        bottom = flat[i + size] * (1 - tx) + flat[i + size + 1] * tx
+        out[sel] = (top * (1 - ty) + bottom * ty) * np.float32(1 / 255)
+    return out.reshape(*sx.shape, 4)
+
+
+def _forward_drape(drape: _Drape, p: np.ndarray) -> np.ndarray:
+    """Garment-space q with q - d(q) = p, by fixed-point iteration (d is a contraction)."""
+    q = p.copy()
+    for _ in range(8):
+        q = p + drape.displacement(q)
+    return q
+
+
+def _creases(rng, n: int, box: np.ndarray, hanging: bool, size: int, to_px,
+             win: tuple[slice, slice]) -> np.ndarray:
+    """Multiplicative shading of n sharp creases over the image window `win` (rows, cols),
+    float32: a dark fold line with a highlight beside it, drawn along curves on the garment
+    (canonical `box`) and mapped into the photo by `to_px`."""
+    r0, c0 = win[0].start, win[1].start
+    layer = Image.new("L", (win[1].stop - c0, win[0].stop - r0), 128)
+    draw = ImageDraw.Draw(layer)
+    (x0, y0), (x1, y1) = box
+    t = np.linspace(0, 1, 6)[:, None]
+    for _ in range(n):
+        start = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
+        ang = np.pi / 2 + rng.uniform(-0.4, 0.4) if hanging else rng.uniform(0, np.pi)
+        direction = np.array([np.cos(ang), np.sin(ang)])
+        length = rng.uniform(0.05, 0.25)
+        bend = rng.uniform(-0.3, 0.3) * length * np.array([-direction[1], direction[0]])
+        pts = start + t * length * direction + 4 * t * (1 - t) * bend
+        px = to_px(pts) - [c0, r0]
+        normal = np.array([-(px[-1] - px[0])[1], (px[-1] - px[0])[0]])
+        normal /= np.linalg.norm(normal) + 1e-9
+        depth = int(rng.uniform(25, 60))
+        w = max(1, round(size / 200))
+        draw.line([tuple(p) for p in px + normal * 1.2 * w], fill=128 + depth // 2, width=w)
+        draw.line([tuple(p) for p in px], fill=128 - depth, width=w)
+    layer = layer.filter(ImageFilter.GaussianBlur(0.5 * size / 256 + 0.3))
+    return np.asarray(layer, np.float32) * np.float32(1 / 128)
 
 
 # ---- drawing helpers -----------------------------------------------------------------------
@@ -317,26 +368,39 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
             break
         drape.scale *= 0.5
 
-    # 4. Warp each part layer with its own backward map (bilinear between grid nodes).
+    # 4. Warp each part layer with its own backward map (bilinear between grid nodes), inside
+    # the window where the part can land.
     part_grids: dict[str, np.ndarray] = {}
     warped: dict[str, np.ndarray] = {}
     for part, layer in zip(flat.parts, flat.layers, strict=True):
         src = rot_about(part.name, p_nodes, True).reshape(GRID + 1, GRID + 1, 2) * size
         part_grids[part.name] = src
-        dense_x, dense_y = _dense(src[..., 0], xs, size), _dense(src[..., 1], xs, size)
+        # Output window: grid cells whose source corners come near the part's bounding box.
         bbox = np.concatenate([part.polygon.min(0), part.polygon.max(0)]) * size
-        warped[part.name] = _sample_rgba(np.asarray(layer), dense_x, dense_y, bbox)
+        cell = size / GRID
+        near = ((src[..., 0] > bbox[0] - 2 * cell) & (src[..., 0] < bbox[2] + 2 * cell)
+                & (src[..., 1] > bbox[1] - 2 * cell) & (src[..., 1] < bbox[3] + 2 * cell))
+        rows_n, cols_n = np.flatnonzero(near.any(1)), np.flatnonzero(near.any(0))
+        if rows_n.size:
+            lo_px = np.array([xs[max(cols_n[0] - 1, 0)], xs[max(rows_n[0] - 1, 0)]], int)
+            hi_px = np.array([xs[min(cols_n[-1] + 1, GRID)], xs[min(rows_n[-1] + 1, GRID)]], int)
+        else:
+            lo_px = hi_px = np.zeros(2, int)
+        rgba = np.zeros((size, size, 4), np.float32)
+        if (hi_px > lo_px).all():
+            win = (slice(lo_px[1], hi_px[1]), slice(lo_px[0], hi_px[0]))
+            dense_x = _dense(src[..., 0], xs, size, win)
+            dense_y = _dense(src[..., 1], xs, size, win)
+            rgba[win] = _sample_rgba(np.asarray(layer), dense_x, dense_y, bbox)
+        warped[part.name] = rgba
     order = sorted(warped, key=lambda n: (z_of[n], n))
 
     # 5. Landmarks: analytic forward map, refined on the rendered piecewise-bilinear map.
-    q = lm.copy()
     p_rot = lm.copy()
     for name in set(names_part):
         idx = [i for i, n in enumerate(names_part) if n == name]
         p_rot[idx] = rot_about(name, lm[idx], False)
-    for _ in range(8):
-        q = p_rot + drape.displacement(q)
-    out = _apply_h(h, q)
+    out = _apply_h(h, _forward_drape(drape, p_rot))
     for name in set(names_part):
         idx = [i for i, n in enumerate(names_part) if n == name]
         out[idx] = _invert(part_grids[name], xs, lm[idx] * size, out[idx])
@@ -352,7 +416,7 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
     blur = (0.008 + 0.02 * rng.random()) * size if scene == "surface" else 0.03 * size
     strength = rng.uniform(0.25, 0.5) if scene == "surface" else rng.uniform(0.15, 0.35)
     shadow = soft_blur(union, blur, off)
-    img = img * (1 - strength * shadow)[..., None]
+    img *= (1 - strength * shadow)[..., None]
     if scene == "worn":
         img = _draw_body(img, shape, out, rng, unit, top, attrs)
 
@@ -363,8 +427,8 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
     qf = _apply_h(h_inv, np.stack([fx, fy], -1).reshape(-1, 2))
     hgt, grad = drape.height_and_gradient(qf)
     # Crumple: low-frequency bumps everywhere, stronger for cloth lying on a surface.
-    crumple = (0.2 + 0.6 * d) * (1.5 if scene == "surface" else 0.6)
-    bumps = np.asarray(Image.fromarray(rng.standard_normal((7, 7)).astype(np.float32), mode="F")
+    crumple = (0.1 + 0.45 * d) * (1.2 if scene == "surface" else 0.5)
+    bumps = np.asarray(Image.fromarray(rng.standard_normal((9, 9)).astype(np.float32), mode="F")
                        .resize((n_fine, n_fine), Image.Resampling.BICUBIC), np.float64)
     by, bx = np.gradient(bumps * crumple * 0.06)
     grad = grad + np.stack([bx.ravel(), by.ravel()], 1) * (scale * (n_fine - 1) / size)
@@ -373,28 +437,36 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
     normal = np.concatenate([-grad, np.ones((len(grad), 1))], 1)
     normal /= np.linalg.norm(normal, axis=1, keepdims=True)
     lambert = (normal @ light) / light[2]
-    shade_small = (lambert * (1 + 4.0 * hgt)).reshape(n_fine, n_fine).astype(np.float32)
-    shade = np.asarray(Image.fromarray(shade_small, mode="F").resize(
-        (size, size), Image.Resampling.BICUBIC), np.float32)
+    # A light fall-off across the frame, linear, so it can be applied on the node grid.
     ramp_dir = rng.normal(0, 1, 2)
     ramp_dir = (0.05 + 0.2 * d) * ramp_dir / (np.abs(ramp_dir).sum() + 1e-6)
-    t = np.arange(size, dtype=np.float32) / size - 0.5
-    ramp = 1 + np.float32(ramp_dir[0]) * t[None, :] + np.float32(ramp_dir[1]) * t[:, None]
-    shade = np.clip(shade * ramp, 0.35, 1.45)
+    ramp = 1 + (np.stack([fx, fy], -1).reshape(-1, 2) / size - 0.5) @ ramp_dir
+    shade_small = np.clip(lambert * (1 + 4.0 * hgt) * ramp, 0.4, 1.4)
+    shade = np.asarray(Image.fromarray(shade_small.reshape(n_fine, n_fine).astype(np.float32),
+                                       mode="F").resize((size, size), Image.Resampling.BICUBIC))
+    n_creases = int(rng.integers(1, 3 + int(9 * d))) if rng.random() < 0.4 + 0.6 * d else 0
+    attrs["creases"] = n_creases
     # Composite inside the garment's bounding window only (plus room for cast shadows).
     rows, cols = np.flatnonzero(union.any(1)), np.flatnonzero(union.any(0))
     if rows.size:
         m = int(0.05 * size)
-        win = (slice(max(rows[0] - m, 0), rows[-1] + m + 1),
-               slice(max(cols[0] - m, 0), cols[-1] + m + 1))
-        sub, sh = img[win], shade[win][..., None]
+        win = (slice(max(rows[0] - m, 0), min(rows[-1] + m + 1, size)),
+               slice(max(cols[0] - m, 0), min(cols[-1] + m + 1, size)))
+        sh = shade[win]
+        if n_creases:
+            sh = sh * _creases(rng, n_creases, np.stack([lo, hi]), scene != "surface", size,
+                               lambda pts: _apply_h(h, _forward_drape(drape, pts)), win)
+        sub, sh = img[win].copy(), sh[..., None]
         for k, name in enumerate(order):
             a = alphas[name]
             if k > 0:
                 cast = soft_blur(a, 0.012 * size, (0.006 * size, 0.01 * size))[win]
-                sub = sub * (1 - 0.3 * cast * (1 - a[win]))[..., None]
+                sub *= (1 - 0.3 * cast * (1 - a[win]))[..., None]
             aw = a[win][..., None]
-            sub = sub * (1 - aw) + (warped[name][win][..., :3] * sh) * aw
+            layer_rgb = warped[name][win][..., :3] * sh
+            layer_rgb -= sub
+            layer_rgb *= aw
+            sub += layer_rgb
         img[win] = sub
 
     # 8. Occluders: hanger, hands, objects; each with a soft shadow.
@@ -421,13 +493,16 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
         _draw_object(occ, out[int(rng.integers(len(out)))], unit, size, rng)
         kinds.append("object")
     attrs["occluders"] = kinds
-    occ_a = np.asarray(occ.getchannel("A"), np.float32) / 255
     if kinds:
+        occ_a = np.asarray(occ.getchannel("A"), np.float32) * np.float32(1 / 255)
         cast = soft_blur(occ_a, 0.015 * size, (0.015 * size, 0.02 * size))
-        img = img * (1 - 0.35 * cast * (1 - occ_a))[..., None]
-        occ_rgb = np.asarray(occ.convert("RGB"), np.float32) / 255
+        img *= (1 - 0.35 * cast * (1 - occ_a))[..., None]
+        occ_rgb = np.asarray(occ.convert("RGB"), np.float32) * np.float32(1 / 255)
         occ_shade = 0.85 + 0.3 * soft_blur(occ_a, 0.01 * size, (0.0, 0.0))
-        img = img * (1 - occ_a[..., None]) + occ_rgb * occ_shade[..., None] * occ_a[..., None]
+        img += (occ_rgb * occ_shade[..., None] - img) * occ_a[..., None]
+        occluder_mask = occ_a >= 0.5
+    else:
+        occluder_mask = np.zeros((size, size), bool)
 
     # 9. Camera: white balance, exposure, vignette, blur, noise, JPEG.
     wb = np.exp(rng.normal(0, 0.04 + 0.1 * d, 3)).astype(np.float32)
@@ -435,26 +510,28 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
     yy = (np.arange(size, dtype=np.float32) / size - 0.5) ** 2
     vignette = 1 - np.float32((0.1 + 0.35 * d) * rng.random() * 2) * (yy[None, :] + yy[:, None])
     noise_std = float(rng.uniform(0, 0.01 + 0.035 * d))
-    img = img * (vignette[..., None] * (wb * np.float32(exposure)))
-    # Sensor noise, mostly luminance.
-    img += rng.standard_normal((size, size), dtype=np.float32)[..., None] * np.float32(noise_std)
-    img *= 255
-    img += 0.5
-    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    img *= vignette[..., None] * (wb * np.float32(255 * exposure))
+    # Sensor noise, mostly luminance; +0.5 rounds on the uint8 cast.
+    noise = white_noise(rng, size) * np.float32(255 * noise_std)
+    noise += np.float32(0.5)
+    img += noise[..., None]
+    np.clip(img, 0, 255, out=img)
+    pil = Image.fromarray(img.astype(np.uint8))
     blur_r = float(rng.uniform(0, 0.25 + 1.2 * d)) * size / 256
-    if blur_r > 0.2:
+    if rng.random() > 0.3 + 0.6 * d:
+        blur_r = 0.0  # many photos are sharp
+    if blur_r > 0.3:
         pil = pil.filter(ImageFilter.GaussianBlur(blur_r))
     quality = int(rng.integers(int(92 - 55 * d), int(98 - 30 * d) + 1))
     buf = io.BytesIO()
     pil.save(buf, format="JPEG", quality=quality)
-    buf.seek(0)
-    image = np.asarray(Image.open(buf).convert("RGB"))
+    jpeg = buf.getvalue()
+    image = decode_jpeg(jpeg)
     attrs["camera"] = {"white_balance": [round(float(g), 4) for g in wb],
                        "exposure": round(exposure, 4), "noise": round(noise_std, 4),
                        "blur": round(blur_r, 3), "jpeg_quality": quality}
 
     # 10. Masks and visibility.
-    occluder_mask = occ_a >= 0.5
     mask = (union >= 0.5) & ~occluder_mask
     vis = np.zeros(len(out), np.uint8)
     for i, p in enumerate(out):
@@ -470,7 +547,8 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
             continue  # a corner pixel left between occluders: nothing of it shows
         vis[i] = 1
     return WildRender(image=image, mask=mask, occluder_mask=occluder_mask,
-                      landmarks=(out / size).astype(np.float32), visibility=vis, attributes=attrs)
+                      landmarks=(out / size).astype(np.float32), visibility=vis, attributes=attrs,
+                      jpeg=jpeg)
 
 
 def _draw_hanger(draw, shape, names, out, unit, top, rng) -> None:
@@ -553,6 +631,8 @@ def _draw_body(img: np.ndarray, shape: GarmentShape, out: np.ndarray, rng, unit:
 
     other = Image.new("L", (size, size), 0)
     od = ImageDraw.Draw(other)
+    hair = Image.new("L", (size, size), 0)
+    hd = ImageDraw.Draw(hair)
     if top:
         nl, nr = at("neck_l"), at("neck_r")
         mid = 0.5 * (nl + nr)
@@ -562,6 +642,13 @@ def _draw_body(img: np.ndarray, shape: GarmentShape, out: np.ndarray, rng, unit:
         head = mid + up * 2.4 * unit
         draw.ellipse((head[0] - 0.9 * unit, head[1] - 1.15 * unit, head[0] + 0.9 * unit,
                       head[1] + 1.15 * unit), fill=255)
+        if attrs["support"] == "body":  # hair over the top and back of the head
+            hd.ellipse((head[0] - 0.98 * unit, head[1] - 1.3 * unit, head[0] + 0.98 * unit,
+                        head[1] + 0.1 * unit), fill=255)
+            hd.rectangle((head[0] - 0.98 * unit, head[1] - 0.6 * unit, head[0] - 0.7 * unit,
+                          head[1] + float(rng.uniform(0.2, 1.6)) * unit), fill=255)
+            hd.rectangle((head[0] + 0.7 * unit, head[1] - 0.6 * unit, head[0] + 0.98 * unit,
+                          head[1] + float(rng.uniform(0.2, 1.6)) * unit), fill=255)
         for side in ("l", "r"):
             if f"cuff_top_{side}" in idx:
                 ct, cb = at(f"cuff_top_{side}"), at(f"cuff_bottom_{side}")
@@ -570,15 +657,19 @@ def _draw_body(img: np.ndarray, shape: GarmentShape, out: np.ndarray, rng, unit:
                 axis = cuff_mid - sh
                 axis /= np.linalg.norm(axis) + 1e-9
                 width = 0.75 * np.linalg.norm(ct - cb)
-                _capsule(draw, cuff_mid - axis * 0.3 * unit, cuff_mid + axis * 2.2 * unit, width,
-                         255)
+                wrist = cuff_mid + axis * 2.2 * unit
+                _capsule(draw, cuff_mid - axis * 0.3 * unit, wrist, width, 255)
+                hand = wrist + axis * 0.45 * unit
+                r = 0.55 * width + 0.1 * unit
+                draw.ellipse((hand[0] - r, hand[1] - 1.2 * r, hand[0] + r, hand[1] + 1.2 * r),
+                             fill=255)
             else:
                 a = at(f"armpit_{side}")
                 _capsule(draw, a, a + np.array([0.15 if side == "r" else -0.15, 1.0]) * 3 * unit,
                          0.55 * unit, 255)
         hl, hr = at("hem_l"), at("hem_r")
         for p in (0.7 * hl + 0.3 * hr, 0.3 * hl + 0.7 * hr):
-            _capsule(od, p - [0, 0.2 * unit], p + [0, 6 * unit], 0.45 * np.linalg.norm(hr - hl),
+            _capsule(od, p - [0, 0.2 * unit], p + [0, 6 * unit], 0.3 * np.linalg.norm(hr - hl),
                      255)
         other_colour = np.float32([0.15, 0.17, 0.22]) if shape.category != "dress" else colour
     else:
@@ -593,8 +684,10 @@ def _draw_body(img: np.ndarray, shape: GarmentShape, out: np.ndarray, rng, unit:
             m = 0.5 * (a + b)
             _capsule(draw, m - [0, 0.3 * unit], m + [0, 4 * unit], 0.8 * np.linalg.norm(a - b),
                      255)
-        other_colour = np.float32(rng.uniform(0.1, 0.9, 3))
-    for mask_img, col in ((other, other_colour), (layer, colour)):
+        other_colour = np.float32(list(PALETTE.values())[int(rng.integers(len(PALETTE)))]) / 255
+    hair_colour = np.float32([[0.08, 0.06, 0.05], [0.25, 0.16, 0.1], [0.55, 0.42, 0.25],
+                              [0.7, 0.6, 0.4]][int(rng.integers(4))])
+    for mask_img, col in ((other, other_colour), (layer, colour), (hair, hair_colour)):
         a = np.asarray(mask_img, np.float32) * np.float32(1 / 255)
         if not a.any():
             continue

@@ -8,7 +8,7 @@ does not change which garments exist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,6 +60,7 @@ class GarmentSample:
     N = `num_landmarks(category)`; row i is `landmark_names(category)[i]` in both frames, so
     the pairs (wild_landmarks[i], flat_landmarks[i]) are correspondences for a warp.
     `attributes` is a JSON-ready dict: shape parameters, fabric, print, scene, camera, ...
+    `wild_jpeg` is the JPEG file the photo was compressed to; it decodes to `wild_image`.
     """
 
     seed: int
@@ -75,6 +76,7 @@ class GarmentSample:
     wild_occluder_mask: np.ndarray
     wild_landmarks: np.ndarray
     wild_visibility: np.ndarray
+    wild_jpeg: bytes = field(default=b"", repr=False)
 
     @property
     def size(self) -> int:
@@ -135,4 +137,5 @@ def generate(seed: int, *, size: int = 256, category: str | None = None,
         wild_occluder_mask=wild.occluder_mask,
         wild_landmarks=wild.landmarks,
         wild_visibility=wild.visibility,
+        wild_jpeg=wild.jpeg,
     )

@@ -75,6 +75,20 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(t, t)
 
 
+@functools.lru_cache(maxsize=8)
+def _noise_tile(size: int) -> np.ndarray:
+    """A fixed (2S, 2S) float32 standard-normal tile, the same on every machine."""
+    return np.random.default_rng(0x5EED).standard_normal((2 * size, 2 * size), dtype=np.float32)
+
+
+def white_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(S, S) float32 standard-normal noise: a window of the fixed tile at a random offset,
+    flipped at random (per-pixel noise without drawing S² normals every time)."""
+    ox, oy, flip = (int(v) for v in rng.integers(0, size, 3))
+    patch = _noise_tile(size)[oy:oy + size, ox:ox + size]
+    return patch[:, ::-1] if flip % 2 else patch
+
+
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth value noise in about [-1, 1], (S, S) float32: bicubic upsampled random grid."""
     small = rng.standard_normal((cells, cells)).astype(np.float32)
@@ -111,8 +125,9 @@ def sample_fabric(category: str, rng: np.random.Generator, size: int) -> Fabric:
     rgb = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
 
     if kind == "heather":
-        grain = rng.standard_normal((size, size)).astype(np.float32)
-        rgb = rgb * (1 + 0.09 * grain[..., None] + 0.05 * _smooth_noise(rng, size, 24)[..., None])
+        grain = white_noise(rng, size)
+        marl = 0.05 * grain + 0.03 * _smooth_noise(rng, size, 24)
+        rgb = rgb * (1 + marl[..., None]) - 0.04 * np.abs(marl)[..., None]
     elif kind == "stripes":
         angle = float(rng.choice([0.0, 90.0, rng.uniform(0, 180)], p=[0.55, 0.25, 0.2]))
         period = float(rng.uniform(0.015, 0.11))
@@ -201,8 +216,8 @@ def sample_fabric(category: str, rng: np.random.Generator, size: int) -> Fabric:
                 ..., None] / shade.mean())
         attrs.update(rows_per_canvas=round(1 / rows, 1))
     # Fine weave grain everywhere: real cloth is never flat colour.
-    grain = rng.standard_normal((size, size)).astype(np.float32)
-    rgb = np.clip(rgb * (1 + 0.025 * grain[..., None]), 0, 1).astype(np.float32)
+    grain = 1 + 0.025 * white_noise(rng, size)
+    rgb = np.clip(rgb * grain[..., None], 0, 1).astype(np.float32)
     return Fabric(rgb=rgb, base=base.astype(np.float32), accent=accent.astype(np.float32),
                   attributes=attrs)
 

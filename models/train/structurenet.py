@@ -37,7 +37,7 @@ class TrainConfig:
     run_dir: str = "runs/structurenet-tiny"
     n_train: int = 24_000
     n_val: int = 1_000
-    steps: int = 1_600
+    steps: int = 1_200
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05

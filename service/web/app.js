@@ -310,10 +310,11 @@ function rowFor(item) {
     thumb.hidden = true;
     row.querySelector(".thumb").dataset.ext = extension(item.name).slice(0, 4) || "?";
   }, { once: true });
-  row.querySelector(".file-name").textContent = item.name;
+  const name = row.querySelector(".file-name");
+  name.textContent = item.name;
+  name.title = `Compare ${item.name} with its result`;
+  name.addEventListener("click", () => select(item.id, true));
   row.querySelector(".file-from").textContent = item.from ? `from ${item.from}` : "";
-  row.querySelector(".view").addEventListener("click", () => select(item.id, true));
-  row.querySelector(".view").setAttribute("aria-label", `View ${item.name}`);
   row.querySelector(".download").setAttribute("aria-label", `Download the result of ${item.name}`);
   $("run-rows").append(row);
   rows.set(item.id, row);
@@ -355,7 +356,7 @@ function renderItem(item) {
     ? formatSeconds(end - item.startedAt) : "";
 
   const done = item.status === "succeeded";
-  row.querySelector(".view").hidden = !done;
+  row.querySelector(".file-name").setAttribute("aria-pressed", String(item.id === selectedId));
   const download = row.querySelector(".download");
   download.hidden = !done;
   if (done) {
@@ -384,7 +385,7 @@ function select(id, focus) {
   const previous = selectedId;
   selectedId = id;
   for (const item of items) {
-    if (item.id === previous || item.id === id) rowFor(item).classList.toggle("selected", item.id === id);
+    if (item.id === previous || item.id === id) renderItem(item);
   }
   renderViewer();
   if (focus) $("viewer-title").focus();
@@ -393,10 +394,18 @@ function select(id, focus) {
 function renderViewer() {
   const item = items.find((i) => i.id === selectedId);
   const ready = item && item.status === "succeeded";
-  $("viewer-empty").hidden = Boolean(ready);
+  const empty = $("viewer-empty");
+  empty.hidden = Boolean(ready);
   $("viewer-body").hidden = !ready;
-  $("viewer-name").textContent = ready ? item.name : "";
-  if (!ready) return;
+  $("viewer-name").textContent = item ? item.name : "";
+  if (!ready) {
+    empty.textContent = !item
+      ? "Select a photo by its name to compare the result with the original."
+      : ["failed", "rejected", "canceled"].includes(item.status)
+        ? `${item.name} has no result: ${item.error || item.status}.`
+        : `${item.name} is not finished yet; it appears here when it is.`;
+    return;
+  }
   const before = $("before-img");
   const after = $("after-img");
   if (before.getAttribute("src") !== item.originalUrl) before.src = item.originalUrl;
