@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The local demo: on 127.0.0.1 only, without API keys (refused on any other address).
 serve: $(STAMP)
-	$(BIN)/flatlay serve
+	FLATLAY_AUTH_ENABLED=false $(BIN)/flatlay serve
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -409,12 +409,95 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.auth import create_key
+    from service.settings import get_settings
+    from service.store import JobStore, migrate
+
+    settings = get_settings(data_dir=args.data_dir)
+    settings.ensure_dirs()
+    migrate(settings.resolved_database_url)
+    store = JobStore(settings.resolved_database_url)
+    try:
+        new = create_key(store, args.tenant, name=args.name, webhook_url=args.webhook_url)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        store.dispose()
+    print(f"tenant: {new.view.tenant_id}\nkey id: {new.view.id} ({new.view.prefix}…)")
+    print(f"webhook secret: {new.view.webhook_secret} (verifies this key's webhooks)")
+    print("the key below is shown once; only its hash is kept:")
+    print(new.key)  # alone on the last line, for scripts: `flatlay keys create … | tail -1`
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    import json
+
+    from service.settings import get_settings
+    from service.store import JobStore
+
+    settings = get_settings(data_dir=args.data_dir)
+    store = JobStore(settings.resolved_database_url)
+    try:
+        keys = store.list_api_keys(args.tenant)
+    finally:
+        store.dispose()
+    rows = [{"id": k.id, "prefix": k.prefix, "tenant": k.tenant_id, "name": k.name,
+             "webhook_url": k.webhook_url, "created_at": k.created_at.isoformat(),
+             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    for r in [] if args.json else rows:
+        state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "live"
+        print(f"{r['id']}  {r['prefix']}…  tenant={r['tenant']}  {state}  {r['name'] or ''}")
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from service.settings import get_settings
+    from service.store import JobStore
+
+    settings = get_settings(data_dir=args.data_dir)
+    store = JobStore(settings.resolved_database_url)
+    try:
+        revoked = store.revoke_api_key(args.key)
+    finally:
+        store.dispose()
+    if revoked is None:
+        raise CLIError(f"no single live key with id or prefix {args.key!r}")
+    print(f"revoked {revoked.id} ({revoked.prefix}…) of tenant {revoked.tenant_id}")
+    return 0
+
+
+def _add_keys_commands(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    ksub = keys.add_subparsers(dest="action", metavar="ACTION")
+    ksub.required = True
+    p = ksub.add_parser("create", help="a new key for a tenant, printed once on the last line")
+    p.add_argument("--tenant", required=True, help="tenant the key acts for")
+    p.add_argument("--name", default=None, help="a note on what the key is for")
+    p.add_argument("--webhook-url", default=None, help="default webhook URL of the key")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_keys_create)
+    p = ksub.add_parser("list", help="keys (prefix, tenant, state); never the keys themselves")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--json", action="store_true")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_keys_list)
+    p = ksub.add_parser("revoke", help="revoke a key by its id or visible prefix")
+    p.add_argument("key", help="key id or prefix (fl_…)")
+    _add_data_dir(p)
+    p.set_defaults(func=_cmd_keys_revoke)
+
+
 # Each wing adds its subcommands here; the registration functions themselves import nothing heavy.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_service_commands,
     _add_model_commands,
     _add_synth_command,
     _add_operator_commands,
+    _add_keys_commands,
 ]
 
 

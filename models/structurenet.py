@@ -72,6 +72,14 @@ class StructureNet(nn.Module):
         self.structure = _build_vision_tower(self.embed_dim, config["structure_cfg"])
         self.logit_scale = nn.Parameter(torch.tensor(float(config.get("init_logit_scale",
                                                                       math.log(1 / 0.07)))))
+        # Training-only heads on the shared embedding space: the category and the flat-lay
+        # landmarks, read from either tower. They give the towers a dense signal early
+        # (contrastive loss alone learns slowly from scratch on a CPU) and make distances in
+        # the space follow garment shape, which is what SLLE interpolates.
+        n_cat = int(config.get("aux_categories", 0))
+        n_lm = int(config.get("aux_landmarks", 0))
+        self.category_head = nn.Linear(self.embed_dim, n_cat) if n_cat else None
+        self.landmark_head = nn.Linear(self.embed_dim, 2 * n_lm) if n_lm else None
 
     @classmethod
     def from_config(cls, name: str) -> StructureNet:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, Response, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -17,12 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from models.compose import parse_background
 from models.io import ImageLimits, IngestError, validate_image
 from models.pipeline import pipeline_names
-from service.context import ServiceContext, get_context
+from service.auth import Principal
+from service.context import ServiceContext, get_context, register_extra_pipelines
 from service.errors import ApiError, error_response, error_responses, install_error_handlers
 from service.logs import log_context
 from service.metrics import JobStoreCollector, render
 from service.middleware import RequestObservability
 from service.queue import ping_broker
+from service.ratelimit import limited_key
 from service.reconciler import reconcile_forever
 from service.schemas import (
     AssetCreated,
@@ -38,11 +42,19 @@ from service.schemas import (
     Readiness,
 )
 from service.settings import Settings, get_settings
-from service.store import JobView, new_job_id
+from service.store import Idempotency, IdempotencyConflict, JobView, new_job_id
 
 log = logging.getLogger("flatlay.api")
 WEB_DIR = Path(__file__).parent / "web"
 Ctx = Annotated[ServiceContext, Depends(get_context)]
+# The caller, authenticated and within its rate limit.
+Key = Annotated[Principal, Depends(limited_key)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255,
+           description="the same key with the same request returns the same job; with "
+           "another request, 409 `idempotency_key_reused`"),
+]
 
 
 def _links(job_id: str) -> AssetLinks:
@@ -63,6 +75,7 @@ def _status_of(job: JobView) -> AssetStatus:
         error=error,
         input=InputInfo(**job.input_meta),
         attempts=job.attempts,
+        expired_at=job.expired_at,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -70,11 +83,36 @@ def _status_of(job: JobView) -> AssetStatus:
     )
 
 
-def _job_or_404(ctx: ServiceContext, job_id: str) -> JobView:
-    job = ctx.store.get(job_id) if len(job_id) <= 64 else None
+def _job_or_404(ctx: ServiceContext, key: Principal, job_id: str) -> JobView:
+    # Another tenant's asset is answered exactly like one that does not exist.
+    job = ctx.store.get(job_id, tenant_id=key.tenant_id) if len(job_id) <= 64 else None
     if job is None:
         raise ApiError("asset_not_found", f"no asset with id {job_id!r}")
     return job
+
+
+def request_fingerprint(route: str, fields: dict, files: list[bytes]) -> str:
+    """SHA-256 of what a create request asks for: its route, fields and file contents."""
+    digest = hashlib.sha256(json.dumps([route, fields], sort_keys=True, default=str).encode())
+    for data in files:
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def replayed_or_conflict(ctx: ServiceContext, key: Principal, idem: Idempotency) -> str | None:
+    """The id the same request made earlier under this key; 409 when the key came with
+    another request; None when the key is new."""
+    record = ctx.store.idempotency_record(key.tenant_id, idem.key)
+    if record is None:
+        return None
+    if record.fingerprint != idem.fingerprint:
+        raise ApiError(
+            "idempotency_key_reused",
+            f"Idempotency-Key {idem.key!r} was used with a different request "
+            f"(it made {record.resource} {record.resource_id})",
+            "Idempotency-Key",
+        )
+    return record.resource_id
 
 
 def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
@@ -86,8 +124,18 @@ def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
     return data
 
 
+def _created(response: Response, job: JobView, replayed: bool = False) -> AssetCreated:
+    response.headers["Location"] = f"/assets/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return AssetCreated(id=job.id, status=job.status, created_at=job.created_at,  # type: ignore[arg-type]
+                        links=_links(job.id))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_auth_bind()
+    register_extra_pipelines(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=AssetCreated,
         summary="Submit one garment photo",
         responses=error_responses(
+            "unauthorized",
             "validation_error",
             "unknown_pipeline",
             "empty_file",
@@ -132,12 +181,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "file_too_large",
             "image_too_many_pixels",
             "unsupported_media_type",
+            "idempotency_key_reused",
+            "rate_limited",
         ),
     )
     def create_asset(
         ctx: Ctx,
+        key: Key,
         response: Response,
         file: Annotated[UploadFile, File(description="JPEG, PNG or WebP photo")],
+        idempotency_key: IdempotencyKey = None,
         pipeline: Annotated[str | None, Form(description="pipeline name")] = None,
         output_size: Annotated[int, Form(ge=256, le=2048, description="canvas side, px")] = 1024,
         background: Annotated[str, Form(description="'transparent' or a hex colour")] = "#ffffff",
@@ -162,6 +215,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "background",
             )
         data = _read_upload(file, settings.max_upload_bytes)
+        options = {"output_size": output_size, "background": background, "format": format,
+                   "seed": seed}
+        idem = None
+        if idempotency_key is not None:
+            idem = Idempotency(idempotency_key, request_fingerprint(
+                "assets", {"pipeline": pipeline, "filename": file.filename, **options}, [data]))
+            if (earlier := replayed_or_conflict(ctx, key, idem)) is not None:
+                return _created(response, _job_or_404(ctx, key, earlier), replayed=True)
         try:
             info = validate_image(data, limits)
         except IngestError as exc:
@@ -171,30 +232,66 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[info.format]
         input_blob = f"assets/{job_id}/input.{ext}"
         ctx.blobs.put(input_blob, data)
-        options = {"output_size": output_size, "background": background, "format": format,
-                   "seed": seed}
         input_meta = {"filename": file.filename, "content_type": info.content_type,
                       "width": info.width, "height": info.height, "bytes": info.bytes}
         with log_context(job_id=job_id):
-            job = ctx.store.create_job(
-                job_id=job_id, pipeline=pipeline, options=options,
-                input_blob=input_blob, input_meta=input_meta,
-            )
+            try:
+                job = ctx.store.create_job(
+                    job_id=job_id, tenant_id=key.tenant_id, pipeline=pipeline,
+                    options=options, input_blob=input_blob, input_meta=input_meta,
+                    idempotency=idem,
+                )
+            except IdempotencyConflict:
+                # A twin request with the same key won the race: answer as it did.
+                ctx.blobs.delete(input_blob)
+                assert idem is not None
+                earlier = replayed_or_conflict(ctx, key, idem)
+                return _created(response, _job_or_404(ctx, key, earlier or ""), replayed=True)
             log.info("asset created", extra={"pipeline": pipeline})
             ctx.enqueue(job_id)
-        response.headers["Location"] = f"/assets/{job_id}"
-        return AssetCreated(
-            id=job.id, status="queued", created_at=job.created_at, links=_links(job.id)
-        )
+        return _created(response, job)
 
     @app.get(
         "/assets/{asset_id}",
         response_model=AssetStatus,
         summary="Status, progress and timings of one asset",
-        responses=error_responses("asset_not_found"),
+        responses=error_responses("unauthorized", "asset_not_found", "rate_limited"),
     )
-    def get_asset(asset_id: str, ctx: Ctx) -> AssetStatus:
-        return _status_of(_job_or_404(ctx, asset_id))
+    def get_asset(asset_id: str, ctx: Ctx, key: Key) -> AssetStatus:
+        return _status_of(_job_or_404(ctx, key, asset_id))
+
+    @app.post(
+        "/assets/{asset_id}/cancel",
+        response_model=AssetStatus,
+        summary="Cancel a queued or running asset (a running one's result is dropped)",
+        responses=error_responses("unauthorized", "asset_not_found", "asset_not_cancelable",
+                                  "rate_limited"),
+    )
+    def cancel_asset(asset_id: str, ctx: Ctx, key: Key) -> AssetStatus:
+        job = _job_or_404(ctx, key, asset_id)
+        if not ctx.store.cancel(job.id):
+            job = _job_or_404(ctx, key, asset_id)
+            if job.status != "canceled":
+                raise ApiError("asset_not_cancelable", f"asset {job.id} already {job.status}")
+        log.info("asset canceled", extra={"job_id": job.id})
+        return _status_of(_job_or_404(ctx, key, asset_id))
+
+    @app.delete(
+        "/assets/{asset_id}",
+        status_code=204,
+        response_class=Response,
+        summary="Delete an asset: cancel it if it is active, remove its input and result",
+        responses=error_responses("unauthorized", "asset_not_found", "rate_limited"),
+    )
+    def delete_asset(asset_id: str, ctx: Ctx, key: Key) -> Response:
+        job = _job_or_404(ctx, key, asset_id)
+        ctx.store.cancel(job.id)
+        for blob in (job.input_blob, job.result_blob):
+            if blob:
+                ctx.blobs.delete(blob)
+        ctx.store.delete_job(job.id)
+        log.info("asset deleted", extra={"job_id": job.id})
+        return Response(status_code=204)
 
     @app.get(
         "/assets/{asset_id}/result",
@@ -203,12 +300,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={
             200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
                   "description": "the image, in the requested format"},
-            **error_responses("asset_not_found", "asset_not_ready", "asset_failed",
-                              "asset_canceled"),
+            **error_responses("unauthorized", "asset_not_found", "asset_not_ready",
+                              "asset_failed", "asset_canceled", "asset_expired",
+                              "rate_limited"),
         },
     )
-    def get_result(asset_id: str, ctx: Ctx) -> Response:
-        job = _job_or_404(ctx, asset_id)
+    def get_result(asset_id: str, ctx: Ctx, key: Key) -> Response:
+        job = _job_or_404(ctx, key, asset_id)
         if job.status in ("queued", "running"):
             return error_response(
                 "asset_not_ready",
@@ -221,6 +319,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         if job.status == "canceled":
             return error_response("asset_canceled", f"asset {job.id} was canceled")
+        if job.expired_at is not None:
+            return error_response(
+                "asset_expired", f"asset {job.id}'s result was removed at "
+                f"{job.expired_at.isoformat()} (retention {settings.result_retention_s:g} s)")
         data = ctx.blobs.get(job.result_blob)  # type: ignore[arg-type]
         ext = job.options["format"].replace("jpeg", "jpg")
         return Response(
@@ -229,7 +331,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Content-Disposition": f'inline; filename="{job.id}.{ext}"'},
         )
 
-    @app.get("/pipelines", response_model=PipelineList, summary="Registered pipelines")
+    @app.get("/pipelines", response_model=PipelineList, summary="Registered pipelines",
+             responses=error_responses("unauthorized", "rate_limited"),
+             dependencies=[Depends(limited_key)])
     def list_pipelines() -> PipelineList:
         return PipelineList(default=settings.default_pipeline, pipelines=pipeline_names())
 

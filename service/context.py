@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from fastapi import Request
@@ -14,7 +15,18 @@ from service.queue import PROCESS_ASSET_TASK, make_celery
 from service.settings import Settings
 from service.store import JobStore
 
+if TYPE_CHECKING:
+    from service.ratelimit import TokenBucket
+
 log = logging.getLogger("flatlay.service")
+
+
+def register_extra_pipelines(settings: Settings) -> None:
+    """Register the pipelines named by `extra_pipelines` (imported only when built)."""
+    from models.pipeline import register_pipeline
+
+    for name, target in settings.extra_pipeline_targets.items():
+        register_pipeline(name, target)
 
 
 @dataclass
@@ -23,15 +35,19 @@ class ServiceContext:
     store: JobStore
     blobs: BlobStore
     celery: Celery
+    limiter: TokenBucket | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceContext:
+        from service.ratelimit import make_token_bucket
+
         settings.ensure_dirs()
         return cls(
             settings=settings,
             store=JobStore(settings.resolved_database_url),
             blobs=LocalBlobStore(settings.resolved_blob_dir),
             celery=make_celery(settings),
+            limiter=make_token_bucket(settings),
         )
 
     def enqueue(self, job_id: str) -> bool:

@@ -21,10 +21,17 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "file_too_large": (413, "the upload exceeds the byte limit"),
     "image_too_many_pixels": (413, "the image exceeds the pixel limit (decompression bombs)"),
     "unsupported_media_type": (415, "not a JPEG, PNG or WebP image"),
+    "unauthorized": (401, "no API key, or an unknown or revoked one"),
     "asset_not_found": (404, "no asset with this id"),
     "asset_not_ready": (409, "the asset is still queued or running"),
     "asset_failed": (409, "the asset failed; its status holds the reason"),
     "asset_canceled": (409, "the asset was canceled"),
+    "asset_not_cancelable": (409, "the asset already succeeded or failed"),
+    "asset_expired": (410, "the retention period removed the asset's result"),
+    "idempotency_key_reused": (
+        409, "this Idempotency-Key was used with a different request body"
+    ),
+    "rate_limited": (429, "the API key's rate limit is reached; `Retry-After` says when to retry"),
     "not_found": (404, "no such route"),
     "method_not_allowed": (405, "the route exists but not with this method"),
     "service_unavailable": (503, "a dependency (job store, broker, blob store) is unreachable"),
@@ -43,11 +50,14 @@ class ErrorBody(BaseModel):
 
 
 class ApiError(Exception):
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, field: str | None = None, headers: dict | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
         self.status = ERROR_CODES[code][0]
 
 
@@ -82,7 +92,7 @@ def _field_of(loc: tuple) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.code, exc.message, exc.field)
+        return error_response(exc.code, exc.message, exc.field, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

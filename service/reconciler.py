@@ -2,10 +2,12 @@
 
 A broker can drop a message (the file transport does when the worker holding it is
 killed; Redis redelivers only after its visibility timeout). So, periodically:
-- a job `running` past the hard time limit lost its worker: back to `queued` and sent
-  again, or `failed` with `worker_crashed` once it has used up its attempts;
+- a job `running` past the hard time limit, or whose worker's heartbeat stopped (killed),
+  lost its worker: back to `queued` and sent again, or `failed` with `worker_crashed` once
+  it has used up its attempts;
 - a job `queued` whose last send is old is sent again. Duplicates are harmless: a worker
-  takes a job only by the conditional queued → running update.
+  takes a job only by the conditional queued → running update;
+- a finished job past the retention period loses its blobs (the row stays, `expired_at`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ class ReconcileReport:
     requeued_running: int = 0
     failed_crashed: int = 0
     resent_queued: int = 0
+    expired: int = 0
 
 
 def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
     report = ReconcileReport()
     settings = ctx.settings
-    for job_id in ctx.store.stale_running(settings.running_stale_after_s):
+    stuck = set(ctx.store.stale_running(settings.running_stale_after_s))
+    stuck |= set(ctx.store.orphaned_running(settings.worker_live_within_s))
+    for job_id in sorted(stuck):
         outcome = ctx.store.release(job_id, settings.max_attempts)
         if outcome == "queued":
             report.requeued_running += 1
@@ -39,6 +44,13 @@ def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
     for job_id in ctx.store.stale_queued(settings.requeue_queued_after_s):
         if ctx.enqueue(job_id):
             report.resent_queued += 1
+    if settings.result_retention_s > 0:
+        for job in ctx.store.expirable(settings.result_retention_s):
+            for blob in (job.input_blob, job.result_blob):
+                if blob:
+                    ctx.blobs.delete(blob)
+            ctx.store.mark_expired(job.id)
+            report.expired += 1
     if report != ReconcileReport():
         log.info("reconciled: %s", report)
     return report

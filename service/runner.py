@@ -88,6 +88,11 @@ def serve(
     from service.store import migrate
 
     settings = get_settings(data_dir=data_dir, host=host, port=port)
+    try:
+        settings.check_auth_bind()
+    except ValueError as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 2
     settings.ensure_dirs()
     configure_logging(settings.log_level, settings.log_format)
     # Before prometheus_client is imported (by service.app); the worker child inherits it.

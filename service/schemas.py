@@ -58,6 +58,8 @@ class AssetStatus(BaseModel):
     error: JobError | None = None
     input: InputInfo
     attempts: int
+    expired_at: dt.datetime | None = Field(
+        default=None, description="when the retention period removed its input and result")
     created_at: dt.datetime
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None

@@ -7,6 +7,7 @@ settings: a Redis broker URL, a PostgreSQL database URL, a shared blob directory
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 DEFAULT_DATA_DIR = Path("flatlay-data")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -30,10 +40,29 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
+    # Every route but health, readiness and metrics needs `Authorization: Bearer <key>`.
+    # Off only on a loopback bind (the local demo): `check_auth_bind` refuses anything else.
+    auth_enabled: bool = True
+    # Token bucket per API key: refill rate (requests/s; 0 turns limits off) and capacity.
+    rate_limit_per_s: float = Field(default=20.0, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+    # Finished jobs' blobs (input and result) are removed this long after they finish
+    # (0: kept forever); the job row stays, its result answers 410 `asset_expired`.
+    result_retention_s: float = Field(default=7 * 86400.0, ge=0)
+
     # Ingest limits.
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=50_000_000, ge=1)
     min_image_side: int = Field(default=32, ge=1)
+    # Batches: items per batch, bytes of one request (files or a ZIP), of a manifest.
+    batch_max_items: int = Field(default=1000, ge=1)
+    max_batch_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_manifest_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    # Fetching manifest images and delivering webhooks: per-request time, redirects, and the
+    # hosts or networks (comma-separated names, addresses, CIDRs) that may be private.
+    fetch_timeout_s: float = Field(default=15.0, gt=0)
+    fetch_max_redirects: int = Field(default=3, ge=0)
+    fetch_allow_hosts: str = ""
 
     default_pipeline: str = "cutout"
 
@@ -44,6 +73,9 @@ class Settings(BaseSettings):
     worker_pool: Literal["prefork", "solo", "threads"] = "prefork"
     # Pipelines a worker loads at start-up ("all" or a comma-separated list).
     preload_pipelines: str = "all"
+    # More pipelines to register, "name=module:factory,…", in the API (to validate names)
+    # and the workers alike. The fault-injection tests register theirs from tests/pipelines.py.
+    extra_pipelines: str = ""
 
     # Reconciler: the job row is the truth, the broker only delivers.
     reconcile_interval_s: float = Field(default=15.0, gt=0)
@@ -70,6 +102,23 @@ class Settings(BaseSettings):
         return v
 
     # Derived values -------------------------------------------------------------------------
+
+    def fetch_limits(self):  # noqa: ANN201 (service.fetch imports httpx; lazily)
+        from service.fetch import AllowList, FetchLimits
+
+        return FetchLimits(self.max_upload_bytes, self.fetch_timeout_s, self.fetch_max_redirects,
+                           AllowList.parse(self.fetch_allow_hosts))
+
+    @property
+    def extra_pipeline_targets(self) -> dict[str, str]:
+        """`extra_pipelines` parsed: name → "module:factory"."""
+        targets = {}
+        for item in filter(None, (i.strip() for i in self.extra_pipelines.split(","))):
+            name, sep, target = item.partition("=")
+            if not sep or ":" not in target or not name.strip():
+                raise ValueError(f"extra_pipelines: {item!r} is not name=module:factory")
+            targets[name.strip()] = target.strip()
+        return targets
 
     @property
     def resolved_database_url(self) -> str:
@@ -116,6 +165,14 @@ class Settings(BaseSettings):
     @property
     def redacted_database_url(self) -> str:
         return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+
+    def check_auth_bind(self) -> None:
+        """Raise ValueError when authentication is off on an address others can reach."""
+        if not self.auth_enabled and not is_loopback_host(self.host):
+            raise ValueError(
+                f"FLATLAY_AUTH_ENABLED=false is allowed only on a loopback address, not on "
+                f"{self.host!r}: bind to 127.0.0.1, or create keys with `flatlay keys create`"
+            )
 
     def ensure_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

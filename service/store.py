@@ -25,10 +25,12 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    or_,
     select,
     text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "canceled")
@@ -47,6 +49,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
     pipeline: Mapped[str] = mapped_column(String(64))
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -64,8 +67,83 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # Set when the retention period removed the job's blobs.
+    expired_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Jobs of a batch: the batch and the item's SKU.
+    batch_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    sku: Mapped[str | None] = mapped_column(String(255))
+
+
+class BatchRow(Base):
+    """A batch: its accepted items are jobs (jobs.batch_id); rejected members stay here."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # files | archive | manifest
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # [{"name", "sku", "code", "message"}] for members refused at submission.
+    rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class BatchView:
+    id: str
+    tenant_id: str
+    source: str
+    options: dict[str, Any]
+    rejected: list[dict[str, Any]]
+    webhook_url: str | None
+    created_at: dt.datetime
+    completed_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: BatchRow) -> BatchView:
+        return cls(id=row.id, tenant_id=row.tenant_id, source=row.source, options=row.options,
+                   rejected=list(row.rejected), webhook_url=row.webhook_url,
+                   created_at=_aware(row.created_at),  # type: ignore[arg-type]
+                   completed_at=_aware(row.completed_at))
+
+
+class IdempotencyRow(Base):
+    """An `Idempotency-Key` seen from a tenant: the request it came with and what it made."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the request
+    resource: Mapped[str] = mapped_column(String(16))  # "asset" | "batch"
+    resource_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    fingerprint: str
+
+
+class IdempotencyConflict(Exception):
+    """Another request took this idempotency key first; `existing` is what it made."""
+
+    def __init__(self, existing: IdempotencyRecord) -> None:
+        super().__init__(existing.key)
+        self.existing = existing
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    key: str
+    fingerprint: str
+    resource: str
+    resource_id: str
 
 
 class WorkerRow(Base):
@@ -80,6 +158,42 @@ class WorkerRow(Base):
     current_job: Mapped[str | None] = mapped_column(String(32))
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ApiKeyRow(Base):
+    """An API key: only its SHA-256 is stored; `prefix` is the visible start of the key."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    # Signs this key's webhooks (Standard Webhooks "whsec_…"); the service must keep it.
+    webhook_secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class ApiKeyView:
+    id: str
+    prefix: str
+    tenant_id: str
+    name: str | None
+    webhook_url: str | None
+    webhook_secret: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKeyRow) -> ApiKeyView:
+        return cls(id=row.id, prefix=row.prefix, tenant_id=row.tenant_id, name=row.name,
+                   webhook_url=row.webhook_url, webhook_secret=row.webhook_secret,
+                   created_at=_aware(row.created_at),  # type: ignore[arg-type]
+                   revoked_at=_aware(row.revoked_at))
 
 
 @dataclass(frozen=True)
@@ -98,6 +212,7 @@ class JobView:
     """A detached snapshot of a job row (safe to use after the session closed)."""
 
     id: str
+    tenant_id: str
     status: str
     pipeline: str
     options: dict[str, Any]
@@ -117,6 +232,9 @@ class JobView:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     updated_at: dt.datetime
+    expired_at: dt.datetime | None
+    batch_id: str | None
+    sku: str | None
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -132,6 +250,18 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_job_row(
+    *, job_id: str, tenant_id: str, pipeline: str, options: dict[str, Any], input_blob: str,
+    input_meta: dict[str, Any], batch_id: str | None = None, sku: str | None = None,
+) -> Job:
+    """A queued job, not yet stored."""
+    now = utcnow()
+    return Job(id=job_id, tenant_id=tenant_id, status="queued", pipeline=pipeline,
+               options=options, input_blob=input_blob, input_meta=input_meta, percent=0,
+               timings={}, attempts=0, created_at=now, updated_at=now, batch_id=batch_id,
+               sku=sku)
 
 
 def make_engine(database_url: str) -> Engine:
@@ -201,33 +331,100 @@ class JobStore:
         self,
         *,
         job_id: str,
+        tenant_id: str = "local",
         pipeline: str,
         options: dict[str, Any],
         input_blob: str,
         input_meta: dict[str, Any],
+        idempotency: Idempotency | None = None,
     ) -> JobView:
-        now = utcnow()
-        job = Job(
-            id=job_id,
-            status="queued",
-            pipeline=pipeline,
-            options=options,
-            input_blob=input_blob,
-            input_meta=input_meta,
-            percent=0,
-            timings={},
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-        )
-        with self._session() as s, s.begin():
-            s.add(job)
+        """Insert a queued job; with `idempotency`, record its key in the same transaction
+        (IdempotencyConflict, and no job, when another request holds that key)."""
+        job = new_job_row(job_id=job_id, tenant_id=tenant_id, pipeline=pipeline,
+                          options=options, input_blob=input_blob, input_meta=input_meta)
+        self._insert_with_idempotency([job], tenant_id, idempotency, "asset", job_id)
         return self.get(job_id)  # type: ignore[return-value]
 
-    def get(self, job_id: str) -> JobView | None:
+    def create_batch(
+        self, *, batch_id: str, tenant_id: str, source: str, options: dict[str, Any],
+        rejected: list[dict[str, Any]], webhook_url: str | None, jobs: list[Job],
+        idempotency: Idempotency | None = None,
+    ) -> BatchView:
+        """The batch and all its jobs in one transaction (none are lost half-way)."""
+        batch = BatchRow(id=batch_id, tenant_id=tenant_id, source=source, options=options,
+                         rejected=rejected, webhook_url=webhook_url, created_at=utcnow(),
+                         completed_at=None if jobs else utcnow())
+        self._insert_with_idempotency([batch, *jobs], tenant_id, idempotency, "batch",
+                                      batch_id)
+        return self.get_batch(batch_id)  # type: ignore[return-value]
+
+    def get_batch(self, batch_id: str, tenant_id: str | None = None) -> BatchView | None:
+        with self._session() as s:
+            row = s.get(BatchRow, batch_id)
+            if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+                return None
+            return BatchView.of(row)
+
+    def batch_jobs(self, batch_id: str) -> list[JobView]:
+        with self._session() as s:
+            rows = s.scalars(select(Job).where(Job.batch_id == batch_id)
+                             .order_by(Job.created_at, Job.id)).all()
+            return [_normalise(JobView.of(j)) for j in rows]
+
+    def complete_batch_if_done(self, batch_id: str) -> bool:
+        """Mark the batch completed once none of its jobs is queued or running; True only
+        for the one caller that completed it (it sends `batch.completed`)."""
+        active = select(Job.id).where(Job.batch_id == batch_id,
+                                      Job.status.in_(("queued", "running"))).exists()
+        with self._session() as s, s.begin():
+            return s.execute(
+                update(BatchRow).where(BatchRow.id == batch_id, BatchRow.completed_at.is_(None),
+                                       ~active).values(completed_at=utcnow())
+            ).rowcount == 1
+
+    def open_batches(self, limit: int = 500) -> list[str]:
+        with self._session() as s:
+            return list(s.scalars(select(BatchRow.id).where(BatchRow.completed_at.is_(None))
+                                  .limit(limit)).all())
+
+    def set_input(self, job_id: str, input_meta: dict[str, Any]) -> None:
+        """Record what a fetched input turned out to be."""
+        self._update(job_id, input_meta=input_meta)
+
+    def _insert_with_idempotency(
+        self, rows: list[Base], tenant_id: str, idempotency: Idempotency | None,
+        resource: str, resource_id: str,
+    ) -> None:
+        try:
+            with self._session() as s, s.begin():
+                if idempotency is not None:
+                    # First, so that a concurrent twin fails before it writes anything.
+                    s.add(IdempotencyRow(tenant_id=tenant_id, key=idempotency.key,
+                                         fingerprint=idempotency.fingerprint,
+                                         resource=resource, resource_id=resource_id,
+                                         created_at=utcnow()))
+                    s.flush()
+                s.add_all(rows)
+        except IntegrityError:
+            existing = (self.idempotency_record(tenant_id, idempotency.key)
+                        if idempotency is not None else None)
+            if existing is None:
+                raise
+            raise IdempotencyConflict(existing) from None
+
+    def idempotency_record(self, tenant_id: str, key: str) -> IdempotencyRecord | None:
+        with self._session() as s:
+            row = s.get(IdempotencyRow, (tenant_id, key))
+            if row is None:
+                return None
+            return IdempotencyRecord(key=row.key, fingerprint=row.fingerprint,
+                                     resource=row.resource, resource_id=row.resource_id)
+
+    def get(self, job_id: str, tenant_id: str | None = None) -> JobView | None:
+        """The job, or None; with `tenant_id`, None also when it belongs to another tenant."""
         with self._session() as s:
             job = s.get(Job, job_id)
-            if job is None:
+            if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
                 return None
             view = JobView.of(job)
         return _normalise(view)
@@ -266,15 +463,25 @@ class JobStore:
         )
         return self.get(job_id) if taken else None
 
-    def set_progress(self, job_id: str, stage: str, percent: int) -> None:
-        self._update(job_id, Job.status == "running", stage=stage, percent=int(percent))
+    @staticmethod
+    def _held_by(worker: str | None) -> tuple:
+        # A worker presumed dead whose job went to another worker must not record anything.
+        return (Job.worker == worker,) if worker is not None else ()
+
+    def set_progress(
+        self, job_id: str, stage: str, percent: int, worker: str | None = None
+    ) -> None:
+        self._update(job_id, Job.status == "running", *self._held_by(worker), stage=stage,
+                     percent=int(percent))
 
     def succeed(
-        self, job_id: str, *, result_blob: str, content_type: str, timings: dict[str, float]
+        self, job_id: str, *, result_blob: str, content_type: str, timings: dict[str, float],
+        worker: str | None = None,
     ) -> bool:
         return self._update(
             job_id,
             Job.status == "running",
+            *self._held_by(worker),
             status="succeeded",
             result_blob=result_blob,
             result_content_type=content_type,
@@ -292,6 +499,7 @@ class JobStore:
         message: str,
         timings: dict[str, float] | None = None,
         from_states: tuple[str, ...] = ("running",),
+        worker: str | None = None,
     ) -> bool:
         values: dict[str, Any] = {
             "status": "failed",
@@ -301,12 +509,73 @@ class JobStore:
         }
         if timings is not None:
             values["timings"] = timings
-        return self._update(job_id, Job.status.in_(from_states), **values)
+        return self._update(job_id, Job.status.in_(from_states), *self._held_by(worker),
+                            **values)
 
     def cancel(self, job_id: str) -> bool:
         return self._update(
             job_id, Job.status.in_(("queued", "running")), status="canceled", finished_at=utcnow()
         )
+
+    def delete_job(self, job_id: str) -> bool:
+        """Remove the row (its blobs are the caller's to delete). A worker still running it
+        finds nothing to record its result in, and drops the result."""
+        with self._session() as s, s.begin():
+            return s.execute(delete(Job).where(Job.id == job_id)).rowcount == 1
+
+    # Retention -------------------------------------------------------------------------------
+
+    def expirable(self, older_than_s: float, limit: int = 500) -> list[JobView]:
+        """Finished jobs past the retention period whose blobs are still there."""
+        cutoff = utcnow() - dt.timedelta(seconds=older_than_s)
+        with self._session() as s:
+            rows = s.scalars(
+                select(Job).where(Job.status.in_(TERMINAL_STATES), Job.finished_at < cutoff,
+                                  Job.expired_at.is_(None)).limit(limit)
+            ).all()
+            return [_normalise(JobView.of(j)) for j in rows]
+
+    def mark_expired(self, job_id: str) -> None:
+        self._update(job_id, Job.expired_at.is_(None), expired_at=utcnow(), result_blob=None)
+
+    # API keys ----------------------------------------------------------------------------------
+
+    def create_api_key(
+        self, *, key_id: str, prefix: str, key_hash: str, tenant_id: str, name: str | None,
+        webhook_url: str | None, webhook_secret: str,
+    ) -> ApiKeyView:
+        row = ApiKeyRow(id=key_id, prefix=prefix, key_hash=key_hash, tenant_id=tenant_id,
+                        name=name, webhook_url=webhook_url, webhook_secret=webhook_secret,
+                        created_at=utcnow())
+        with self._session() as s, s.begin():
+            s.add(row)
+        return ApiKeyView.of(row)
+
+    def api_key_by_hash(self, key_hash: str) -> ApiKeyView | None:
+        """The key with this hash while it is not revoked."""
+        with self._session() as s:
+            row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash,
+                                                    ApiKeyRow.revoked_at.is_(None))).first()
+            return ApiKeyView.of(row) if row is not None else None
+
+    def list_api_keys(self, tenant_id: str | None = None) -> list[ApiKeyView]:
+        query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
+        if tenant_id is not None:
+            query = query.where(ApiKeyRow.tenant_id == tenant_id)
+        with self._session() as s:
+            return [ApiKeyView.of(r) for r in s.scalars(query).all()]
+
+    def revoke_api_key(self, key_id_or_prefix: str) -> ApiKeyView | None:
+        """Revoke the key with this id or visible prefix; None when no live key matches."""
+        with self._session() as s, s.begin():
+            rows = s.scalars(select(ApiKeyRow).where(
+                (ApiKeyRow.id == key_id_or_prefix) | (ApiKeyRow.prefix == key_id_or_prefix),
+                ApiKeyRow.revoked_at.is_(None),
+            )).all()
+            if len(rows) != 1:
+                return None
+            rows[0].revoked_at = utcnow()
+            return ApiKeyView.of(rows[0])
 
     # Worker heartbeats -----------------------------------------------------------------------
 
@@ -374,6 +643,20 @@ class JobStore:
             ).all()
         return [r[0] for r in rows]
 
+    def orphaned_running(self, silent_for_s: float, limit: int = 500) -> list[str]:
+        """Running jobs whose worker has sent no heartbeat for `silent_for_s` (killed: its
+        record stays but stops being refreshed), started at least that long ago."""
+        cutoff = utcnow() - dt.timedelta(seconds=silent_for_s)
+        live = select(WorkerRow.name).where(WorkerRow.last_seen_at >= cutoff)
+        with self._session() as s:
+            rows = s.execute(
+                select(Job.id).where(
+                    Job.status == "running", Job.started_at < cutoff,
+                    or_(Job.worker.is_(None), Job.worker.not_in(live)),
+                ).limit(limit)
+            ).all()
+        return [r[0] for r in rows]
+
     def release(self, job_id: str, max_attempts: int) -> str:
         """A running job whose worker died: back to queued, or failed once out of attempts."""
         if self._update(
@@ -394,5 +677,6 @@ class JobStore:
 
 
 def _normalise(view: JobView) -> JobView:
-    fields = ("created_at", "enqueued_at", "started_at", "finished_at", "updated_at")
+    fields = ("created_at", "enqueued_at", "started_at", "finished_at", "updated_at",
+              "expired_at")
     return JobView(**{**view.__dict__, **{f: _aware(getattr(view, f)) for f in fields}})

@@ -76,12 +76,15 @@ class ServiceProcesses:
     base_url: str
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    # Sent as `Authorization: Bearer …` by client(); None with FLATLAY_AUTH_ENABLED=false.
+    api_key: str | None = None
 
     @classmethod
     def start(
-        cls, commands: list[list[str]], env: dict[str, str], port: int, log_dir: Path
+        cls, commands: list[list[str]], env: dict[str, str], port: int, log_dir: Path,
+        api_key: str | None = None,
     ) -> ServiceProcesses:
-        svc = cls(base_url=f"http://127.0.0.1:{port}")
+        svc = cls(base_url=f"http://127.0.0.1:{port}", api_key=api_key)
         for i, args in enumerate(commands):
             log = log_dir / f"proc-{i}-{args[0]}.log"
             svc.logs.append(log)
@@ -127,8 +130,19 @@ class ServiceProcesses:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30)
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        key = api_key or self.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers)
+
+
+def create_key(env: dict[str, str], tenant: str, *args: str) -> str:
+    """A new API key from the real `flatlay keys create` (the key is its last output line)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "keys", "create", "--tenant", tenant, *args],
+        cwd=REPO, env=_python_env(env), capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:

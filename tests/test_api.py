@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service.app import create_app
+from service.auth import create_key
 from service.errors import ERROR_CODES
 from service.reconciler import reconcile_once
 from service.settings import Settings
@@ -34,6 +35,8 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
+        key = create_key(c.app.state.ctx.store, "acme").key
+        c.headers["Authorization"] = f"Bearer {key}"
         yield c
 
 
@@ -173,6 +176,7 @@ def test_broker_outage_loses_no_job(tmp_path: Path, photo: bytes) -> None:
     s.ensure_dirs()
     migrate(s.resolved_database_url)
     with TestClient(create_app(s)) as c:
+        c.headers["Authorization"] = f"Bearer {create_key(c.app.state.ctx.store, 't').key}"
         r = c.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")})
         assert r.status_code == 202
         assert c.get(f"/assets/{r.json()['id']}").json()["status"] == "queued"

@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ServiceProcesses, encode, free_port, garment_photo, wait_for_job
+from tests.support import (
+    ServiceProcesses,
+    create_key,
+    encode,
+    free_port,
+    garment_photo,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +30,10 @@ pytestmark = pytest.mark.slow
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcesses]:
     root = tmp_path_factory.mktemp("embedded")
     port = free_port()
+    env = {"FLATLAY_MAX_UPLOAD_BYTES": "2000000", "FLATLAY_DATA_DIR": str(root / "data")}
     svc = ServiceProcesses.start(
-        [["serve", "--port", str(port), "--data-dir", str(root / "data")]],
-        env={"FLATLAY_MAX_UPLOAD_BYTES": "2000000"}, port=port, log_dir=root,
+        [["serve", "--port", str(port)]], env=env, port=port, log_dir=root,
+        api_key=create_key(env, "e2e"),
     )
     yield svc
     svc.stop()
@@ -120,7 +128,8 @@ def test_distributed_round_trip(redis_url: str, postgres_url: str, tmp_path: Pat
         "FLATLAY_WORKER_METRICS_PORT": str(metrics_port),
     }
     svc = ServiceProcesses.start(
-        [["api", "--port", str(port)], ["worker"]], env=env, port=port, log_dir=tmp_path
+        [["api", "--port", str(port)], ["worker"]], env=env, port=port, log_dir=tmp_path,
+        api_key=create_key(env, "distributed"),
     )
     try:
         with svc.client() as c:

@@ -57,7 +57,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServicePr
     port = free_port()
     svc = ServiceProcesses.start(
         [["serve", "--port", str(port), "--data-dir", str(root / "data")]],
-        env={"FLATLAY_WORKER_HEARTBEAT_S": "1"}, port=port, log_dir=root,
+        env={"FLATLAY_WORKER_HEARTBEAT_S": "1", "FLATLAY_AUTH_ENABLED": "false"},
+        port=port, log_dir=root,
     )
     yield svc, root / "data"
     svc.stop()
@@ -158,7 +159,7 @@ def test_status_shows_the_live_worker(
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "data")
+    s = Settings(data_dir=tmp_path / "data", auth_enabled=False)
     s.ensure_dirs()
     migrate(s.resolved_database_url)
     return s

@@ -131,3 +131,20 @@ def test_worker_heartbeats(store: JobStore) -> None:
     assert store.prune_workers(older_than_s=3600) == 0
     store.forget_worker("h:1")
     assert store.live_workers(within_s=30) == []
+
+
+def test_an_idempotency_key_makes_one_job(store: JobStore) -> None:
+    from service.store import Idempotency, IdempotencyConflict
+
+    first = new_job_id()
+    common = {"pipeline": "cutout", "options": {}, "input_blob": "b", "input_meta": {}}
+    store.create_job(job_id=first, tenant_id="t", idempotency=Idempotency("k", "f1"), **common)
+    with pytest.raises(IdempotencyConflict) as conflict:
+        store.create_job(job_id=new_job_id(), tenant_id="t",
+                         idempotency=Idempotency("k", "f2"), **common)
+    assert conflict.value.existing.resource_id == first
+    assert sum(store.count_by_status().values()) == 1
+    # The same key of another tenant is another key.
+    store.create_job(job_id=new_job_id(), tenant_id="u", idempotency=Idempotency("k", "f1"),
+                     **common)
+    assert sum(store.count_by_status().values()) == 2

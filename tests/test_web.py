@@ -36,7 +36,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     port = free_port()
     svc = ServiceProcesses.start(
         [["serve", "--port", str(port), "--data-dir", str(root / "data")]],
-        env={}, port=port, log_dir=root,
+        env={"FLATLAY_AUTH_ENABLED": "false"}, port=port, log_dir=root,
     )
     yield svc
     svc.stop()

@@ -27,9 +27,10 @@ from models.pipeline import (
     load_pipelines,
 )
 from service.blobs import BlobStore, LocalBlobStore
+from service.context import register_extra_pipelines
 from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
 from service.settings import Settings
-from service.store import JobStore
+from service.store import JobStore, JobView
 
 log = logging.getLogger("flatlay.worker")
 
@@ -46,6 +47,7 @@ class WorkerContext:
 
     @classmethod
     def build(cls, settings: Settings, name: str) -> WorkerContext:
+        register_extra_pipelines(settings)
         return cls(
             settings=settings,
             store=JobStore(settings.resolved_database_url),
@@ -113,7 +115,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
     ctx.current_job = job_id
     timings: dict[str, float] = {}
     try:
-        outcome = _run_claimed(ctx, job_id, job.pipeline, job.options, job.input_blob, timings)
+        outcome = _run_claimed(ctx, job, timings)
     finally:
         ctx.current_job = None
     for stage, seconds in timings.items():
@@ -123,24 +125,26 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
     return outcome
 
 
-def _run_claimed(
-    ctx: WorkerContext, job_id: str, pipeline: str, opts: dict[str, Any], input_blob: str,
-    timings: dict[str, float],
-) -> str:
+def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) -> str:
+    job_id, me = job.id, ctx.name
+
     def progress(stage: str, percent: int) -> None:
-        ctx.store.set_progress(job_id, stage, percent)
+        ctx.store.set_progress(job_id, stage, percent, worker=me)
 
     s = ctx.settings
+    opts = job.options
     try:
         data, content_type = flatten_photo(
-            ctx.blobs.get(input_blob), pipeline, opts,
+            ctx.blobs.get(job.input_blob), job.pipeline, opts,
             ImageLimits(s.max_upload_bytes, s.max_pixels, 1), timings, progress,
         )
         ext = opts["format"].replace("jpeg", "jpg")
-        result_blob = f"assets/{job_id}/result.{ext}"
+        # One name per attempt: a worker presumed dead that wakes up and drops its result
+        # never deletes the result of the attempt that replaced it.
+        result_blob = f"assets/{job_id}/result-a{job.attempts}.{ext}"
         ctx.blobs.put(result_blob, data)
     except (IngestError, PipelineError) as exc:
-        ctx.store.fail(job_id, code=exc.code, message=exc.message, timings=timings)
+        ctx.store.fail(job_id, code=exc.code, message=exc.message, timings=timings, worker=me)
         return "failed"
     except SoftTimeLimitExceeded:
         ctx.store.fail(
@@ -148,17 +152,19 @@ def _run_claimed(
             code="timeout",
             message=f"the job ran past {ctx.settings.task_soft_time_limit_s} s",
             timings=timings,
+            worker=me,
         )
         return "failed"
     except Exception as exc:
         log.error("job %s crashed: %s", job_id, traceback.format_exc())
         ctx.store.fail(
-            job_id, code="internal_error", message=f"{type(exc).__name__}: {exc}", timings=timings
+            job_id, code="internal_error", message=f"{type(exc).__name__}: {exc}",
+            timings=timings, worker=me,
         )
         return "failed"
 
     if ctx.store.succeed(job_id, result_blob=result_blob, content_type=content_type,
-                         timings=timings):
+                         timings=timings, worker=me):
         return "succeeded"
     # Canceled (or otherwise taken away) while running: keep nothing.
     ctx.blobs.delete(result_blob)

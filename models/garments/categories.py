@@ -335,7 +335,7 @@ _TOP_RANGES = {
 }
 
 
-def _front_neckline(b: _Builder, prm: _Params, neck: float, depth: float, style: str):
+def _front_neckline(b: _Builder, depth: float, style: str):
     """Interior front neckline from neck_l to neck_r; returns its left half (top to centre)."""
     nl = b.points["neck_l"]
     if style == "v":
@@ -472,7 +472,7 @@ def _build_top(rng: np.random.Generator, category: str, family: str) -> GarmentS
     if category == "shirt":
         front = _path([nl], _bez(nl, (-0.9 * neck, 0.8 * depth), (0.0, depth), 8))
     else:
-        front = _front_neckline(b, prm, neck, depth, "v" if neck_style in ("v", "lapel") else
+        front = _front_neckline(b, depth, "v" if neck_style in ("v", "lapel") else
                                 "scoop" if neck_style == "scoop" else "crew")
 
     if category == "hoodie":
@@ -547,11 +547,11 @@ def _build_top(rng: np.random.Generator, category: str, family: str) -> GarmentS
     chest_y = depth + 0.06
     b.print_box = ((-0.62 * chest), chest_y, 0.62 * chest, min(chest_y + 0.26, hem_y - 0.1))
     if category == "shirt":
-        _shirt_details(b, prm, nl, neck, depth, hem_y, hem_curve, chest)
+        _shirt_details(b, prm, nl, depth, hem_y, chest)
     elif category == "hoodie":
-        _hoodie_details(b, prm, depth, hem_y, chest, neck)
+        _hoodie_details(b, prm, depth, hem_y, chest)
     elif category == "jacket":
-        _jacket_details(b, prm, nl, neck, depth, hem_y, chest, neck_style)
+        _jacket_details(b, prm, nl, depth, hem_y, chest, neck_style)
     elif neck_style == "henley":
         b.detail("placket", "torso", [(-0.012, depth - 0.004), (0.012, depth + 0.12)])
         for k in range(3):
@@ -577,7 +577,7 @@ def _patch_pocket(b: _Builder, centre, w: float, h: float, part: str = "torso", 
                                 (cx + w / 2 + 0.004, cy + 0.018), (cx - w / 2 - 0.004, cy + 0.018)])
 
 
-def _shirt_details(b, prm, nl, neck, depth, hem_y, hem_curve, chest):
+def _shirt_details(b, prm, nl, depth, hem_y, chest):
     tip_len = prm.u("collar_point", 0.055, 0.085)
     spread = prm.u("collar_spread", 0.025, 0.05)
     tip = b.lm("collar_tip_l", (-spread, depth + tip_len))
@@ -596,7 +596,7 @@ def _shirt_details(b, prm, nl, neck, depth, hem_y, hem_curve, chest):
                                                                                  0.4))
 
 
-def _hoodie_details(b, prm, depth, hem_y, chest, neck):
+def _hoodie_details(b, prm, depth, hem_y, chest):
     if prm.flag("zip_front", 0.3):
         b.detail("zip", "torso", [(0.0, depth), (0.0, hem_y)], 0.012)
         for sx in (-1, 1):
@@ -615,7 +615,7 @@ def _hoodie_details(b, prm, depth, hem_y, chest, neck):
                                        (x0 + sx * 0.002, depth + 0.11)], 0.006)
 
 
-def _jacket_details(b, prm, nl, neck, depth, hem_y, chest, collar):
+def _jacket_details(b, prm, nl, depth, hem_y, chest, collar):
     style = prm.values["style"]
     is_open = prm.flag("open_front", 0.4)
     gap = prm.u("opening_gap", 0.03, 0.09) if is_open else 0.0
@@ -740,7 +740,7 @@ def _build_sleeveless_or_dress(rng: np.random.Generator, category: str,
     back = _path([(0.0, back_dip)], _bez((0.0, back_dip), (-0.6 * neck, back_dip), nl, 6))
     b.part("torso", _symmetric(_path(back, [sl], arm, lower)), 1)
 
-    front = _front_neckline(b, prm, neck, depth, neck_style)
+    front = _front_neckline(b, depth, neck_style)
     inner = _path(front, _mirror(front[::-1])[1:])
     b.detail("lining", "torso", _path(_bez(nl, (0.0, back_dip * 1.5), _mirror(nl)[0], 10),
                                       inner[::-1]))

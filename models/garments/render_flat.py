@@ -40,9 +40,9 @@ class FlatLayers:
 
 
 def soft_blur(alpha: np.ndarray, radius: float, offset=(0.0, 0.0)) -> np.ndarray:
-    """Gaussian blur (and shift by `offset` pixels) of an (S, S) float alpha in [0, 1],
+    """Gaussian blur (and shift by `offset` pixels) of an (H, W) float alpha in [0, 1],
     computed at reduced resolution: soft shading and shadows have no detail to lose."""
-    size = alpha.shape[0]
+    height, width = alpha.shape
     f = 4 if radius >= 4 else 2 if radius >= 2 else 1
     img = Image.fromarray((alpha * 255).astype(np.uint8))
     small = img.reduce(f) if f > 1 else img
@@ -52,7 +52,7 @@ def soft_blur(alpha: np.ndarray, radius: float, offset=(0.0, 0.0)) -> np.ndarray
                                 (1, 0, -offset[0] / f, 0, 1, -offset[1] / f),
                                 resample=Image.Resampling.BILINEAR)
     if f > 1:
-        small = small.resize((size, size), Image.Resampling.BILINEAR)
+        small = small.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(small, np.float32) * np.float32(1 / 255)
 
 

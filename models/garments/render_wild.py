@@ -254,6 +254,17 @@ def _creases(rng, n: int, box: np.ndarray, hanging: bool, size: int, to_px,
     return np.asarray(layer, np.float32) * np.float32(1 / 128)
 
 
+def _bbox_window(mask: Image.Image, margin: int) -> tuple[slice, slice] | None:
+    """(rows, cols) slices around the non-zero pixels of an 'L' image, or None if empty."""
+    box = mask.getbbox()
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    width, height = mask.size
+    return (slice(max(y0 - margin, 0), min(y1 + margin, height)),
+            slice(max(x0 - margin, 0), min(x1 + margin, width)))
+
+
 # ---- drawing helpers -----------------------------------------------------------------------
 
 
@@ -415,8 +426,11 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
     off = rng.uniform(-1, 1, 2) * (0.015 if scene == "surface" else 0.04) * size
     blur = (0.008 + 0.02 * rng.random()) * size if scene == "surface" else 0.03 * size
     strength = rng.uniform(0.25, 0.5) if scene == "surface" else rng.uniform(0.15, 0.35)
-    shadow = soft_blur(union, blur, off)
-    img *= (1 - strength * shadow)[..., None]
+    union_img = Image.fromarray((union * 255).astype(np.uint8))
+    shadow_win = _bbox_window(union_img, int(3 * blur + np.abs(off).max()) + 2)
+    if shadow_win is not None:
+        shadow = soft_blur(union[shadow_win], blur, off)
+        img[shadow_win] *= (1 - strength * shadow)[..., None]
     if scene == "worn":
         img = _draw_body(img, shape, out, rng, unit, top, attrs)
 
@@ -475,7 +489,7 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
     kinds: list[str] = []
     names = list(landmark_names(shape.category))
     if scene == "hanger":
-        _draw_hanger(draw, shape, names, out, unit, top, rng)
+        _draw_hanger(draw, names, out, unit, top, rng)
         kinds.append("hanger")
     n_hands = int(rng.random() < 0.12 + 0.45 * d) + int(rng.random() < 0.2 * d)
     contour_idx = [i for i, n in enumerate(names) if not n.startswith(("neckline", "neck_front",
@@ -493,16 +507,18 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
         _draw_object(occ, out[int(rng.integers(len(out)))], unit, size, rng)
         kinds.append("object")
     attrs["occluders"] = kinds
-    if kinds:
-        occ_a = np.asarray(occ.getchannel("A"), np.float32) * np.float32(1 / 255)
+    occ_alpha = occ.getchannel("A")
+    win = _bbox_window(occ_alpha, int(0.07 * size))
+    occluder_mask = np.zeros((size, size), bool)
+    if win is not None:
+        occ_a = np.asarray(occ_alpha, np.float32)[win] * np.float32(1 / 255)
+        sub = img[win]
         cast = soft_blur(occ_a, 0.015 * size, (0.015 * size, 0.02 * size))
-        img *= (1 - 0.35 * cast * (1 - occ_a))[..., None]
-        occ_rgb = np.asarray(occ.convert("RGB"), np.float32) * np.float32(1 / 255)
+        sub *= (1 - 0.35 * cast * (1 - occ_a))[..., None]
+        occ_rgb = np.asarray(occ.convert("RGB"), np.float32)[win] * np.float32(1 / 255)
         occ_shade = 0.85 + 0.3 * soft_blur(occ_a, 0.01 * size, (0.0, 0.0))
-        img += (occ_rgb * occ_shade[..., None] - img) * occ_a[..., None]
-        occluder_mask = occ_a >= 0.5
-    else:
-        occluder_mask = np.zeros((size, size), bool)
+        sub += (occ_rgb * occ_shade[..., None] - sub) * occ_a[..., None]
+        occluder_mask[win] = occ_a >= 0.5
 
     # 9. Camera: white balance, exposure, vignette, blur, noise, JPEG.
     wb = np.exp(rng.normal(0, 0.04 + 0.1 * d, 3)).astype(np.float32)
@@ -551,7 +567,7 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
                       jpeg=jpeg)
 
 
-def _draw_hanger(draw, shape, names, out, unit, top, rng) -> None:
+def _draw_hanger(draw, names, out, unit, top, rng) -> None:
     metal = _u8([0.7, 0.7, 0.72] if rng.random() < 0.6 else [0.2, 0.2, 0.22])
     wood = _u8([0.62, 0.42, 0.24] if rng.random() < 0.5 else [0.9, 0.9, 0.88])
     idx = {n: i for i, n in enumerate(names)}
@@ -599,11 +615,11 @@ def _draw_object(occ: Image.Image, near: np.ndarray, unit: float, size: int, rng
     patch_img.putalpha(mask)
     patch_img = patch_img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=False)
     pos = near + rng.uniform(-0.8, 0.8, 2) * unit - ext / 2
-    occ.alpha_composite(patch_img, (int(pos[0]), int(pos[1]))) if (
-        0 <= int(pos[0]) and 0 <= int(pos[1])) else _paste_clipped(occ, patch_img, pos)
+    _paste_clipped(occ, patch_img, pos)
 
 
 def _paste_clipped(occ: Image.Image, patch: Image.Image, pos: np.ndarray) -> None:
+    """Alpha-composite `patch` at `pos` (may be partly off the top or left edge)."""
     x, y = int(pos[0]), int(pos[1])
     cx, cy = max(0, -x), max(0, -y)
     if cx >= patch.width or cy >= patch.height:
@@ -688,11 +704,13 @@ def _draw_body(img: np.ndarray, shape: GarmentShape, out: np.ndarray, rng, unit:
     hair_colour = np.float32([[0.08, 0.06, 0.05], [0.25, 0.16, 0.1], [0.55, 0.42, 0.25],
                               [0.7, 0.6, 0.4]][int(rng.integers(4))])
     for mask_img, col in ((other, other_colour), (layer, colour), (hair, hair_colour)):
-        a = np.asarray(mask_img, np.float32) * np.float32(1 / 255)
-        if not a.any():
+        win = _bbox_window(mask_img, int(unit) + 2)
+        if win is None:
             continue
+        a = np.asarray(mask_img, np.float32)[win] * np.float32(1 / 255)
         # Rounded shading: darker towards the silhouette of each limb.
         soft = soft_blur(a, 0.25 * unit, (0.0, 0.0))
         body = col * (0.65 + 0.4 * soft[..., None])
-        img = img * (1 - a[..., None]) + body * a[..., None]
+        sub = img[win]
+        sub += (body - sub) * a[..., None]
     return img

@@ -16,8 +16,10 @@ from tqdm import tqdm
 
 from models.garments import CATEGORIES, generate
 
-# Rendering size of the garment world for training pairs and bank entries.
+# Rendering size of the garment world for training pairs and bank entries, and the size the
+# photo crops are cached at (resized to a tower's input size when used).
 RENDER_SIZE = 128
+PAIR_PHOTO_SIZE = 96
 SILHOUETTE_SIZE = 128
 
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
 from models.garments import CATEGORIES, SPLITS
 from models.structurenet import StructureNet, normalise_photos
-from models.train.pairs import PairArrays, render_pairs
+from models.train.pairs import PAIR_PHOTO_SIZE, PairArrays, render_pairs
 
 WITHHELD_DEFAULT = ("skirt",)
 
@@ -37,7 +38,7 @@ class TrainConfig:
     run_dir: str = "runs/structurenet-tiny"
     n_train: int = 24_000
     n_val: int = 1_000
-    steps: int = 1_200
+    steps: int = 1_500
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -52,11 +53,11 @@ class TrainConfig:
 
 def _pairs(cfg: TrainConfig, model: StructureNet, split: str, n: int) -> PairArrays:
     """Cached pairs of the first `n` seeds of `split`, less the withheld categories."""
-    cache = Path(cfg.run_dir) / f"pairs-{split}-{n}-{model.photo_size}-{model.structure_size}.npz"
+    cache = Path(cfg.run_dir) / f"pairs-{split}-{n}-{PAIR_PHOTO_SIZE}-{model.structure_size}.npz"
     if cache.is_file():
         return PairArrays.load(cache)
     start = SPLITS[split][0]
-    pairs = render_pairs(list(range(start, start + n)), model.photo_size, model.structure_size,
+    pairs = render_pairs(list(range(start, start + n)), PAIR_PHOTO_SIZE, model.structure_size,
                          workers=cfg.workers, desc=f"render {split} pairs")
     keep = ~np.isin(pairs.categories, [CATEGORIES.index(c) for c in cfg.withhold])
     pairs = PairArrays(**{k: v[keep] for k, v in pairs.__dict__.items()})
@@ -64,11 +65,34 @@ def _pairs(cfg: TrainConfig, model: StructureNet, split: str, n: int) -> PairArr
     return pairs
 
 
+def tower_photos(pairs: PairArrays, size: int) -> torch.Tensor:
+    """The cached photo crops, normalised and resized to the photo tower's input size."""
+    photos = normalise_photos(pairs.photos)
+    if photos.shape[-1] != size:
+        photos = F.interpolate(photos, size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False)
+    return photos
+
+
+def aux_loss(model: StructureNet, features: torch.Tensor, categories: torch.Tensor,
+             landmarks: torch.Tensor) -> torch.Tensor:
+    """Category cross-entropy and masked landmark regression from unit embeddings."""
+    loss = features.new_zeros(())
+    if model.category_head is not None:
+        loss = loss + F.cross_entropy(model.category_head(features), categories)
+    if model.landmark_head is not None:
+        pred = model.landmark_head(features).view(len(features), -1, 2)
+        valid = ~torch.isnan(landmarks[..., 0])
+        target = torch.nan_to_num(landmarks)
+        loss = loss + 10.0 * ((pred - target) ** 2).sum(-1)[valid].mean()
+    return loss
+
+
 @torch.no_grad()
 def evaluate(model: StructureNet, pairs: PairArrays, device: str) -> dict[str, float]:
     """Photo → structure retrieval among the pairs: recall@1, @5, top-1 category accuracy."""
     model.eval()
-    photos = normalise_photos(pairs.photos)
+    photos = tower_photos(pairs, model.photo_size)
     maps = torch.from_numpy(pairs.maps).float() / 255.0
     p = torch.cat([model.encode_photo(photos[i:i + 256].to(device)).cpu()
                    for i in range(0, len(photos), 256)])
@@ -108,8 +132,10 @@ def train(cfg: TrainConfig) -> dict:
     model = StructureNet.from_config(cfg.config).to(cfg.device)
     train_pairs = _pairs(cfg, model, "train", cfg.n_train)
     val_pairs = _pairs(cfg, model, "val", cfg.n_val)
-    photos = normalise_photos(train_pairs.photos)
+    photos = tower_photos(train_pairs, model.photo_size)
     maps = torch.from_numpy(train_pairs.maps)
+    cats = torch.from_numpy(train_pairs.categories.astype(np.int64))
+    lms = torch.from_numpy(train_pairs.landmarks)
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -137,7 +163,9 @@ def train(cfg: TrainConfig) -> dict:
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         photo_f, struct_f, scale = model(x, y)
-        loss = loss_fn(photo_f, struct_f, scale)
+        c, lm = cats[idx].to(cfg.device), lms[idx].to(cfg.device)
+        loss = loss_fn(photo_f, struct_f, scale) + 0.5 * (
+            aux_loss(model, photo_f, c, lm) + aux_loss(model, struct_f, c, lm))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

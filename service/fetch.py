@@ -1,0 +1,140 @@
+"""Fetching URLs we were given (manifest images, webhook targets) without becoming a proxy
+into the private network.
+
+Every hop, redirects included, must be http(s) to a host whose every address is public,
+unless `fetch_allow_hosts` names the host, the address or its network. Limits on time,
+size, redirects and content type; each refusal is a FetchError with a code.
+Caveat: the check resolves the name and the request resolves it again, so a name that
+changes its answer in between (DNS rebinding) is checked only at the first resolution.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+IMAGE_CONTENT_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
+MAX_URL_LENGTH = 2048
+
+
+class FetchError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """Hosts and networks that may be private anyway ("127.0.0.1", "10.0.0.0/8", "minio")."""
+
+    hosts: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> AllowList:
+        hosts, networks = set(), []
+        for item in filter(None, (i.strip() for i in spec.split(","))):
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                hosts.add(item.lower())
+        return cls(frozenset(hosts), tuple(networks))
+
+    def allows(self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return host.lower() in self.hosts or any(address in n for n in self.networks)
+
+
+def check_url(url: str) -> tuple[str, int]:
+    """(host, port) of an absolute http(s) URL; FetchError `url_invalid` otherwise."""
+    if len(url) > MAX_URL_LENGTH:
+        raise FetchError("url_invalid", f"the URL is longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise FetchError("url_invalid", f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError("url_invalid", "only absolute http:// and https:// URLs are accepted")
+    if parts.username or parts.password:
+        raise FetchError("url_invalid", "URLs with credentials are not accepted")
+    if any(c in url for c in "\r\n\t\0 "):
+        raise FetchError("url_invalid", "the URL contains whitespace or control characters")
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def check_address(host: str, port: int, allow: AllowList) -> None:
+    """FetchError `url_refused` unless every address of `host` is public or allowed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise FetchError("url_fetch_failed", f"cannot resolve {host!r}: {exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not address.is_global and not allow.allows(host, address):
+            raise FetchError(
+                "url_refused",
+                f"{host} resolves to {address}, a private, loopback, link-local or reserved "
+                "address (FLATLAY_FETCH_ALLOW_HOSTS can allow it)",
+            )
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int
+    timeout_s: float
+    max_redirects: int
+    allow: AllowList
+
+
+def fetch_image(url: str, limits: FetchLimits) -> tuple[bytes, str]:
+    """GET an image: (bytes, content type). FetchError with `url_invalid`, `url_refused`,
+    `url_fetch_failed`, `url_too_many_redirects`, `url_bad_content_type` or `url_too_large`."""
+    deadline = time.monotonic() + limits.timeout_s
+    with httpx.Client(follow_redirects=False, timeout=limits.timeout_s, trust_env=False) as http:
+        for _ in range(limits.max_redirects + 1):
+            host, port = check_url(url)
+            check_address(host, port, limits.allow)
+            try:
+                with http.stream("GET", url, headers={"Accept": "image/*"}) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code != 200:
+                        raise FetchError("url_fetch_failed",
+                                         f"the server answered {response.status_code}")
+                    return _read_image(response, limits, deadline), _content_type(response)
+            except httpx.HTTPError as exc:
+                raise FetchError("url_fetch_failed", f"{type(exc).__name__}: {exc}") from None
+    raise FetchError("url_too_many_redirects", f"more than {limits.max_redirects} redirects")
+
+
+def _content_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _read_image(response: httpx.Response, limits: FetchLimits, deadline: float) -> bytes:
+    content_type = _content_type(response)
+    if content_type not in IMAGE_CONTENT_TYPES:
+        raise FetchError("url_bad_content_type",
+                         f"content type {content_type or 'none'!r}; accepted: "
+                         f"{', '.join(sorted(IMAGE_CONTENT_TYPES))}")
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_bytes:
+        raise FetchError("url_too_large", f"{declared} bytes; the limit is {limits.max_bytes}")
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limits.max_bytes:
+            raise FetchError("url_too_large", f"more than the limit of {limits.max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise FetchError("url_fetch_failed", f"slower than {limits.timeout_s:g} s")
+        chunks.append(chunk)
+    return b"".join(chunks)
