@@ -71,3 +71,14 @@ def build_bank(
                                 "seeds": [seed_start, seed_start + n]})
     bank.add(structures)
     return bank
+
+
+def embed_structure(model, landmarks: np.ndarray, silhouette: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """One structure's embedding with `model`'s structure tower: (D,) float32 unit vector."""
+    import torch
+
+    from models.structurenet import embed_structures, structure_map
+
+    with torch.inference_mode():
+        smap = structure_map(landmarks, silhouette, model.structure_size)
+        return embed_structures(model, smap[None])[0]
