@@ -70,7 +70,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("worker", help="run a Celery worker alone (distributed mode)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per device)")
-    p.add_argument("--queues", default=None, help="comma-separated queues (default: the GPU queue)")
+    p.add_argument("--queues", default=None,
+                   help="comma-separated queues (default: the GPU and the CPU queue)")
     _add_data_dir(p)
     p.set_defaults(func=_cmd_worker)
 

@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, Header, Response, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from models.compose import parse_background
 from models.io import ImageLimits, IngestError, validate_image
 from models.pipeline import pipeline_names
 from service.auth import Principal
-from service.context import ServiceContext, get_context, register_extra_pipelines
+from service.batches import router as batches_router
+from service.context import ServiceContext, register_extra_pipelines
+from service.deps import Ctx, IdempotencyKey, Key, replayed_or_conflict, request_fingerprint
 from service.errors import ApiError, error_response, error_responses, install_error_handlers
 from service.logs import log_context
 from service.metrics import JobStoreCollector, render
 from service.middleware import RequestObservability
+from service.options import resolve_options
 from service.queue import ping_broker
 from service.ratelimit import limited_key
 from service.reconciler import reconcile_forever
@@ -33,6 +33,7 @@ from service.schemas import (
     AssetLinks,
     AssetOptions,
     AssetStatus,
+    DeliveryAttempt,
     Health,
     InputInfo,
     JobError,
@@ -40,21 +41,16 @@ from service.schemas import (
     PipelineList,
     Progress,
     Readiness,
+    WebhookDelivery,
+    WebhookDeliveryList,
 )
 from service.settings import Settings, get_settings
-from service.store import Idempotency, IdempotencyConflict, JobView, new_job_id
+from service.store import DeliveryView, Idempotency, IdempotencyConflict, JobView, new_job_id
+from service.structures import router as structures_router
+from service.webhooks import complete_batch, webhook_target
 
 log = logging.getLogger("flatlay.api")
 WEB_DIR = Path(__file__).parent / "web"
-Ctx = Annotated[ServiceContext, Depends(get_context)]
-# The caller, authenticated and within its rate limit.
-Key = Annotated[Principal, Depends(limited_key)]
-IdempotencyKey = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255,
-           description="the same key with the same request returns the same job; with "
-           "another request, 409 `idempotency_key_reused`"),
-]
 
 
 def _links(job_id: str) -> AssetLinks:
@@ -75,6 +71,8 @@ def _status_of(job: JobView) -> AssetStatus:
         error=error,
         input=InputInfo(**job.input_meta),
         attempts=job.attempts,
+        batch_id=job.batch_id,
+        sku=job.sku,
         expired_at=job.expired_at,
         created_at=job.created_at,
         started_at=job.started_at,
@@ -91,30 +89,6 @@ def _job_or_404(ctx: ServiceContext, key: Principal, job_id: str) -> JobView:
     return job
 
 
-def request_fingerprint(route: str, fields: dict, files: list[bytes]) -> str:
-    """SHA-256 of what a create request asks for: its route, fields and file contents."""
-    digest = hashlib.sha256(json.dumps([route, fields], sort_keys=True, default=str).encode())
-    for data in files:
-        digest.update(hashlib.sha256(data).digest())
-    return digest.hexdigest()
-
-
-def replayed_or_conflict(ctx: ServiceContext, key: Principal, idem: Idempotency) -> str | None:
-    """The id the same request made earlier under this key; 409 when the key came with
-    another request; None when the key is new."""
-    record = ctx.store.idempotency_record(key.tenant_id, idem.key)
-    if record is None:
-        return None
-    if record.fingerprint != idem.fingerprint:
-        raise ApiError(
-            "idempotency_key_reused",
-            f"Idempotency-Key {idem.key!r} was used with a different request "
-            f"(it made {record.resource} {record.resource_id})",
-            "Idempotency-Key",
-        )
-    return record.resource_id
-
-
 def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
     data = file.file.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -122,6 +96,22 @@ def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
             "file_too_large", f"the file is larger than the limit of {max_bytes} bytes", "file"
         )
     return data
+
+
+def _webhook_target(url: str | None, key: Principal, settings: Settings) -> str | None:
+    try:
+        return webhook_target(url, key.webhook_url, key.key_id, settings)
+    except ValueError as exc:
+        raise ApiError("validation_error", str(exc), "webhook_url") from None
+
+
+def _delivery(d: DeliveryView) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=d.id, event=d.event, url=d.url, status=d.status,  # type: ignore[arg-type]
+        asset_id=d.asset_id, batch_id=d.batch_id,
+        attempts=[DeliveryAttempt(**a) for a in d.attempts], next_attempt_at=d.next_attempt_at,
+        created_at=d.created_at, finished_at=d.finished_at, payload=d.payload,
+    )
 
 
 def _created(response: Response, job: JobView, replayed: bool = False) -> AssetCreated:
@@ -165,6 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store_registry = CollectorRegistry(auto_describe=False)
     store_registry.register(JobStoreCollector(lambda: app.state.ctx))
     limits = ImageLimits(settings.max_upload_bytes, settings.max_pixels, settings.min_image_side)
+    app.include_router(batches_router)
+    app.include_router(structures_router)
 
     @app.post(
         "/assets",
@@ -196,31 +188,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         background: Annotated[str, Form(description="'transparent' or a hex colour")] = "#ffffff",
         format: Annotated[OutputFormat, Form(description="output image format")] = "png",
         seed: Annotated[int | None, Form(ge=0, le=2**32 - 1)] = None,
+        webhook_url: Annotated[str | None, Form(description="receives asset.succeeded and "
+                                                "asset.failed (default: the key's)")] = None,
     ) -> AssetCreated:
-        pipeline = pipeline or settings.default_pipeline
-        if pipeline not in pipeline_names():
-            raise ApiError(
-                "unknown_pipeline",
-                f"unknown pipeline {pipeline!r}; available: {', '.join(pipeline_names())}",
-                "pipeline",
-            )
-        try:
-            bg = parse_background(background)
-        except ValueError as exc:
-            raise ApiError("validation_error", str(exc), "background") from None
-        if bg is None and format == "jpeg":
-            raise ApiError(
-                "validation_error",
-                "JPEG has no alpha channel: use format png or webp for a transparent background",
-                "background",
-            )
+        pipeline, options = resolve_options(pipeline, output_size, background, format, seed,
+                                            settings.default_pipeline)
+        hook = _webhook_target(webhook_url, key, settings)
         data = _read_upload(file, settings.max_upload_bytes)
-        options = {"output_size": output_size, "background": background, "format": format,
-                   "seed": seed}
         idem = None
         if idempotency_key is not None:
             idem = Idempotency(idempotency_key, request_fingerprint(
-                "assets", {"pipeline": pipeline, "filename": file.filename, **options}, [data]))
+                "assets", {"pipeline": pipeline, "filename": file.filename, "webhook_url": hook,
+                           **options}, [data]))
             if (earlier := replayed_or_conflict(ctx, key, idem)) is not None:
                 return _created(response, _job_or_404(ctx, key, earlier), replayed=True)
         try:
@@ -239,7 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 job = ctx.store.create_job(
                     job_id=job_id, tenant_id=key.tenant_id, pipeline=pipeline,
                     options=options, input_blob=input_blob, input_meta=input_meta,
-                    idempotency=idem,
+                    idempotency=idem, webhook_url=hook, key_id=key.key_id,
                 )
             except IdempotencyConflict:
                 # A twin request with the same key won the race: answer as it did.
@@ -273,6 +252,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             job = _job_or_404(ctx, key, asset_id)
             if job.status != "canceled":
                 raise ApiError("asset_not_cancelable", f"asset {job.id} already {job.status}")
+        if job.batch_id is not None:
+            complete_batch(ctx.store, ctx.send_webhook, job.batch_id)
         log.info("asset canceled", extra={"job_id": job.id})
         return _status_of(_job_or_404(ctx, key, asset_id))
 
@@ -330,6 +311,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             media_type=job.result_content_type,
             headers={"Content-Disposition": f'inline; filename="{job.id}.{ext}"'},
         )
+
+    @app.get(
+        "/webhooks/deliveries",
+        response_model=WebhookDeliveryList,
+        summary="Webhook deliveries and their attempts (newest first, at most 100)",
+        responses=error_responses("unauthorized", "validation_error", "rate_limited"),
+    )
+    def list_deliveries(
+        ctx: Ctx, key: Key,
+        asset_id: Annotated[str | None, Query(max_length=64)] = None,
+        batch_id: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> WebhookDeliveryList:
+        found = ctx.store.list_deliveries(key.tenant_id, asset_id=asset_id, batch_id=batch_id)
+        return WebhookDeliveryList(deliveries=[_delivery(d) for d in found])
+
+    @app.get(
+        "/webhooks/deliveries/{delivery_id}",
+        response_model=WebhookDelivery,
+        summary="One webhook delivery and its attempts",
+        responses=error_responses("unauthorized", "delivery_not_found", "rate_limited"),
+    )
+    def get_delivery(delivery_id: str, ctx: Ctx, key: Key) -> WebhookDelivery:
+        found = (ctx.store.get_delivery(delivery_id, tenant_id=key.tenant_id)
+                 if len(delivery_id) <= 64 else None)
+        if found is None:
+            raise ApiError("delivery_not_found", f"no webhook delivery with id {delivery_id!r}")
+        return _delivery(found)
 
     @app.get("/pipelines", response_model=PipelineList, summary="Registered pipelines",
              responses=error_responses("unauthorized", "rate_limited"),

@@ -1,7 +1,8 @@
 """The blob store: uploaded photos and results, addressed by key.
 
-A small interface so that an S3-compatible store can stand in for the local filesystem
-(distributed mode with several machines) without the API or the workers noticing.
+A small interface so that an S3-compatible store (`S3BlobStore`, FLATLAY_BLOB_URL=s3://…)
+stands in for the local filesystem (distributed mode with several machines) without the
+API or the workers noticing.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 class BlobNotFound(KeyError):
@@ -70,3 +75,69 @@ class LocalBlobStore:
     def ping(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise OSError(f"blob directory {self.root} is not writable")
+
+
+class S3BlobStore:
+    """Blobs as objects in an S3-compatible bucket (AWS, MinIO, Ceph…), under a key prefix.
+
+    Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    a profile, an instance role); the endpoint from FLATLAY_S3_ENDPOINT_URL for non-AWS
+    servers. The bucket must exist.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._s3 = boto3.client(
+            "s3", endpoint_url=endpoint_url or None, region_name=region or None,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"},
+                          connect_timeout=5, read_timeout=60),
+        )
+
+    def _key(self, key: str) -> str:
+        checked = str(_checked_key(key))
+        return f"{self.prefix}/{checked}" if self.prefix else checked
+
+    def put(self, key: str, data: bytes) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise BlobNotFound(key) from None
+            raise
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def ping(self) -> None:
+        self._s3.head_bucket(Bucket=self.bucket)
+
+
+def make_blob_store(settings: Settings) -> BlobStore:
+    """The blob store the settings name: `blob_url` s3://bucket/prefix, else local files."""
+    url = settings.blob_url
+    if url:
+        parts = urlsplit(url)
+        return S3BlobStore(parts.netloc, parts.path, settings.s3_endpoint_url,
+                           settings.s3_region)
+    return LocalBlobStore(settings.resolved_blob_dir)

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from fastapi import Request
 
-from service.blobs import BlobStore, LocalBlobStore
+from service.blobs import BlobStore, make_blob_store
 from service.logs import TASK_REQUEST_ID_HEADER, request_id_var
-from service.queue import PROCESS_ASSET_TASK, make_celery
+from service.queue import PROCESS_ASSET_TASK, make_celery, send_webhook
 from service.settings import Settings
 from service.store import JobStore
 
@@ -45,7 +45,7 @@ class ServiceContext:
         return cls(
             settings=settings,
             store=JobStore(settings.resolved_database_url),
-            blobs=LocalBlobStore(settings.resolved_blob_dir),
+            blobs=make_blob_store(settings),
             celery=make_celery(settings),
             limiter=make_token_bucket(settings),
         )
@@ -69,6 +69,9 @@ class ServiceContext:
             return False
         self.store.mark_enqueued(job_id)
         return True
+
+    def send_webhook(self, delivery_id: str) -> None:
+        send_webhook(self.celery, self.settings, delivery_id)
 
     def close(self) -> None:
         self.store.dispose()

@@ -3,18 +3,25 @@ and the workers (which also register the tasks). No task code and no torch here.
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from service.settings import Settings
 
+log = logging.getLogger("flatlay.queue")
+
 PROCESS_ASSET_TASK = "flatlay.process_asset"
+DELIVER_WEBHOOK_TASK = "flatlay.deliver_webhook"
+ADD_STRUCTURE_TASK = "flatlay.add_structure"
 
 
 def celery_config(settings: Settings) -> dict:
     conf: dict = {
         "broker_url": settings.resolved_broker_url,
         "task_default_queue": settings.queue_name,
-        "task_routes": {PROCESS_ASSET_TASK: {"queue": settings.queue_name}},
+        "task_routes": {PROCESS_ASSET_TASK: {"queue": settings.queue_name},
+                        DELIVER_WEBHOOK_TASK: {"queue": settings.cpu_queue_name}},
         # The job row holds the outcome; Celery results would be a second, weaker copy.
         "task_ignore_result": True,
         "result_backend": None,
@@ -35,6 +42,8 @@ def celery_config(settings: Settings) -> dict:
         conf["broker_transport_options"] = {
             "data_folder_in": folder,
             "data_folder_out": folder,
+            # Exchange bindings; kombu's default is ./control, in whatever folder we run.
+            "control_folder": str(settings.queue_dir / "control"),
             "store_processed": False,
             # The file transport polls its folder; its 1 s default adds ~1 s to every job.
             "polling_interval": 0.05,
@@ -53,6 +62,20 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("flatlay", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
+
+
+def send_webhook(app: Celery, settings: Settings, delivery_id: str,
+                 countdown: float | None = None) -> bool:
+    """Queue a delivery attempt on the CPU queue; False when the broker is down (the
+    reconciler sends overdue deliveries again)."""
+    try:
+        app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=settings.cpu_queue_name,
+                      countdown=countdown, retry=True,
+                      retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5})
+    except Exception as exc:  # broker errors come in many types (kombu, redis, OS)
+        log.warning("could not queue webhook delivery %s: %s", delivery_id, exc)
+        return False
+    return True
 
 
 def ping_broker(app: Celery, settings: Settings, timeout_s: float = 2.0) -> None:

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from service.context import ServiceContext
+from service.webhooks import complete_batch, job_ended
 
 log = logging.getLogger("flatlay.reconciler")
 
@@ -27,6 +28,8 @@ class ReconcileReport:
     failed_crashed: int = 0
     resent_queued: int = 0
     expired: int = 0
+    batches_completed: int = 0
+    resent_webhooks: int = 0
 
 
 def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
@@ -41,9 +44,19 @@ def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
             ctx.enqueue(job_id)
         elif outcome == "failed":
             report.failed_crashed += 1
+            job_ended(ctx.store, ctx.send_webhook, job_id)
     for job_id in ctx.store.stale_queued(settings.requeue_queued_after_s):
         if ctx.enqueue(job_id):
             report.resent_queued += 1
+    for batch_id in ctx.store.open_batches():
+        # Jobs that ended outside a worker (canceled, deleted, crashed) complete theirs here.
+        if complete_batch(ctx.store, ctx.send_webhook, batch_id):
+            report.batches_completed += 1
+    # A retry whose message was lost (a worker holding it died) is sent again.
+    for delivery_id in ctx.store.overdue_deliveries(settings.requeue_queued_after_s):
+        ctx.store.touch_delivery(delivery_id)
+        ctx.send_webhook(delivery_id)
+        report.resent_webhooks += 1
     if settings.result_retention_s > 0:
         for job in ctx.store.expirable(settings.result_retention_s):
             for blob in (job.input_blob, job.result_blob):

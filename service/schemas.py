@@ -41,11 +41,14 @@ class JobError(BaseModel):
 
 
 class InputInfo(BaseModel):
-    filename: str | None
-    content_type: str
-    width: int
-    height: int
-    bytes: int
+    """What was uploaded; for a manifest item, known once the worker has fetched its URL."""
+
+    filename: str | None = None
+    source_url: str | None = None
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None
 
 
 class AssetStatus(BaseModel):
@@ -58,6 +61,8 @@ class AssetStatus(BaseModel):
     error: JobError | None = None
     input: InputInfo
     attempts: int
+    batch_id: str | None = None
+    sku: str | None = None
     expired_at: dt.datetime | None = Field(
         default=None, description="when the retention period removed its input and result")
     created_at: dt.datetime
@@ -78,3 +83,79 @@ class Readiness(BaseModel):
 class PipelineList(BaseModel):
     default: str
     pipelines: list[str]
+
+
+BatchSource = Literal["files", "archive", "manifest"]
+
+
+class BatchLinks(BaseModel):
+    self: str
+    results: str
+
+
+class BatchRejection(BaseModel):
+    """A member refused at submission (the rest of the batch goes on)."""
+
+    name: str = Field(description="file name, ZIP member name, or manifest row")
+    sku: str | None = None
+    code: str = Field(description="why, e.g. unsafe_member_name, zip_bomb, nested_archive, "
+                      "unsupported_media_type, url_invalid, url_refused, validation_error")
+    message: str
+
+
+class BatchCounts(BaseModel):
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    canceled: int
+    rejected: int
+
+
+class BatchItem(BaseModel):
+    sku: str
+    asset_id: str
+    status: JobStatus
+    error: JobError | None = None
+
+
+class BatchCreated(BaseModel):
+    id: str
+    status: Literal["processing", "completed"]
+    created_at: dt.datetime
+    counts: BatchCounts
+    rejected: list[BatchRejection]
+    links: BatchLinks
+
+
+class BatchStatus(BatchCreated):
+    source: BatchSource
+    options: dict
+    completed_at: dt.datetime | None = None
+    items: list[BatchItem]
+
+
+class DeliveryAttempt(BaseModel):
+    at: dt.datetime
+    status_code: int | None = Field(description="the receiver's answer; none if unreached")
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+class WebhookDelivery(BaseModel):
+    id: str = Field(description="the `webhook-id` header of every attempt")
+    event: Literal["asset.succeeded", "asset.failed", "batch.completed"]
+    url: str
+    status: Literal["pending", "succeeded", "failed"]
+    asset_id: str | None = None
+    batch_id: str | None = None
+    attempts: list[DeliveryAttempt]
+    next_attempt_at: dt.datetime | None = None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    payload: dict
+
+
+class WebhookDeliveryList(BaseModel):
+    deliveries: list[WebhookDelivery]

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     broker_url: str | None = None
     blob_dir: Path | None = None
+    # s3://bucket/prefix: blobs in an S3-compatible store instead of blob_dir (credentials
+    # from the AWS_* variables); the endpoint of a non-AWS server (MinIO…) and the region.
+    blob_url: str | None = Field(default=None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -43,6 +48,11 @@ class Settings(BaseSettings):
     # Every route but health, readiness and metrics needs `Authorization: Bearer <key>`.
     # Off only on a loopback bind (the local demo): `check_auth_bind` refuses anything else.
     auth_enabled: bool = True
+    # Tenants whose keys may add structures to the bank (`POST /structures`).
+    admin_tenants: str = "admin"
+    # The bank the service retrieves from and grows (default: <data_dir>/bank, created from
+    # the shipped bank on first use).
+    bank_dir: Path | None = None
     # Token bucket per API key: refill rate (requests/s; 0 turns limits off) and capacity.
     rate_limit_per_s: float = Field(default=20.0, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
@@ -63,11 +73,20 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(default=15.0, gt=0)
     fetch_max_redirects: int = Field(default=3, ge=0)
     fetch_allow_hosts: str = ""
+    # Webhooks: attempts per event, first retry delay (doubling each time, at most an hour),
+    # and the signing secret of the key-less local mode ("whsec_…"; without it, a webhook
+    # URL needs an API key, whose secret signs its events).
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_s: float = Field(default=5.0, gt=0)
+    local_webhook_secret: str = ""
 
     default_pipeline: str = "cutout"
 
     # Queue behaviour for long GPU jobs.
     queue_name: str = "flatlay.gpu"
+    # Light work (webhook deliveries) goes to its own queue; `flatlay serve`'s worker and a
+    # default `flatlay worker` consume both.
+    cpu_queue_name: str = "flatlay.cpu"
     task_soft_time_limit_s: int = Field(default=300, ge=1)
     task_time_limit_s: int = Field(default=360, ge=1)
     worker_pool: Literal["prefork", "solo", "threads"] = "prefork"
@@ -133,6 +152,10 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_dir(self) -> Path:
         return (self.blob_dir or self.data_dir / "blobs").resolve()
+
+    @property
+    def resolved_bank_dir(self) -> Path:
+        return (self.bank_dir or self.data_dir / "bank").resolve()
 
     @property
     def queue_dir(self) -> Path:

@@ -74,6 +74,9 @@ class Job(Base):
     # Jobs of a batch: the batch and the item's SKU.
     batch_id: Mapped[str | None] = mapped_column(String(32), index=True)
     sku: Mapped[str | None] = mapped_column(String(255))
+    # Where its events go, and the key whose secret signs them (None: auth off).
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class BatchRow(Base):
@@ -88,8 +91,55 @@ class BatchRow(Base):
     # [{"name", "sku", "code", "message"}] for members refused at submission.
     rejected: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDeliveryRow(Base):
+    """One event for one URL, and every attempt to deliver it."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the `webhook-id`
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    asset_id: Mapped[str | None] = mapped_column(String(32))
+    batch_id: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending|succeeded|failed
+    # [{"at", "status_code", "error", "duration_ms"}]
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: str
+    tenant_id: str
+    key_id: str | None
+    event: str
+    url: str
+    payload: dict[str, Any]
+    asset_id: str | None
+    batch_id: str | None
+    status: str
+    attempts: list[dict[str, Any]]
+    next_attempt_at: dt.datetime | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: WebhookDeliveryRow) -> DeliveryView:
+        values = {f: getattr(row, f) for f in cls.__dataclass_fields__}
+        for f in ("next_attempt_at", "created_at", "finished_at"):
+            values[f] = _aware(values[f])
+        values["attempts"] = list(values["attempts"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -100,13 +150,14 @@ class BatchView:
     options: dict[str, Any]
     rejected: list[dict[str, Any]]
     webhook_url: str | None
+    key_id: str | None
     created_at: dt.datetime
     completed_at: dt.datetime | None
 
     @classmethod
     def of(cls, row: BatchRow) -> BatchView:
         return cls(id=row.id, tenant_id=row.tenant_id, source=row.source, options=row.options,
-                   rejected=list(row.rejected), webhook_url=row.webhook_url,
+                   rejected=list(row.rejected), webhook_url=row.webhook_url, key_id=row.key_id,
                    created_at=_aware(row.created_at),  # type: ignore[arg-type]
                    completed_at=_aware(row.completed_at))
 
@@ -235,6 +286,8 @@ class JobView:
     expired_at: dt.datetime | None
     batch_id: str | None
     sku: str | None
+    webhook_url: str | None
+    key_id: str | None
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -255,13 +308,14 @@ def new_job_id() -> str:
 def new_job_row(
     *, job_id: str, tenant_id: str, pipeline: str, options: dict[str, Any], input_blob: str,
     input_meta: dict[str, Any], batch_id: str | None = None, sku: str | None = None,
+    webhook_url: str | None = None, key_id: str | None = None,
 ) -> Job:
     """A queued job, not yet stored."""
     now = utcnow()
     return Job(id=job_id, tenant_id=tenant_id, status="queued", pipeline=pipeline,
                options=options, input_blob=input_blob, input_meta=input_meta, percent=0,
                timings={}, attempts=0, created_at=now, updated_at=now, batch_id=batch_id,
-               sku=sku)
+               sku=sku, webhook_url=webhook_url, key_id=key_id)
 
 
 def make_engine(database_url: str) -> Engine:
@@ -298,7 +352,17 @@ def migrate(database_url: str, revision: str = "head") -> None:
     """Upgrade the database at `database_url` to `revision` with Alembic."""
     from alembic import command
 
-    command.upgrade(_alembic_config(database_url), revision)
+    cfg = _alembic_config(database_url)
+    if not database_url.startswith("sqlite:///"):
+        command.upgrade(cfg, revision)  # PostgreSQL: an advisory lock in migrations/env.py
+        return
+    # API and worker migrate at start-up; on SQLite they take turns under a file lock.
+    import fcntl
+
+    lock = Path(database_url.removeprefix("sqlite:///") + ".migrate-lock")
+    with lock.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        command.upgrade(cfg, revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
@@ -337,22 +401,26 @@ class JobStore:
         input_blob: str,
         input_meta: dict[str, Any],
         idempotency: Idempotency | None = None,
+        webhook_url: str | None = None,
+        key_id: str | None = None,
     ) -> JobView:
         """Insert a queued job; with `idempotency`, record its key in the same transaction
         (IdempotencyConflict, and no job, when another request holds that key)."""
         job = new_job_row(job_id=job_id, tenant_id=tenant_id, pipeline=pipeline,
-                          options=options, input_blob=input_blob, input_meta=input_meta)
+                          options=options, input_blob=input_blob, input_meta=input_meta,
+                          webhook_url=webhook_url, key_id=key_id)
         self._insert_with_idempotency([job], tenant_id, idempotency, "asset", job_id)
         return self.get(job_id)  # type: ignore[return-value]
 
     def create_batch(
         self, *, batch_id: str, tenant_id: str, source: str, options: dict[str, Any],
         rejected: list[dict[str, Any]], webhook_url: str | None, jobs: list[Job],
-        idempotency: Idempotency | None = None,
+        idempotency: Idempotency | None = None, key_id: str | None = None,
     ) -> BatchView:
         """The batch and all its jobs in one transaction (none are lost half-way)."""
         batch = BatchRow(id=batch_id, tenant_id=tenant_id, source=source, options=options,
-                         rejected=rejected, webhook_url=webhook_url, created_at=utcnow(),
+                         rejected=rejected, webhook_url=webhook_url, key_id=key_id,
+                         created_at=utcnow(),
                          completed_at=None if jobs else utcnow())
         self._insert_with_idempotency([batch, *jobs], tenant_id, idempotency, "batch",
                                       batch_id)
@@ -558,6 +626,11 @@ class JobStore:
                                                     ApiKeyRow.revoked_at.is_(None))).first()
             return ApiKeyView.of(row) if row is not None else None
 
+    def get_api_key(self, key_id: str) -> ApiKeyView | None:
+        with self._session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            return ApiKeyView.of(row) if row is not None else None
+
     def list_api_keys(self, tenant_id: str | None = None) -> list[ApiKeyView]:
         query = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
         if tenant_id is not None:
@@ -576,6 +649,69 @@ class JobStore:
                 return None
             rows[0].revoked_at = utcnow()
             return ApiKeyView.of(rows[0])
+
+    # Webhook deliveries ----------------------------------------------------------------------
+
+    def add_delivery(
+        self, *, delivery_id: str, tenant_id: str, key_id: str | None, event: str, url: str,
+        payload: dict[str, Any], asset_id: str | None = None, batch_id: str | None = None,
+    ) -> DeliveryView:
+        row = WebhookDeliveryRow(id=delivery_id, tenant_id=tenant_id, key_id=key_id,
+                                 event=event, url=url, payload=payload, asset_id=asset_id,
+                                 batch_id=batch_id, status="pending", attempts=[],
+                                 next_attempt_at=utcnow(), created_at=utcnow())
+        with self._session() as s, s.begin():
+            s.add(row)
+        return DeliveryView.of(row)
+
+    def get_delivery(self, delivery_id: str, tenant_id: str | None = None) -> DeliveryView | None:
+        with self._session() as s:
+            row = s.get(WebhookDeliveryRow, delivery_id)
+            if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+                return None
+            return DeliveryView.of(row)
+
+    def list_deliveries(
+        self, tenant_id: str, asset_id: str | None = None, batch_id: str | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryView]:
+        query = select(WebhookDeliveryRow).where(WebhookDeliveryRow.tenant_id == tenant_id)
+        if asset_id is not None:
+            query = query.where(WebhookDeliveryRow.asset_id == asset_id)
+        if batch_id is not None:
+            query = query.where(WebhookDeliveryRow.batch_id == batch_id)
+        query = query.order_by(WebhookDeliveryRow.created_at.desc()).limit(limit)
+        with self._session() as s:
+            return [DeliveryView.of(r) for r in s.scalars(query).all()]
+
+    def record_attempt(
+        self, delivery_id: str, attempt: dict[str, Any], status: str,
+        next_attempt_at: dt.datetime | None,
+    ) -> None:
+        """Append an attempt; status pending (retry at next_attempt_at), succeeded or failed."""
+        with self._session() as s, s.begin():
+            row = s.get(WebhookDeliveryRow, delivery_id, with_for_update=True)
+            if row is None or row.status != "pending":
+                return
+            row.attempts = [*row.attempts, attempt]
+            row.status = status
+            row.next_attempt_at = next_attempt_at
+            if status != "pending":
+                row.finished_at = utcnow()
+
+    def overdue_deliveries(self, late_by_s: float, limit: int = 500) -> list[str]:
+        """Pending deliveries whose retry is long overdue (its message was lost)."""
+        cutoff = utcnow() - dt.timedelta(seconds=late_by_s)
+        with self._session() as s:
+            return list(s.scalars(
+                select(WebhookDeliveryRow.id).where(WebhookDeliveryRow.status == "pending",
+                                                    WebhookDeliveryRow.next_attempt_at < cutoff)
+                .limit(limit)).all())
+
+    def touch_delivery(self, delivery_id: str) -> None:
+        with self._session() as s, s.begin():
+            s.execute(update(WebhookDeliveryRow).where(WebhookDeliveryRow.id == delivery_id)
+                      .values(next_attempt_at=utcnow()))
 
     # Worker heartbeats -----------------------------------------------------------------------
 

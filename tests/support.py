@@ -138,11 +138,14 @@ class ServiceProcesses:
 
 def create_key(env: dict[str, str], tenant: str, *args: str) -> str:
     """A new API key from the real `flatlay keys create` (the key is its last output line)."""
-    out = subprocess.run(
+    return keys_create_output(env, tenant, *args).strip().splitlines()[-1]
+
+
+def keys_create_output(env: dict[str, str], tenant: str, *args: str) -> str:
+    return subprocess.run(
         [sys.executable, "-m", "cli", "keys", "create", "--tenant", tenant, *args],
         cwd=REPO, env=_python_env(env), capture_output=True, text=True, timeout=120, check=True,
     ).stdout
-    return out.strip().splitlines()[-1]
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:

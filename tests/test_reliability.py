@@ -179,3 +179,59 @@ def test_redis_restarted_while_50_jobs_wait_loses_none(
     finally:
         _redis_up()
         svc.stop()
+
+
+def test_api_restarted_mid_batch_loses_nothing(tmp_path: Path, photo: bytes) -> None:
+    """A manifest batch (images fetched by the worker from a real local HTTP server); the
+    API is killed with SIGKILL half-way and started again."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from tests.http_fixtures import local_http
+
+    with local_http({f"/p{i}.jpg": ("image/jpeg", photo) for i in range(8)}) as srv:
+        items = [{"sku": f"SKU-{i}", "image_url": f"{srv.url}/p{i}.jpg"} for i in range(8)]
+        items[3]["options"] = {"output_size": 512, "format": "webp"}
+        port = free_port()
+        env = fault_env(tmp_path / "data", FLATLAY_FETCH_ALLOW_HOSTS="127.0.0.1",
+                        **{SLOW_SECONDS_ENV: "0.5"})
+        svc = ServiceProcesses.start([["api", "--port", str(port)], ["worker"]], env=env,
+                                     port=port, log_dir=tmp_path)
+        api2 = None
+        try:
+            with svc.client() as c:
+                import json
+
+                r = c.post("/batches", files={"manifest": ("m.json", json.dumps(items), "x")},
+                           data={"pipeline": "test-slow", "output_size": "256"})
+                assert r.status_code == 202, r.text
+                assert r.json()["counts"]["total"] == 8 and not r.json()["rejected"], r.text
+                batch_id = r.json()["id"]
+                deadline = time.monotonic() + 60
+                while c.get(f"/batches/{batch_id}").json()["counts"]["succeeded"] < 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+            os.killpg(svc.procs[0].pid, signal.SIGKILL)
+            svc.procs[0].wait()
+            (tmp_path / "again").mkdir()
+            api2 = ServiceProcesses.start([["api", "--port", str(port)]], env=env, port=port,
+                                          log_dir=tmp_path / "again")
+            with api2.client() as c:
+                deadline = time.monotonic() + 120
+                while (status := c.get(f"/batches/{batch_id}").json())["status"] != "completed":
+                    assert time.monotonic() < deadline, status
+                    time.sleep(0.3)
+                assert status["counts"]["succeeded"] == 8, status
+                results = c.get(f"/batches/{batch_id}/results")
+            with zipfile.ZipFile(io.BytesIO(results.content)) as zf:
+                names = sorted(zf.namelist())
+                assert names == sorted([f"SKU-{i}.png" for i in range(8) if i != 3]
+                                       + ["SKU-3.webp", "manifest.csv"])
+                assert Image.open(io.BytesIO(zf.read("SKU-3.webp"))).size == (512, 512)
+                assert Image.open(io.BytesIO(zf.read("SKU-0.png"))).size == (256, 256)
+        finally:
+            if api2 is not None:
+                api2.stop()
+            svc.stop()

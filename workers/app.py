@@ -15,8 +15,15 @@ from celery.concurrency import asynpool
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from service.logs import TASK_REQUEST_ID_HEADER, configure_logging, log_context
-from service.queue import PROCESS_ASSET_TASK, make_celery
+from service.queue import (
+    ADD_STRUCTURE_TASK,
+    DELIVER_WEBHOOK_TASK,
+    PROCESS_ASSET_TASK,
+    make_celery,
+    send_webhook,
+)
 from service.settings import get_settings
+from service.webhooks import attempt_delivery
 from workers.jobs import Heartbeat, WorkerContext, run_job
 
 log = logging.getLogger("flatlay.worker")
@@ -35,6 +42,7 @@ def worker_context() -> WorkerContext:
     global _context
     if _context is None or _context.pid != os.getpid():
         _context = WorkerContext.build(settings, name=f"{socket.gethostname()}:{os.getpid()}")
+        _context.send_webhook = lambda delivery_id: send_webhook(app, settings, delivery_id)
     return _context
 
 
@@ -69,3 +77,22 @@ def process_asset(self: Task, job_id: str) -> str:
     request_id = getattr(self.request, TASK_REQUEST_ID_HEADER, None)
     with log_context(request_id=request_id, job_id=job_id):
         return run_job(worker_context(), job_id)
+
+
+@app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True, max_retries=None)
+def deliver_webhook(self: Task, delivery_id: str) -> None:
+    """One attempt at a webhook delivery (CPU queue); the next one is scheduled with
+    exponential backoff until it succeeds or runs out of attempts."""
+    wait = attempt_delivery(worker_context().store, settings, delivery_id)
+    if wait is not None:
+        send_webhook(app, settings, delivery_id, countdown=wait)
+
+
+@app.task(name=ADD_STRUCTURE_TASK, acks_late=True)
+def add_structure(structure_id: str) -> str:
+    """Embed a structure sent to `POST /structures` and append it to the runtime bank."""
+    from workers.structures import add_structure as add
+
+    with log_context(job_id=structure_id):
+        ctx = worker_context()
+        return add(ctx.blobs, settings.resolved_bank_dir, structure_id)["status"]

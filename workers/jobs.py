@@ -18,7 +18,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models.io import ImageLimits, IngestError, decode_image, encode_image
+from models.io import ImageLimits, IngestError, decode_image, encode_image, validate_image
 from models.pipeline import (
     PipelineError,
     PipelineOptions,
@@ -26,11 +26,13 @@ from models.pipeline import (
     get_pipeline,
     load_pipelines,
 )
-from service.blobs import BlobStore, LocalBlobStore
+from service.blobs import BlobStore, make_blob_store
 from service.context import register_extra_pipelines
+from service.fetch import FetchError, fetch_image
 from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
 from service.settings import Settings
 from service.store import JobStore, JobView
+from service.webhooks import SendFn, job_ended
 
 log = logging.getLogger("flatlay.worker")
 
@@ -44,6 +46,8 @@ class WorkerContext:
     pid: int = field(default_factory=os.getpid)
     loaded: dict[str, float] = field(default_factory=dict)
     current_job: str | None = None
+    # Queues a webhook delivery attempt (the worker's Celery app sets it).
+    send_webhook: SendFn = field(default=lambda delivery_id: None)
 
     @classmethod
     def build(cls, settings: Settings, name: str) -> WorkerContext:
@@ -51,7 +55,7 @@ class WorkerContext:
         return cls(
             settings=settings,
             store=JobStore(settings.resolved_database_url),
-            blobs=LocalBlobStore(settings.resolved_blob_dir),
+            blobs=make_blob_store(settings),
             name=name,
         )
 
@@ -118,11 +122,31 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         outcome = _run_claimed(ctx, job, timings)
     finally:
         ctx.current_job = None
+    job_ended(ctx.store, ctx.send_webhook, job_id)
     for stage, seconds in timings.items():
         STAGE_SECONDS.labels(job.pipeline, stage).observe(seconds)
     JOBS_PROCESSED.labels(job.pipeline, outcome).inc()
     log.info("job %s", outcome, extra={"pipeline": job.pipeline, "timings": timings})
     return outcome
+
+
+def _input_of(ctx: WorkerContext, job: JobView, timings: dict[str, float]) -> bytes:
+    """The job's photo; a manifest item's is fetched from its URL first (once: a retry
+    finds it stored)."""
+    url = job.input_meta.get("source_url")
+    if not url or "content_type" in job.input_meta:
+        return ctx.blobs.get(job.input_blob)
+    s = ctx.settings
+    ctx.store.set_progress(job.id, "fetch", 0, worker=ctx.name)
+    start = time.perf_counter()
+    data, _ = fetch_image(url, s.fetch_limits())
+    info = validate_image(data, ImageLimits(s.max_upload_bytes, s.max_pixels, s.min_image_side))
+    timings["fetch"] = round(time.perf_counter() - start, 6)
+    ctx.blobs.put(job.input_blob, data)
+    ctx.store.set_input(job.id, {"source_url": url, "content_type": info.content_type,
+                                 "width": info.width, "height": info.height,
+                                 "bytes": info.bytes})
+    return data
 
 
 def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) -> str:
@@ -135,7 +159,7 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
     opts = job.options
     try:
         data, content_type = flatten_photo(
-            ctx.blobs.get(job.input_blob), job.pipeline, opts,
+            _input_of(ctx, job, timings), job.pipeline, opts,
             ImageLimits(s.max_upload_bytes, s.max_pixels, 1), timings, progress,
         )
         ext = opts["format"].replace("jpeg", "jpg")
@@ -143,7 +167,7 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
         # never deletes the result of the attempt that replaced it.
         result_blob = f"assets/{job_id}/result-a{job.attempts}.{ext}"
         ctx.blobs.put(result_blob, data)
-    except (IngestError, PipelineError) as exc:
+    except (IngestError, PipelineError, FetchError) as exc:
         ctx.store.fail(job_id, code=exc.code, message=exc.message, timings=timings, worker=me)
         return "failed"
     except SoftTimeLimitExceeded:

@@ -59,7 +59,7 @@ def run_worker(data_dir: Path | None, concurrency: int = 1, queues: str | None =
     app.worker_main(
         worker_argv(
             concurrency,
-            queues or settings.queue_name,
+            queues or f"{settings.queue_name},{settings.cpu_queue_name}",
             settings.worker_pool,
             settings.log_level,
             settings.embedded_broker,

@@ -38,7 +38,7 @@ class TrainConfig:
     run_dir: str = "runs/structurenet-tiny"
     n_train: int = 24_000
     n_val: int = 1_000
-    steps: int = 1_500
+    steps: int = 5_000
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05

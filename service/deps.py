@@ -1,0 +1,49 @@
+"""What routes inject (FastAPI `Depends`): the service context, the calling key, headers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from fastapi import Depends, Header
+
+from service.auth import Principal
+from service.context import ServiceContext, get_context
+from service.errors import ApiError
+from service.ratelimit import limited_key
+from service.store import Idempotency
+
+Ctx = Annotated[ServiceContext, Depends(get_context)]
+# The caller, authenticated and within its rate limit.
+Key = Annotated[Principal, Depends(limited_key)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255,
+           description="the same key with the same request returns the same job; with "
+           "another request, 409 `idempotency_key_reused`"),
+]
+
+
+def request_fingerprint(route: str, fields: dict, files: list[bytes]) -> str:
+    """SHA-256 of what a create request asks for: its route, fields and file contents."""
+    digest = hashlib.sha256(json.dumps([route, fields], sort_keys=True, default=str).encode())
+    for data in files:
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
+def replayed_or_conflict(ctx: ServiceContext, key: Principal, idem: Idempotency) -> str | None:
+    """The id the same request made earlier under this key; 409 when the key came with
+    another request; None when the key is new."""
+    record = ctx.store.idempotency_record(key.tenant_id, idem.key)
+    if record is None:
+        return None
+    if record.fingerprint != idem.fingerprint:
+        raise ApiError(
+            "idempotency_key_reused",
+            f"Idempotency-Key {idem.key!r} was used with a different request "
+            f"(it made {record.resource} {record.resource_id})",
+            "Idempotency-Key",
+        )
+    return record.resource_id

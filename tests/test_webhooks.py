@@ -1,0 +1,140 @@
+"""Signed webhooks end to end: a real `flatlay serve` (its worker consumes the CPU queue
+too) delivering to a real HTTP receiver on 127.0.0.1 that checks every signature."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.webhooks import sign, verify
+from tests.http_fixtures import LocalHTTP, local_http
+from tests.support import (
+    ServiceProcesses,
+    encode,
+    free_port,
+    garment_photo,
+    keys_create_output,
+    wait_for_job,
+)
+
+
+def test_signature_matches_the_standard_webhooks_test_vector() -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = b'{"test": 2432232314}'
+    assert sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == \
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    now = int(time.time())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now),
+               "webhook-signature": sign(secret, "msg_1", now, body)}
+    assert verify(secret, headers, body)
+    assert not verify(secret, headers, body + b" ")
+    assert not verify(secret, {**headers, "webhook-timestamp": str(now - 3600),
+                               "webhook-signature": sign(secret, "msg_1", now - 3600, body)},
+                      body)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[LocalHTTP]:
+    with local_http({}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory,
+           receiver: LocalHTTP) -> Iterator[tuple[ServiceProcesses, dict]]:
+    root = tmp_path_factory.mktemp("webhooks")
+    port = free_port()
+    env = {"FLATLAY_DATA_DIR": str(root / "data"), "FLATLAY_FETCH_ALLOW_HOSTS": "127.0.0.1",
+           "FLATLAY_WEBHOOK_BACKOFF_S": "0.5", "FLATLAY_WEBHOOK_MAX_ATTEMPTS": "3"}
+    keys = {}
+    for tenant in ("acme", "globex"):
+        out = keys_create_output(env, tenant, "--webhook-url", f"{receiver.url}/{tenant}")
+        keys[tenant] = {"key": out.strip().splitlines()[-1],
+                        "secret": re.search(r"whsec_\S+", out).group(0)}
+    svc = ServiceProcesses.start([["serve", "--port", str(port)]], env=env, port=port,
+                                 log_dir=root, api_key=keys["acme"]["key"])
+    yield svc, keys
+    svc.stop()
+
+
+def _wait_deliveries(c, n: int, **params: str) -> list[dict]:  # noqa: ANN001
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        found = c.get("/webhooks/deliveries", params=params).json()["deliveries"]
+        if len(found) >= n and all(d["status"] != "pending" for d in found):
+            return found
+        time.sleep(0.3)
+    raise TimeoutError(found)
+
+
+@pytest.mark.slow
+def test_signed_events_with_retries_recorded_and_visible(
+    served: tuple[ServiceProcesses, dict], receiver: LocalHTTP
+) -> None:
+    svc, keys = served
+    photo = encode(garment_photo(320, 240)[0], "JPEG", quality=90)
+    receiver.received.clear()
+    receiver.post_statuses[:] = [503]  # the first attempt fails: one retry after backoff
+    with svc.client() as c:
+        job_id = c.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")}).json()["id"]
+        assert wait_for_job(c, job_id)["status"] == "succeeded"
+        (delivery,) = _wait_deliveries(c, 1, asset_id=job_id)
+        assert delivery["event"] == "asset.succeeded" and delivery["status"] == "succeeded"
+        assert [a["status_code"] for a in delivery["attempts"]] == [503, 200]
+        assert c.get(f"/webhooks/deliveries/{delivery['id']}").json()["id"] == delivery["id"]
+        # Another tenant sees none of it.
+        theirs = svc.client(keys["globex"]["key"])
+        assert theirs.get(f"/webhooks/deliveries/{delivery['id']}").status_code == 404
+        assert theirs.get("/webhooks/deliveries").json()["deliveries"] == []
+
+        # A batch with its own URL: one event per item and batch.completed.
+        blank = encode(garment_photo(200, 150)[0] * 0 + 90, "PNG")
+        files = [("files", ("good.jpg", photo, "image/jpeg")),
+                 ("files", ("blank.png", blank, "image/png"))]
+        batch = c.post("/batches", files=files,
+                       data={"webhook_url": f"{receiver.url}/batch-hook"}).json()
+        found = _wait_deliveries(c, 3, batch_id=batch["id"])
+        assert sorted(d["event"] for d in found) == ["asset.failed", "asset.succeeded",
+                                                     "batch.completed"]
+        metrics = c.get("/metrics").text
+        assert re.search(r'flatlay_webhook_deliveries_total\{event="asset.succeeded",'
+                         r'outcome="retry"\} 1\.0', metrics), metrics
+
+    assert len(receiver.received) == 5
+    for path, headers, body in receiver.received:
+        assert verify(keys["acme"]["secret"], headers, body), (path, headers)
+        assert not verify(keys["globex"]["secret"], headers, body)
+    by_path = {}
+    for path, _, body in receiver.received:
+        by_path.setdefault(path, []).append(json.loads(body))
+    assert [e["type"] for e in by_path["/acme"]] == ["asset.succeeded"] * 2  # one retry
+    completed = next(e for e in by_path["/batch-hook"] if e["type"] == "batch.completed")
+    assert completed["data"]["counts"] == {"rejected": 0, "succeeded": 1, "failed": 1}
+    # The same webhook-id on the retry, so receivers can drop duplicates.
+    ids = [h["webhook-id"] for p, h, _ in receiver.received if p == "/acme"]
+    assert ids[0] == ids[1]
+
+
+def test_webhook_url_needs_a_secret_without_auth(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+    from service.store import migrate
+
+    s = Settings(data_dir=tmp_path / "d", auth_enabled=False)
+    s.ensure_dirs()
+    migrate(s.resolved_database_url)
+    photo = encode(garment_photo(320, 240)[0], "JPEG", quality=90)
+    with TestClient(create_app(s)) as c:
+        for url, needle in (("http://127.0.0.1:9/x", "FLATLAY_LOCAL_WEBHOOK_SECRET"),
+                            ("file:///etc/passwd", "http")):
+            r = c.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")},
+                       data={"webhook_url": url})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "webhook_url"
+            assert needle in r.json()["error"]["message"]
