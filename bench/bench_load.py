@@ -32,6 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness import start_flatlay  # noqa: E402
+
 from tests.support import encode, free_port, garment_photo  # noqa: E402
 
 
@@ -45,18 +47,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 def _start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     subprocess.run([sys.executable, "-m", "cli", "migrate"], cwd=REPO, env=env, check=True,
                    capture_output=True)
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "api", "--port", str(port)], cwd=REPO,
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"the API did not start: {log.read_text()[-2000:]}")
+    return start_flatlay(["api", "--port", str(port)], env, port, log)
 
 
 def _key(env: dict[str, str]) -> str:

@@ -28,6 +28,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness import start_flatlay  # noqa: E402
+
 from models.garments import SPLITS, generate  # noqa: E402
 
 
@@ -38,21 +40,9 @@ def _photo(seed: int) -> bytes:
 
 
 def _start(data_dir: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        # Loopback demo mode (no API key); no rate limit, since the bench polls quickly.
-        env={**os.environ, "FLATLAY_AUTH_ENABLED": "false", "FLATLAY_RATE_LIMIT_PER_S": "0"},
-    )
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the service did not become ready")
+    # Loopback demo mode (no API key); no rate limit, since the bench polls quickly.
+    env = {**os.environ, "FLATLAY_AUTH_ENABLED": "false", "FLATLAY_RATE_LIMIT_PER_S": "0"}
+    return start_flatlay(["serve", "--port", str(port), "--data-dir", str(data_dir)], env, port)
 
 
 def main() -> None:

@@ -24,7 +24,14 @@ from service.errors import ApiError, error_response, error_responses, install_er
 from service.logs import log_context
 from service.metrics import JobStoreCollector, render
 from service.middleware import RequestObservability
-from service.options import resolve_options
+from service.options import (
+    BackgroundForm,
+    FormatForm,
+    OutputSizeForm,
+    PipelineForm,
+    SeedForm,
+    resolve_options,
+)
 from service.queue import ping_broker
 from service.ratelimit import limited_key
 from service.reconciler import reconcile_forever
@@ -37,7 +44,6 @@ from service.schemas import (
     Health,
     InputInfo,
     JobError,
-    OutputFormat,
     PipelineList,
     Progress,
     Readiness,
@@ -183,11 +189,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response: Response,
         file: Annotated[UploadFile, File(description="JPEG, PNG or WebP photo")],
         idempotency_key: IdempotencyKey = None,
-        pipeline: Annotated[str | None, Form(description="pipeline name")] = None,
-        output_size: Annotated[int, Form(ge=256, le=2048, description="canvas side, px")] = 1024,
-        background: Annotated[str, Form(description="'transparent' or a hex colour")] = "#ffffff",
-        format: Annotated[OutputFormat, Form(description="output image format")] = "png",
-        seed: Annotated[int | None, Form(ge=0, le=2**32 - 1)] = None,
+        pipeline: PipelineForm = None,
+        output_size: OutputSizeForm = 1024,
+        background: BackgroundForm = "#ffffff",
+        format: FormatForm = "png",
+        seed: SeedForm = None,
         webhook_url: Annotated[str | None, Form(description="receives asset.succeeded and "
                                                 "asset.failed (default: the key's)")] = None,
     ) -> AssetCreated:

@@ -30,7 +30,15 @@ from service.context import ServiceContext
 from service.deps import Ctx, IdempotencyKey, Key, replayed_or_conflict, request_fingerprint
 from service.errors import ApiError, error_responses
 from service.fetch import AllowList, FetchError, check_url
-from service.options import override_options, resolve_options
+from service.options import (
+    BackgroundForm,
+    FormatForm,
+    OutputSizeForm,
+    PipelineForm,
+    SeedForm,
+    override_options,
+    resolve_options,
+)
 from service.schemas import (
     BatchCounts,
     BatchCreated,
@@ -39,7 +47,6 @@ from service.schemas import (
     BatchRejection,
     BatchStatus,
     JobError,
-    OutputFormat,
 )
 from service.store import (
     BatchView,
@@ -444,11 +451,11 @@ def create_batch(
     archive: Annotated[UploadFile | None, File(description="a ZIP of photos")] = None,
     manifest: Annotated[UploadFile | None, File(description="JSON or CSV manifest")] = None,
     idempotency_key: IdempotencyKey = None,
-    pipeline: Annotated[str | None, Form(description="pipeline name")] = None,
-    output_size: Annotated[int, Form(ge=256, le=2048, description="canvas side, px")] = 1024,
-    background: Annotated[str, Form(description="'transparent' or a hex colour")] = "#ffffff",
-    format: Annotated[OutputFormat, Form(description="output image format")] = "png",
-    seed: Annotated[int | None, Form(ge=0, le=2**32 - 1)] = None,
+    pipeline: PipelineForm = None,
+    output_size: OutputSizeForm = 1024,
+    background: BackgroundForm = "#ffffff",
+    format: FormatForm = "png",
+    seed: SeedForm = None,
     webhook_url: Annotated[str | None, Form(description="receives asset.succeeded, "
                                             "asset.failed and batch.completed")] = None,
 ) -> BatchCreated:

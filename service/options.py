@@ -3,14 +3,22 @@ same way for `POST /assets`, a batch's options and a manifest item's own options
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.compose import parse_background
 from models.pipeline import pipeline_names
 from service.errors import ApiError
 from service.schemas import OutputFormat
+
+# The option fields of a multipart create request (`POST /assets`, `POST /batches`).
+PipelineForm = Annotated[str | None, Form(description="pipeline name")]
+OutputSizeForm = Annotated[int, Form(ge=256, le=2048, description="canvas side, px")]
+BackgroundForm = Annotated[str, Form(description="'transparent' or a hex colour")]
+FormatForm = Annotated[OutputFormat, Form(description="output image format")]
+SeedForm = Annotated[int | None, Form(ge=0, le=2**32 - 1)]
 
 
 class ItemOptions(BaseModel):
