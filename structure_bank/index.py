@@ -73,7 +73,7 @@ class HNSWIndex:
 
     kind = "hnsw"
 
-    def __init__(self, dim: int, m: int = 32, ef_construction: int = 80, ef_search: int = 64):
+    def __init__(self, dim: int, m: int = 32, ef_construction: int = 64, ef_search: int = 256):
         import faiss
 
         self._faiss = faiss
@@ -99,7 +99,7 @@ class HNSWIndex:
         self._faiss.write_index(self.index, path)
 
     @classmethod
-    def load(cls, path: str, ef_search: int = 64) -> HNSWIndex:
+    def load(cls, path: str, ef_search: int = 256) -> HNSWIndex:
         import faiss
 
         obj = cls.__new__(cls)
