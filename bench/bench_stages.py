@@ -5,7 +5,7 @@
 Each photo goes through `workers.jobs.flatten_photo` (decode, the pipeline's stages, encode),
 after one warm-up photo per pipeline. Writes bench/results/stage_latency.png (p50 bars with
 p90 whiskers, per stage and pipeline) and bench/results/stage_latency.md (the table), and
-prints the table. Photos: tests.support.garment_photo (striped t-shirts over real photos).
+prints the table. Photos: garment-world test-split wild photos (768 px JPEG).
 """
 
 from __future__ import annotations
@@ -22,26 +22,20 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from models.garments import SPLITS, generate  # noqa: E402
 from models.io import ImageLimits  # noqa: E402
 from models.pipeline import load_pipelines, pipeline_names  # noqa: E402
-from tests.support import encode, garment_photo  # noqa: E402
 from workers.jobs import flatten_photo  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 LIMITS = ImageLimits(25 * 1024 * 1024, 50_000_000, 32)
-COLOURS = [(40, 90, 200), (190, 40, 50), (40, 150, 80), (230, 180, 40), (90, 60, 140)]
-BACKGROUNDS = ["coffee", "chelsea", "astronaut", "rocket"]
+PHOTO_SIZE = 768
 
 
 def photos(n: int) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        offset = tuple(rng.uniform(-0.1, 0.1, size=2))
-        rgb, _ = garment_photo(800, 600, COLOURS[i % len(COLOURS)],
-                               BACKGROUNDS[i % len(BACKGROUNDS)], offset)
-        out.append(encode(rgb, "JPEG", quality=90))
-    return out
+    """`n` garment-world test photos as JPEG files, as a client would upload them."""
+    start = SPLITS["test"][0]
+    return [generate(start + i, size=PHOTO_SIZE).wild_jpeg for i in range(n)]
 
 
 def measure(pipeline: str, data: list[bytes], options: dict) -> dict[str, list[float]]:
@@ -61,7 +55,8 @@ def table(results: dict[str, dict[str, list[float]]], args: argparse.Namespace) 
     lines = [
         "# Per-stage latency",
         "",
-        f"{args.n} photos (800×600 JPEG) per pipeline, output {args.size}² {args.format}, "
+        f"{args.n} garment-world photos ({PHOTO_SIZE}² JPEG) per pipeline, "
+        f"output {args.size}² {args.format}, "
         f"run locally on {platform.processor() or platform.machine()} "
         f"({platform.system()}, Python {platform.python_version()}); milliseconds.",
         "",
