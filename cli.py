@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -84,13 +85,12 @@ def _cmd_train_structurenet(args: argparse.Namespace) -> int:
     from models.train.structurenet import TrainConfig, train
 
     name = args.config if args.config.startswith("structurenet-") else f"structurenet-{args.config}"
-    from models.structurenet import CONFIG_DIR
+    from models.structurenet import CONFIG_DIR, model_config
 
     if not (CONFIG_DIR / f"{name}.json").is_file():
         known = ", ".join(p.stem.removeprefix("structurenet-")
                           for p in sorted(CONFIG_DIR.glob("structurenet-*.json")))
         raise CLIError(f"unknown config {args.config!r}; available: {known}")
-    short = name.removeprefix("structurenet-")
     overrides = {k: v for k, v in {
         "steps": args.steps, "n_train": args.n_train, "device": args.device,
     }.items() if v is not None}
@@ -101,10 +101,9 @@ def _cmd_train_structurenet(args: argparse.Namespace) -> int:
         config=name,
         out=str(args.out or f"models/weights/{name}"),
         run_dir=str(args.run_dir or f"runs/{name}"),
-        **overrides,
+        # The model config's own training defaults (`train`), then the command line's.
+        **{**model_config(name).get("train", {}), **overrides},
     )
-    if short == "base" and "steps" not in overrides:
-        cfg.steps, cfg.batch = 6_000, 256
     metrics = train(cfg)
     print(f"saved {cfg.out}: {metrics}")
     return 0
@@ -410,21 +409,31 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-def _cmd_keys_create(args: argparse.Namespace) -> int:
-    from service.auth import create_key
+@contextmanager
+def _job_store(data_dir: Path | None, migrated: bool = False) -> Iterator:
+    """The job store of `data_dir` (brought to the newest schema first if `migrated`)."""
     from service.settings import get_settings
     from service.store import JobStore, migrate
 
-    settings = get_settings(data_dir=args.data_dir)
-    settings.ensure_dirs()
-    migrate(settings.resolved_database_url)
+    settings = get_settings(data_dir=data_dir)
+    if migrated:
+        settings.ensure_dirs()
+        migrate(settings.resolved_database_url)
     store = JobStore(settings.resolved_database_url)
     try:
-        new = create_key(store, args.tenant, name=args.name, webhook_url=args.webhook_url)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+        yield store
     finally:
         store.dispose()
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.auth import create_key
+
+    with _job_store(args.data_dir, migrated=True) as store:
+        try:
+            new = create_key(store, args.tenant, name=args.name, webhook_url=args.webhook_url)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     print(f"tenant: {new.view.tenant_id}\nkey id: {new.view.id} ({new.view.prefix}…)")
     print(f"webhook secret: {new.view.webhook_secret} (verifies this key's webhooks)")
     print("the key below is shown once; only its hash is kept:")
@@ -435,15 +444,8 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 def _cmd_keys_list(args: argparse.Namespace) -> int:
     import json
 
-    from service.settings import get_settings
-    from service.store import JobStore
-
-    settings = get_settings(data_dir=args.data_dir)
-    store = JobStore(settings.resolved_database_url)
-    try:
+    with _job_store(args.data_dir) as store:
         keys = store.list_api_keys(args.tenant)
-    finally:
-        store.dispose()
     rows = [{"id": k.id, "prefix": k.prefix, "tenant": k.tenant_id, "name": k.name,
              "webhook_url": k.webhook_url, "created_at": k.created_at.isoformat(),
              "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]
@@ -456,15 +458,8 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from service.settings import get_settings
-    from service.store import JobStore
-
-    settings = get_settings(data_dir=args.data_dir)
-    store = JobStore(settings.resolved_database_url)
-    try:
+    with _job_store(args.data_dir) as store:
         revoked = store.revoke_api_key(args.key)
-    finally:
-        store.dispose()
     if revoked is None:
         raise CLIError(f"no single live key with id or prefix {args.key!r}")
     print(f"revoked {revoked.id} ({revoked.prefix}…) of tenant {revoked.tenant_id}")

@@ -48,6 +48,16 @@ class StructureStatus(BaseModel):
     links: dict[str, str]
 
 
+def request_key(structure_id: str) -> str:
+    """Blob key of a stored `POST /structures` request."""
+    return f"structures/{structure_id}/request.json"
+
+
+def status_key(structure_id: str) -> str:
+    """Blob key of the worker's verdict on a structure request."""
+    return f"structures/{structure_id}/status.json"
+
+
 def _require_admin(ctx: Ctx, key: Key) -> None:
     admins = {t.strip() for t in ctx.settings.admin_tenants.split(",") if t.strip()}
     if ctx.settings.auth_enabled and key.tenant_id not in admins:
@@ -71,10 +81,9 @@ def _silhouette(data: str) -> list[list[int]]:
 
 
 def _status(ctx: Ctx, structure_id: str, category: str) -> StructureStatus:
-    key = f"structures/{structure_id}/status.json"
     body: dict = {"status": "pending"}
-    if ctx.blobs.exists(key):
-        body = json.loads(ctx.blobs.get(key))
+    if ctx.blobs.exists(status_key(structure_id)):
+        body = json.loads(ctx.blobs.get(status_key(structure_id)))
     return StructureStatus(id=structure_id, status=body["status"], category=category,
                            bank_size=body.get("bank_size"), error=body.get("error"),
                            links={"self": f"/structures/{structure_id}"})
@@ -93,7 +102,7 @@ def add_structure(body: StructureIn, ctx: Ctx, key: Key) -> StructureStatus:
     request = {"category": body.category, "landmarks": landmarks.tolist(),
                "silhouette": _silhouette(body.silhouette_png) if body.silhouette_png else None,
                "attributes": body.attributes, "tenant": key.tenant_id}
-    ctx.blobs.put(f"structures/{structure_id}/request.json", json.dumps(request).encode())
+    ctx.blobs.put(request_key(structure_id), json.dumps(request).encode())
     ctx.celery.send_task(ADD_STRUCTURE_TASK, args=[structure_id],
                          queue=ctx.settings.queue_name)
     return _status(ctx, structure_id, body.category)
@@ -104,12 +113,11 @@ def add_structure(body: StructureIn, ctx: Ctx, key: Key) -> StructureStatus:
                 "structure_not_found", "admin_required"))
 def get_structure(structure_id: str, ctx: Ctx, key: Key) -> StructureStatus:
     _require_admin(ctx, key)
-    request_key = f"structures/{structure_id}/request.json"
     try:
-        exists = ctx.blobs.exists(request_key)
+        exists = ctx.blobs.exists(request_key(structure_id))
     except ValueError:  # not a valid blob key
         exists = False
     if not exists:
         raise ApiError("structure_not_found", f"no structure request {structure_id!r}")
-    category = json.loads(ctx.blobs.get(request_key))["category"]
+    category = json.loads(ctx.blobs.get(request_key(structure_id)))["category"]
     return _status(ctx, structure_id, category)

@@ -150,6 +150,21 @@ class StructureBank:
         if self._index is not None:
             self._index.add(new_embs)
 
+    def subset(self, rows: list[int] | np.ndarray) -> StructureBank:
+        """A new bank of the entries at `rows`, in that order (arrays sliced, not re-encoded)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = StructureBank(self.embedding_dim, self.silhouette_size, self.model)
+        out.meta = [self.meta[r] for r in rows]
+        out.embeddings = self.embeddings[rows].copy()
+        counts = self.offsets[rows + 1] - self.offsets[rows]
+        out.landmarks = (np.concatenate([self.entry_landmarks(r) for r in rows])
+                         if len(rows) else np.zeros((0, 2), np.float32))
+        out.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        out.silhouettes = self.silhouettes[rows].copy()
+        out.categories = self.categories[rows]
+        out._ids = {m["id"]: i for i, m in enumerate(out.meta)}
+        return out
+
     # Search ------------------------------------------------------------------------------------
 
     def use_index(self, kind: str = "exact", **kwargs: int) -> None:

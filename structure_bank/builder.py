@@ -26,8 +26,6 @@ def world_structures(
     id_prefix: str = "gw",
 ) -> list[Structure]:
     """Structures of the garment-world garments `seeds` (forced to `category` if given)."""
-    import torch
-
     from models.garments import CATEGORIES
     from models.structurenet import DEFAULT_WEIGHTS, StructureNet, embed_structures
     from models.train.pairs import render_pairs
@@ -35,8 +33,7 @@ def world_structures(
     model = StructureNet.from_pretrained(weights or DEFAULT_WEIGHTS)
     pairs = render_pairs(seeds, model.photo_size, model.structure_size, workers=workers,
                          category=category, desc="render structures")
-    with torch.inference_mode():
-        embs = embed_structures(model, pairs.maps.astype(np.float32) / 255.0)
+    embs = embed_structures(model, pairs.maps.astype(np.float32) / 255.0)
     out = []
     for i, seed in enumerate(pairs.seeds):
         cat = CATEGORIES[int(pairs.categories[i])]
@@ -75,10 +72,7 @@ def build_bank(
 
 def embed_structure(model, landmarks: np.ndarray, silhouette: np.ndarray) -> np.ndarray:  # noqa: ANN001
     """One structure's embedding with `model`'s structure tower: (D,) float32 unit vector."""
-    import torch
-
     from models.structurenet import embed_structures, structure_map
 
-    with torch.inference_mode():
-        smap = structure_map(landmarks, silhouette, model.structure_size)
-        return embed_structures(model, smap[None])[0]
+    smap = structure_map(landmarks, silhouette, model.structure_size)
+    return embed_structures(model, smap[None])[0]

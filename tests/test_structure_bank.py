@@ -158,3 +158,19 @@ def test_slle_fuses_closer_to_the_truth_than_top1() -> None:
     assert np.mean(lm_err_slle) < 0.8 * np.mean(lm_err_top1)
     assert np.mean(iou_slle) > np.mean(iou_top1)
     assert np.mean(iou_slle) > 0.9
+
+
+def test_subset_keeps_the_chosen_entries_in_order() -> None:
+    bank = _bank(40)
+    rows = [5, 0, 17, 39]
+    sub = bank.subset(rows)
+    assert len(sub) == 4 and [sub.entry(i).id for i in range(4)] == [f"r{r}" for r in rows]
+    for i, r in enumerate(rows):
+        a, b = sub.entry(i), bank.entry(r)
+        assert np.array_equal(a.landmarks, b.landmarks)
+        assert np.array_equal(a.silhouette, b.silhouette)
+        assert np.array_equal(a.embedding, b.embedding)
+    assert sub.row_of("r17") == 2 and sub.search(_embed(0.5, 0.5), 4)
+    sub.add([Structure(id="extra", category="wide", landmarks=_rect(0.5, 0.3)[0],
+                       silhouette=_rect(0.5, 0.3)[1], embedding=_embed(0.5, 0.3))])
+    assert len(sub) == 5 and len(bank) == 40  # the original is untouched

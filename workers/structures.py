@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from service.blobs import BlobStore
+from service.structures import request_key, status_key
 
 log = logging.getLogger("flatlay.worker")
 
@@ -28,14 +29,6 @@ def _structure_tower():  # noqa: ANN202 (torch is imported lazily)
         _model = StructureNet.from_pretrained(DEFAULT_WEIGHTS)
         _model._pid = os.getpid()
     return _model
-
-
-def request_key(structure_id: str) -> str:
-    return f"structures/{structure_id}/request.json"
-
-
-def status_key(structure_id: str) -> str:
-    return f"structures/{structure_id}/status.json"
 
 
 def add_structure(blobs: BlobStore, bank_dir: Path, structure_id: str) -> dict:

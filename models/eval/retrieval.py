@@ -24,8 +24,8 @@ from models.structurenet import (
     normalise_photos,
     photo_tensor_uint8,
 )
-from models.train.pairs import RENDER_SIZE, SILHOUETTE_SIZE
-from structure_bank import Structure, StructureBank
+from models.train.pairs import RENDER_SIZE, flat_silhouette
+from structure_bank import StructureBank
 from structure_bank.builder import BANK_SEED_START, default_bank_path, world_structures
 
 ZERO_SHOT_CATEGORY = "skirt"
@@ -43,17 +43,12 @@ class EvalSample:
 
 
 def render_eval(seeds: list[int], photo_size: int, category: str | None = None) -> list[EvalSample]:
-    from PIL import Image
-
     out = []
     for seed in tqdm(seeds, desc="render test photos", leave=False):
         s = generate(int(seed), size=RENDER_SIZE, category=category)
-        sil = s.flat_mask
-        if sil.shape[0] != SILHOUETTE_SIZE:
-            sil = np.asarray(Image.fromarray(sil.astype(np.uint8) * 255).resize(
-                (SILHOUETTE_SIZE, SILHOUETTE_SIZE), Image.Resampling.BILINEAR)) > 127
         out.append(EvalSample(
-            seed=int(seed), category=s.category, landmarks=s.flat_landmarks, silhouette=sil,
+            seed=int(seed), category=s.category, landmarks=s.flat_landmarks,
+            silhouette=flat_silhouette(s.flat_mask),
             photo_whole=photo_tensor_uint8(s.wild_image, photo_size),
             photo_box=photo_tensor_uint8(s.wild_image, photo_size, s.wild_mask),
         ))
@@ -76,9 +71,7 @@ def _embed(model: StructureNet, samples: list[EvalSample], view: str) -> np.ndar
 
 
 def _without_category(bank: StructureBank, category: str) -> StructureBank:
-    out = StructureBank(bank.embedding_dim, bank.silhouette_size, bank.model)
-    out.add([bank.entry(r) for r in range(len(bank)) if bank.categories[r] != category])
-    return out
+    return bank.subset(np.flatnonzero(bank.categories != category))
 
 
 def _quality(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray, k: int) -> dict:
@@ -103,10 +96,8 @@ def _quality(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray, k:
     }
 
 
-def _recall(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray,
-            targets: list[Structure]) -> dict:
-    with_targets = StructureBank(bank.embedding_dim, bank.silhouette_size, bank.model)
-    with_targets.add([bank.entry(r) for r in range(len(bank))] + targets)
+def _recall(with_targets: StructureBank, samples: list[EvalSample], emb: np.ndarray) -> dict:
+    """How often a photo finds its own structure (`test-<seed>`) among the bank's entries."""
     r1, r5 = [], []
     for s, q in zip(samples, emb, strict=True):
         ids = [h.id for h in with_targets.search(q, 5)]
@@ -134,19 +125,20 @@ def benchmark_retrieval(
     start = SPLITS[split][0]
     seeds = list(range(start, start + n))
     samples = render_eval(seeds, model.photo_size)
-    targets = world_structures(seeds, weights, workers=workers, id_prefix="test")
+    with_targets = bank.subset(np.arange(len(bank)))
+    with_targets.add(world_structures(seeds, weights, workers=workers, id_prefix="test"))
 
     result: dict = {"split": split, "n": n, "k": k, "bank_size": len(bank),
                     "weights": weights.name}
-    for view in ("whole", "box"):
-        emb = _embed(model, samples, view)
-        metrics = {**_recall(bank, samples, emb, targets), **_quality(bank, samples, emb, k)}
+    embeddings = {view: _embed(model, samples, view) for view in ("whole", "box")}
+    for view, emb in embeddings.items():
+        metrics = {**_recall(with_targets, samples, emb), **_quality(bank, samples, emb, k)}
         if view == "whole":
             result.update(metrics)
         else:
             result["with_garment_box"] = metrics
 
-    emb = _embed(model, samples, "whole")
+    emb = embeddings["whole"]
     timings = []
     for q in emb:
         t = time.perf_counter()

@@ -58,7 +58,16 @@ class PairArrays:
 MAX_LANDMARKS = 64
 
 
-def _crop_mask(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+def flat_silhouette(flat_mask: np.ndarray) -> np.ndarray:
+    """A flat-lay mask at the bank's silhouette size, (SILHOUETTE_SIZE,)*2 bool."""
+    if flat_mask.shape == (SILHOUETTE_SIZE, SILHOUETTE_SIZE):
+        return flat_mask
+    img = Image.fromarray(flat_mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((SILHOUETTE_SIZE, SILHOUETTE_SIZE),
+                                 Image.Resampling.BILINEAR)) > 127
+
+
+def _crop_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """A garment mask as an imperfect parser would give it: a quarter of the time none (the
     whole photo), otherwise the true mask's box with random padding and shift."""
     if rng.random() < 0.25 or not mask.any():
@@ -82,12 +91,8 @@ def _one(args: tuple[int, int, int, str | None]) -> tuple:
     seed, photo_size, map_size, category = args
     s = generate(seed, size=RENDER_SIZE, category=category)
     rng = np.random.default_rng([seed, 99])
-    photo = photo_tensor_uint8(s.wild_image, photo_size, _crop_mask(s.wild_image, s.wild_mask,
-                                                                    rng))
-    sil = s.flat_mask
-    if sil.shape != (SILHOUETTE_SIZE, SILHOUETTE_SIZE):
-        sil = np.asarray(Image.fromarray(sil.astype(np.uint8) * 255).resize(
-            (SILHOUETTE_SIZE, SILHOUETTE_SIZE), Image.Resampling.BILINEAR)) > 127
+    photo = photo_tensor_uint8(s.wild_image, photo_size, _crop_mask(s.wild_mask, rng))
+    sil = flat_silhouette(s.flat_mask)
     smap = (structure_map(s.flat_landmarks, sil, map_size) * 255 + 0.5).astype(np.uint8)
     lm = np.full((MAX_LANDMARKS, 2), np.nan, np.float32)
     lm[: len(s.flat_landmarks)] = s.flat_landmarks
