@@ -109,6 +109,23 @@ def _cmd_train_structurenet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_parser(args: argparse.Namespace) -> int:
+    from models.train.parser import ParserTrainConfig, train_parser
+
+    overrides = {k: v for k, v in {
+        "steps": args.steps, "n_train": args.n_train, "device": args.device,
+        "out": str(args.out) if args.out else None,
+        "run_dir": str(args.run_dir) if args.run_dir else None,
+    }.items() if v is not None}
+    for key in ("steps", "n_train"):
+        if key in overrides and overrides[key] < 1:
+            raise CLIError(f"--{key.replace('_', '-')} must be at least 1")
+    cfg = ParserTrainConfig(**overrides)
+    metrics = train_parser(cfg)
+    print(f"saved {cfg.out}: {metrics}")
+    return 0
+
+
 def _load_bank(path: Path | None):  # noqa: ANN202 (structure_bank imported lazily)
     from structure_bank import StructureBank
     from structure_bank.builder import default_bank_path
@@ -222,6 +239,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.set_defaults(func=_cmd_train_structurenet)
+    p = tsub.add_parser("parser", help="the garment parser (mask, category, landmarks)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps")
+    p.add_argument("--n-train", type=int, default=None, help="training seeds to render")
+    p.add_argument("--out", type=Path, default=None, help="weights folder")
+    p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.set_defaults(func=_cmd_train_parser)
 
     bank = sub.add_parser("bank", help="the structure bank")
     bsub = bank.add_subparsers(dest="action", metavar="ACTION")

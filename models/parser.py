@@ -1,20 +1,31 @@
-"""Stage 1, parse: where is the garment in the photo.
+"""Stage 1, parse: where is the garment in the photo, what is it, where are its landmarks.
 
-For now a classical parser: a colour model of the background learned from the image
-border, the largest connected foreground component, holes filled. It is what a simple
-background remover does and stays as the `cutout` baseline's mask.
+Two parsers. The classical one: a colour model of the background learned from the image
+border, the largest connected foreground component, holes filled (what a simple background
+remover does). The learned one (`GarmentParser`): a small CNN giving the mask, the category
+and the category's landmarks with visibility.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from scipy.cluster.vq import kmeans2
 from skimage.color import rgb2lab
 from skimage.filters import threshold_otsu
+from torch import nn
+
+from models.garments import CATEGORIES, num_landmarks
 
 # The mask is found at this long side; the alpha is upsampled to the photo's full size.
 WORK_SIDE = 320
@@ -92,3 +103,216 @@ def classical_garment_mask(rgb: np.ndarray) -> np.ndarray:
         soft = np.asarray(Image.fromarray(soft, "F").resize((w, h), Image.Resampling.BILINEAR))
     # Re-sharpen the upsampled ramp to about two photo pixels of edge.
     return np.clip((soft - 0.5) * 2.0 + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+# The learned parser ------------------------------------------------------------------------
+#
+# A small encoder–decoder CNN on the whole photo, letterboxed to PARSER_INPUT²: a mask head
+# (visible garment pixels), a category head, one heatmap channel per (category, landmark)
+# pair (DeepFashion2-style: a channel means one thing) and a visibility logit per channel.
+# Trained on the garment world (`flatlay train parser`); weights in models/weights/parser-tiny.
+
+PARSER_WEIGHTS = Path(__file__).parent / "weights" / "parser-tiny"
+PARSER_INPUT = 128
+HEATMAP_SIZE = 32
+MASK_SIZE = 64
+
+
+def landmark_offsets() -> dict[str, tuple[int, int]]:
+    """category → [start, stop) of its channels among all heatmap channels."""
+    out, start = {}, 0
+    for c in CATEGORIES:
+        out[c] = (start, start + num_landmarks(c))
+        start += num_landmarks(c)
+    return out
+
+
+def total_landmarks() -> int:
+    return sum(num_landmarks(c) for c in CATEGORIES)
+
+
+def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
+        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
+    )
+
+
+class ParserNet(nn.Module):
+    """(B, 3, 128, 128) normalised photos → mask logits (B, 1, 64, 64), category logits
+    (B, C), heatmap logits (B, ΣL, 32, 32), visibility logits (B, ΣL)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.enc1 = _block(3, w, 2)  # 64²
+        self.enc2 = _block(w, 2 * w, 2)  # 32²
+        self.enc3 = _block(2 * w, 4 * w, 2)  # 16²
+        self.enc4 = _block(4 * w, 8 * w, 2)  # 8²
+        self.dec3 = _block(8 * w + 4 * w, 4 * w, 1)  # 16²
+        self.dec2 = _block(4 * w + 2 * w, 4 * w, 1)  # 32²
+        self.dec1 = nn.Sequential(  # 64², only for the mask: one light conv
+            nn.Conv2d(4 * w + w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True))
+        n_lm = total_landmarks()
+        self.mask_head = nn.Conv2d(w, 1, 1)
+        self.heatmap_head = nn.Conv2d(4 * w, n_lm, 1)
+        self.category_head = nn.Linear(8 * w, len(CATEGORIES))
+        self.visibility_head = nn.Linear(8 * w + 4 * w, n_lm)
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        e4 = self.enc4(e3)
+
+        def up(t: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
+
+        d3 = self.dec3(torch.cat([up(e4), e3], 1))
+        d2 = self.dec2(torch.cat([up(d3), e2], 1))
+        d1 = self.dec1(torch.cat([up(d2), e1], 1))
+        g4 = e4.mean((2, 3))
+        return {
+            "mask": self.mask_head(d1),
+            "category": self.category_head(g4),
+            "heatmaps": self.heatmap_head(d2),
+            "visibility": self.visibility_head(torch.cat([g4, d2.mean((2, 3))], 1)),
+        }
+
+
+def letterbox(rgb: np.ndarray, size: int = PARSER_INPUT) -> tuple[np.ndarray, float, tuple]:
+    """The photo on a `size`² square, longer side fitted, padded with its border's median
+    colour. Returns (square uint8, scale, (pad_x, pad_y)) with photo px = (sq px − pad)/scale."""
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BOX))
+    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    fill = tuple(int(v) for v in np.median(border, axis=0))
+    canvas = Image.new("RGB", (size, size), fill)
+    pad = ((size - nw) // 2, (size - nh) // 2)
+    canvas.paste(Image.fromarray(small), pad)
+    return np.asarray(canvas), scale, pad
+
+
+def normalise(batch: np.ndarray) -> torch.Tensor:
+    """(N, S, S, 3) uint8 → (N, 3, S, S) float in about [-2, 2]."""
+    t = torch.from_numpy(np.array(batch, copy=True)).permute(0, 3, 1, 2).float() / 255.0
+    return (t - 0.5) / 0.25
+
+
+def soft_argmax(heatmaps: torch.Tensor, window: int = 2) -> torch.Tensor:
+    """(B, L, H, W) logits → (B, L, 2) (x, y) in the unit square: the softmax-weighted mean
+    in a (2·window+1)² window around each peak (robust to a second mode elsewhere)."""
+    b, n, h, w = heatmaps.shape
+    flat = heatmaps.reshape(b, n, -1)
+    peak = flat.argmax(-1)
+    py, px = peak // w, peak % w
+    ys = torch.arange(h, device=heatmaps.device).view(1, 1, h, 1)
+    xs = torch.arange(w, device=heatmaps.device).view(1, 1, 1, w)
+    near = ((ys - py[..., None, None]).abs() <= window) & ((xs - px[..., None, None]).abs()
+                                                           <= window)
+    logits = heatmaps.masked_fill(~near, float("-inf"))
+    p = torch.softmax(logits.reshape(b, n, -1), -1).reshape(b, n, h, w)
+    x = (p.sum(2) * (torch.arange(w, device=heatmaps.device) + 0.5)).sum(-1) / w
+    y = (p.sum(3) * (torch.arange(h, device=heatmaps.device) + 0.5)).sum(-1) / h
+    return torch.stack([x, y], -1)
+
+
+@dataclass
+class ParsedGarment:
+    """What the parser sees in one photo, in the photo's own coordinates.
+
+    mask: (H, W) float32 in [0, 1], visible garment. category: the most likely category,
+    with `category_probs` over CATEGORIES. landmarks: (L, 2) float32 (x, y) in the photo's
+    unit square for that category; visibility: (L,) bool; confidence: (L,) float32 in [0, 1].
+    """
+
+    mask: np.ndarray
+    category: str
+    category_probs: dict[str, float]
+    landmarks: np.ndarray
+    visibility: np.ndarray
+    confidence: np.ndarray
+
+    def box(self, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
+        """(top, left, bottom, right) of the mask, or None when it is empty."""
+        ys, xs = np.nonzero(self.mask > threshold)
+        if ys.size == 0:
+            return None
+        return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+class GarmentParser:
+    """The trained parser with its pre- and post-processing; `parse(rgb)` per photo."""
+
+    VISIBLE = 0.5
+
+    def __init__(self, net: ParserNet, meta: dict[str, Any] | None = None) -> None:
+        self.net = net.eval()
+        self.meta = meta or {}
+        self.offsets = landmark_offsets()
+
+    @classmethod
+    def from_pretrained(cls, folder: Path = PARSER_WEIGHTS) -> GarmentParser:
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} holds no garment parser (config.json missing)")
+        meta = json.loads((folder / "config.json").read_text())
+        net = ParserNet(width=int(meta["model_cfg"]["width"]))
+        net.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
+        return cls(net, meta)
+
+    def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"architecture": "ParserNet", "model_cfg": {"width": self.net.width,
+                "input": PARSER_INPUT, "heatmap": HEATMAP_SIZE, "mask": MASK_SIZE,
+                "categories": list(CATEGORIES)}, **(extra or {})}
+        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+
+    @torch.inference_mode()
+    def parse(self, rgb: np.ndarray, category: str | None = None) -> ParsedGarment:
+        """rgb (H, W, 3) uint8 → ParsedGarment. `category` forces the landmark schema read
+        out (for example a category the caller already knows)."""
+        square, scale, (pad_x, pad_y) = letterbox(rgb)
+        out = self.net(normalise(square[None]))
+        probs = torch.softmax(out["category"][0], -1).numpy()
+        if category is None:
+            category = CATEGORIES[int(probs.argmax())]
+        start, stop = self.offsets[category]
+        heat = out["heatmaps"][:, start:stop]
+        xy = soft_argmax(heat)[0].numpy() * PARSER_INPUT  # square px
+        h, w = rgb.shape[:2]
+        landmarks = np.stack([(xy[:, 0] - pad_x) / scale / w, (xy[:, 1] - pad_y) / scale / h], 1)
+        conf = torch.sigmoid(out["visibility"][0, start:stop]).numpy()
+        return ParsedGarment(
+            mask=self._photo_mask(out["mask"][0, 0], scale, (pad_x, pad_y), (h, w)),
+            category=category,
+            category_probs={c: round(float(p), 6) for c, p in zip(CATEGORIES, probs,
+                                                                   strict=True)},
+            landmarks=landmarks.astype(np.float32),
+            visibility=conf > self.VISIBLE,
+            confidence=conf.astype(np.float32),
+        )
+
+    @staticmethod
+    def _photo_mask(logits: torch.Tensor, scale: float, pad: tuple[int, int],
+                    shape: tuple[int, int]) -> np.ndarray:
+        """Mask logits on the letterboxed square → (H, W) soft mask of the photo."""
+        prob = torch.sigmoid(logits).numpy().astype(np.float32)
+        k = PARSER_INPUT / MASK_SIZE
+        h, w = shape
+        # The photo's area on the mask grid, then a smooth resize to the photo's size.
+        x0, y0 = pad[0] / k, pad[1] / k
+        x1, y1 = x0 + w * scale / k, y0 + h * scale / k
+        img = Image.fromarray(prob, "F")
+        full = img.transform((w, h), Image.Transform.EXTENT, (x0, y0, x1, y1),
+                             Image.Resampling.BILINEAR)
+        soft = np.asarray(full, np.float32)
+        # Sharpen the upsampled ramp: edges of about two mask cells.
+        edge = max(1.0, min(h, w) / (MASK_SIZE * 2))
+        return np.clip((soft - 0.5) * edge + 0.5, 0.0, 1.0).astype(np.float32)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.compose import parse_background, place_on_canvas
-from models.parser import classical_garment_mask
+from models.presets import DEFAULT_PRESET, get_preset
 
 ProgressFn = Callable[[str, int], None]
 
@@ -33,31 +33,123 @@ class PipelineError(ValueError):
 
 
 @dataclass(frozen=True)
+class StructureSpec:
+    """A structure given by a person instead of retrieval: category and (L, 2) canonical
+    landmarks, already checked by `structure_bank.validate.check_structure`."""
+
+    category: str
+    landmarks: np.ndarray
+
+    @classmethod
+    def parse(cls, value: Any) -> StructureSpec:
+        """From the JSON form of the `landmarks` side output ({"category", "landmarks"}).
+        Raises structure_bank.validate.InvalidStructure naming the bad field or point."""
+        from structure_bank.validate import InvalidStructure, check_structure
+
+        if not isinstance(value, dict) or "category" not in value or "landmarks" not in value:
+            raise InvalidStructure(
+                "structure", 'a structure is a JSON object {"category": ..., "landmarks": '
+                "[[x, y], ...]} (the landmarks side output of an earlier job)")
+        category = value["category"]
+        if not isinstance(category, str):
+            raise InvalidStructure("category", "category must be a string")
+        return cls(category, check_structure(category, value["landmarks"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"category": self.category,
+                "landmarks": [[round(float(x), 6), round(float(y), 6)]
+                              for x, y in self.landmarks]}
+
+
+@dataclass(frozen=True)
 class PipelineOptions:
     """Per-request options shared by every pipeline.
 
     output_size: canvas side in px (256–2048). background: 'transparent' or a hex colour.
-    seed: for pipelines that sample; deterministic pipelines ignore it.
+    seed: for pipelines that sample; deterministic pipelines ignore it. preset: the output
+    preset (models.presets) whose placement rule applies. structure: replaces retrieval.
     """
 
     output_size: int = 1024
     background: str = "#ffffff"
     seed: int | None = None
+    preset: str = DEFAULT_PRESET
+    structure: StructureSpec | None = None
 
     def __post_init__(self) -> None:
         if not 256 <= self.output_size <= 2048:
             raise ValueError(f"output_size {self.output_size} is outside 256–2048")
         parse_background(self.background)
+        get_preset(self.preset)
 
 
 @dataclass
 class FlatLayResult:
-    """image: (S, S, 4) uint8 RGBA canvas. side_outputs: named extras (masks, landmarks, …).
-    timings: seconds per stage, in stage order."""
+    """One flat-lay and what explains it.
+
+    image: (S, S, 4) uint8 RGBA canvas. alpha: (S, S) float32 garment alpha on the canvas
+    (also where the background is, for the compliance check). category: the garment's
+    category, if the pipeline knows it. landmarks: (L, 2) float32 canonical-frame landmarks of
+    the garment as delivered (the form `structure` accepts back); canvas_landmarks: the same
+    in the output canvas's unit square. neighbours: retrieved bank entries with SLLE weights.
+    overlay: (S, S, 4) uint8 picture of the structure over the result. timings: seconds per
+    stage, in stage order.
+    """
 
     image: np.ndarray
-    side_outputs: dict[str, Any] = field(default_factory=dict)
+    alpha: np.ndarray
+    category: str | None = None
+    landmarks: np.ndarray | None = None
+    canvas_landmarks: np.ndarray | None = None
+    neighbours: list[dict] | None = None
+    overlay: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+    def structure_json(self) -> dict[str, Any] | None:
+        if self.category is None or self.landmarks is None:
+            return None
+        from models.garments import landmark_names
+
+        out = StructureSpec(self.category, self.landmarks).to_json()
+        out["names"] = list(landmark_names(self.category))
+        out["frame"] = "canonical"
+        if self.canvas_landmarks is not None:
+            out["canvas_landmarks"] = [[round(float(x), 6), round(float(y), 6)]
+                                       for x, y in self.canvas_landmarks]
+        return out
+
+
+# Side outputs stored with every job: name → (file extension, content type).
+SIDE_OUTPUTS: dict[str, tuple[str, str]] = {
+    "mask": ("png", "image/png"),
+    "landmarks": ("json", "application/json"),
+    "neighbours": ("json", "application/json"),
+    "overlay": ("png", "image/png"),
+}
+
+
+def side_output_files(result: FlatLayResult) -> dict[str, bytes]:
+    """The side outputs this result has, encoded (see SIDE_OUTPUTS for types)."""
+    import io
+    import json
+
+    from PIL import Image
+
+    def png(array: np.ndarray, mode: str) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array, mode).save(buf, "PNG", compress_level=3)
+        return buf.getvalue()
+
+    files = {"mask": png((np.clip(result.alpha, 0, 1) * 255 + 0.5).astype(np.uint8), "L")}
+    structure = result.structure_json()
+    if structure is not None:
+        files["landmarks"] = json.dumps(structure).encode()
+    if result.neighbours is not None:
+        files["neighbours"] = json.dumps({"category": result.category,
+                                          "neighbours": result.neighbours}).encode()
+    if result.overlay is not None:
+        files["overlay"] = png(result.overlay, "RGBA")
+    return files
 
 
 class Pipeline(Protocol):
@@ -106,6 +198,8 @@ class CutoutPipeline:
     def __call__(
         self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
     ) -> FlatLayResult:
+        from models.parser import classical_garment_mask  # keeps the API free of torch
+
         clock = StageClock(self.stages, progress)
         with clock.stage("parse"):
             try:

@@ -1,0 +1,108 @@
+"""Output presets that catalogs require, and the compliance check of a delivered image.
+
+A preset fixes what a marketplace checks: canvas size and shape, background, file formats and
+how much of the frame the garment fills. Every job is checked against its preset after
+encoding (on the bytes the caller gets), so catalog tooling can gate uploads on the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from models.compose import parse_background
+
+
+@dataclass(frozen=True)
+class Preset:
+    """size: default canvas side (px). background: 'transparent' or a hex colour.
+    formats: allowed output formats, the first is the default. fill: the garment's longer
+    side as a share of the canvas side when placed; None keeps the canonical frame (a
+    category-consistent scale). min_fill: the least fill that passes the check."""
+
+    name: str
+    size: int
+    background: str
+    formats: tuple[str, ...]
+    fill: float | None
+    min_fill: float | None
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    "square-white": Preset(
+        "square-white", 1024, "#ffffff", ("png", "jpeg", "webp"), None, None,
+        "square, white background, garment at its category's canonical scale"),
+    "amazon-main": Preset(
+        "amazon-main", 2000, "#ffffff", ("jpeg", "png"), 0.9, 0.85,
+        "Amazon main image: pure white (255, 255, 255), no shadow, garment fills ≥ 85% "
+        "of the frame, square, 2000 px"),
+    "transparent": Preset(
+        "transparent", 1024, "transparent", ("png", "webp"), None, None,
+        "square, transparent background (PNG or WebP with alpha)"),
+}
+DEFAULT_PRESET = "square-white"
+
+# Garment pixels are told from background by the pipeline's alpha; a band this wide around
+# the garment is the anti-aliased edge and is not held to the background rule.
+EDGE_BAND_PX = 2
+# Share of background pixels that must be exactly the background (JPEG may nudge a few).
+MIN_PURITY = 0.999
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _check(name: str, value: Any, required: Any, passed: bool) -> dict[str, Any]:
+    return {"name": name, "value": value, "required": required, "passed": bool(passed)}
+
+
+def check_compliance(image: np.ndarray, alpha: np.ndarray, preset: Preset, fmt: str,
+                     background: str | None = None) -> dict[str, Any]:
+    """Check a delivered image against its preset.
+
+    image: the decoded output, (H, W, 3) or (H, W, 4) uint8. alpha: (H, W) garment alpha in
+    [0, 1] from the pipeline. background: the background the job asked for (default the
+    preset's). Returns {"preset", "passed", "checks": [{name, value, required, passed}]}.
+    """
+    h, w = image.shape[:2]
+    checks = [
+        _check("size", [w, h], [preset.size, preset.size], (w, h) == (preset.size,) * 2),
+        _check("format", fmt, list(preset.formats), fmt in preset.formats),
+    ]
+    garment = alpha > 0.0
+    near = ndimage.binary_dilation(garment, iterations=EDGE_BAND_PX) if garment.any() else garment
+    outside = ~near
+    wanted = parse_background(background or preset.background)
+    if wanted is None:
+        if image.shape[2] < 4:
+            purity = 0.0
+        else:
+            purity = float((image[..., 3][outside] == 0).mean()) if outside.any() else 1.0
+        checks.append(_check("background_transparent", round(purity, 6), MIN_PURITY,
+                             purity >= MIN_PURITY))
+    else:
+        rgb = image[..., :3]
+        exact = (rgb == np.array(wanted, np.uint8)).all(-1)
+        if image.shape[2] == 4:
+            exact &= image[..., 3] == 255
+        purity = float(exact[outside].mean()) if outside.any() else 1.0
+        checks.append(_check("background_purity", round(purity, 6), MIN_PURITY,
+                             purity >= MIN_PURITY))
+        if preset.background != "transparent":
+            same = wanted == parse_background(preset.background)
+            checks.append(_check("background_colour", "#%02x%02x%02x" % wanted,
+                                 preset.background, same))
+    if preset.min_fill is not None:
+        ys, xs = np.nonzero(alpha > 0.5)
+        fill = 0.0 if ys.size == 0 else max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / max(h, w)
+        checks.append(_check("fill_ratio", round(float(fill), 4), preset.min_fill,
+                             fill >= preset.min_fill))
+    return {"preset": preset.name, "passed": all(c["passed"] for c in checks),
+            "checks": checks}
