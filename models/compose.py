@@ -7,6 +7,7 @@ Tight crop, centered on a square canvas with a fixed margin, over the requested 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -41,6 +42,59 @@ def garment_bbox(alpha: np.ndarray, threshold: float = 0.5) -> tuple[int, int, i
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
+@dataclass
+class Placement:
+    """A garment placed on a canvas. layer: (S, S, 4) uint8 RGBA garment over transparency;
+    scale, offset: photo px → canvas px as canvas = photo · scale + offset."""
+
+    layer: np.ndarray
+    scale: float
+    offset: tuple[float, float]
+
+    @property
+    def alpha(self) -> np.ndarray:
+        return self.layer[..., 3].astype(np.float32) / 255.0
+
+    def to_canvas(self, points: np.ndarray, photo_shape: tuple[int, int]) -> np.ndarray:
+        """(N, 2) points in the photo's unit square → the canvas's unit square."""
+        h, w = photo_shape
+        size = self.layer.shape[0]
+        px = np.asarray(points, np.float64) * (w, h) * self.scale + self.offset
+        return (px / size).astype(np.float32)
+
+
+def place_garment(rgb: np.ndarray, alpha: np.ndarray, size: int, fill: float) -> Placement:
+    """Crop the garment tightly and center it on a transparent `size`² layer, its longer
+    side spanning `fill`·size.
+
+    rgb: (H, W, 3) uint8 photo; alpha: (H, W) float in [0, 1].
+    """
+    top, left, bottom, right = garment_bbox(alpha)
+    crop = np.dstack([rgb[top:bottom, left:right], alpha[top:bottom, left:right] * 255.0 + 0.5])
+    crop_img = Image.fromarray(crop.astype(np.uint8), "RGBA")
+    span = max(1, round(size * fill))
+    scale = span / max(crop_img.width, crop_img.height)
+    new_w = max(1, round(crop_img.width * scale))
+    new_h = max(1, round(crop_img.height * scale))
+    # Pillow resizes RGBA with premultiplied alpha, so no dark fringes at the edge.
+    garment = crop_img.resize((new_w, new_h), Image.Resampling.LANCZOS)
+    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    x0, y0 = (size - new_w) // 2, (size - new_h) // 2
+    layer.alpha_composite(garment, (x0, y0))
+    sx, sy = new_w / crop_img.width, new_h / crop_img.height
+    return Placement(np.asarray(layer), (sx + sy) / 2, (x0 - left * sx, y0 - top * sy))
+
+
+def over_background(layer: np.ndarray, background: tuple[int, int, int] | None) -> np.ndarray:
+    """(S, S, 4) uint8 garment layer → the delivered RGBA canvas: alpha 255 everywhere over an
+    opaque background, the garment's alpha over a transparent one."""
+    if background is None:
+        return layer
+    canvas = Image.new("RGBA", layer.shape[1::-1], (*background, 255))
+    canvas.alpha_composite(Image.fromarray(layer, "RGBA"))
+    return np.asarray(canvas)
+
+
 def place_on_canvas(
     rgb: np.ndarray,
     alpha: np.ndarray,
@@ -48,21 +102,44 @@ def place_on_canvas(
     background: tuple[int, int, int] | None,
     margin: float = 0.08,
 ) -> np.ndarray:
-    """Crop the garment tightly and center it on a `size`² canvas.
+    """Crop the garment tightly and center it on a `size`² canvas over `background`, its
+    longer side spanning (1 - 2·margin)·size. Returns (size, size, 4) uint8 RGBA."""
+    return over_background(place_garment(rgb, alpha, size, 1.0 - 2.0 * margin).layer,
+                           background)
 
-    rgb: (H, W, 3) uint8 photo; alpha: (H, W) float in [0, 1]. The garment's longer side
-    spans (1 - 2·margin)·size. Returns (size, size, 4) uint8 RGBA: alpha is 255 everywhere
-    over an opaque background, the garment's alpha over a transparent one.
+
+def draw_overlay(image: np.ndarray, alpha: np.ndarray, landmarks: np.ndarray | None,
+                 category: str | None) -> np.ndarray:
+    """The structure drawn over a result, for people: the silhouette's edge in cyan, the
+    outline landmarks joined in order in magenta, every landmark a numbered dot.
+
+    image: (S, S, 4) uint8; alpha: (S, S) float; landmarks: (L, 2) in the canvas's unit
+    square. Returns (S, S, 4) uint8 RGBA (opaque).
     """
-    top, left, bottom, right = garment_bbox(alpha)
-    crop = np.dstack([rgb[top:bottom, left:right], alpha[top:bottom, left:right] * 255.0 + 0.5])
-    crop_img = Image.fromarray(crop.astype(np.uint8), "RGBA")
-    span = max(1, round(size * (1.0 - 2.0 * margin)))
-    scale = span / max(crop_img.width, crop_img.height)
-    new_w = max(1, round(crop_img.width * scale))
-    new_h = max(1, round(crop_img.height * scale))
-    # Pillow resizes RGBA with premultiplied alpha, so no dark fringes at the edge.
-    garment = crop_img.resize((new_w, new_h), Image.Resampling.LANCZOS)
-    canvas = Image.new("RGBA", (size, size), (*background, 255) if background else (0, 0, 0, 0))
-    canvas.alpha_composite(garment, ((size - new_w) // 2, (size - new_h) // 2))
-    return np.asarray(canvas)
+    from PIL import ImageDraw
+    from scipy import ndimage
+
+    from models.garments import contour_count
+
+    size = image.shape[0]
+    base = Image.new("RGBA", (size, size), (255, 255, 255, 255))
+    base.alpha_composite(Image.fromarray(image, "RGBA"))
+    # Fade the garment so the drawing stands out.
+    base = Image.blend(base, Image.new("RGBA", base.size, (255, 255, 255, 255)), 0.35)
+    inside = alpha > 0.5
+    edge = inside & ~ndimage.binary_erosion(inside, iterations=max(1, size // 400))
+    px = np.asarray(base).copy()
+    px[edge] = (0, 170, 200, 255)
+    out = Image.fromarray(px, "RGBA")
+    if landmarks is not None and category is not None:
+        draw = ImageDraw.Draw(out)
+        pts = [tuple(p) for p in (np.asarray(landmarks) * size).tolist()]
+        n = contour_count(category)
+        line = max(1, size // 300)
+        draw.line(pts[:n] + pts[:1], fill=(200, 0, 120, 255), width=line)
+        r = max(2, size // 150)
+        for i, (x, y) in enumerate(pts):
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=(200, 0, 120, 255),
+                         outline=(255, 255, 255, 255))
+            draw.text((x + r + 1, y - r - 1), str(i), fill=(40, 40, 40, 255))
+    return np.asarray(out)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.compose import parse_background, place_on_canvas
+from models.compose import parse_background
 from models.presets import DEFAULT_PRESET, get_preset
 
 ProgressFn = Callable[[str, int], None]
@@ -182,22 +182,37 @@ class StageClock:
             self.timings[name] = round(time.perf_counter() - start, 6)
 
 
+def preset_fill(options: PipelineOptions, default: float) -> float:
+    """The garment's longer side as a share of the canvas for this request's preset."""
+    return get_preset(options.preset).fill or default
+
+
 class CutoutPipeline:
-    """Baseline: mask from a border colour model, tight crop, centered on the canvas.
+    """Baseline: the garment mask, tight crop, centered on the canvas.
 
     What a background remover gives: no flattening, no structure. Later pipelines must
-    beat it on the quality benchmark.
+    beat it on the quality benchmark. The learned parser, when its weights are present,
+    gives the landmarks (carried onto the canvas, for the overlay and the benchmark).
     """
 
     name = "cutout"
     stages = ["parse", "compose"]
+    # Longer side of the garment on the canvas: 84% (an 8% margin each side).
+    FILL = 0.84
+
+    def __init__(self) -> None:
+        self.parser = None
 
     def load(self) -> None:
-        return None
+        from models.parser import PARSER_WEIGHTS, GarmentParser
+
+        if (PARSER_WEIGHTS / "config.json").is_file():
+            self.parser = GarmentParser.from_pretrained(PARSER_WEIGHTS)
 
     def __call__(
         self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
     ) -> FlatLayResult:
+        from models.compose import draw_overlay, over_background, place_garment
         from models.parser import classical_garment_mask  # keeps the API free of torch
 
         clock = StageClock(self.stages, progress)
@@ -206,11 +221,19 @@ class CutoutPipeline:
                 alpha = classical_garment_mask(rgb)
             except ValueError as exc:
                 raise PipelineError("garment_not_found", str(exc)) from None
+            parsed = self.parser.parse(rgb) if self.parser is not None else None
         with clock.stage("compose"):
-            canvas = place_on_canvas(
-                rgb, alpha, options.output_size, parse_background(options.background)
-            )
-        return FlatLayResult(image=canvas, side_outputs={"mask": alpha}, timings=clock.timings)
+            placed = place_garment(rgb, alpha, options.output_size,
+                                   preset_fill(options, self.FILL))
+            canvas = over_background(placed.layer, parse_background(options.background))
+            category = landmarks = None
+            if parsed is not None:
+                category = parsed.category
+                landmarks = placed.to_canvas(parsed.landmarks, rgb.shape[:2])
+            overlay = draw_overlay(canvas, placed.alpha, landmarks, category)
+        return FlatLayResult(image=canvas, alpha=placed.alpha, category=category,
+                             landmarks=landmarks, canvas_landmarks=landmarks, overlay=overlay,
+                             timings=clock.timings)
 
 
 # name → "module:factory"; imported only when the pipeline is built.

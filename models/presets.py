@@ -97,11 +97,12 @@ def check_compliance(image: np.ndarray, alpha: np.ndarray, preset: Preset, fmt: 
                              purity >= MIN_PURITY))
         if preset.background != "transparent":
             same = wanted == parse_background(preset.background)
-            checks.append(_check("background_colour", "#%02x%02x%02x" % wanted,
+            checks.append(_check("background_colour", "#{:02x}{:02x}{:02x}".format(*wanted),
                                  preset.background, same))
     if preset.min_fill is not None:
         ys, xs = np.nonzero(alpha > 0.5)
-        fill = 0.0 if ys.size == 0 else max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / max(h, w)
+        span = 0 if ys.size == 0 else max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+        fill = span / max(h, w)
         checks.append(_check("fill_ratio", round(float(fill), 4), preset.min_fill,
                              fill >= preset.min_fill))
     return {"preset": preset.name, "passed": all(c["passed"] for c in checks),
