@@ -213,6 +213,21 @@ def _cmd_bench_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_parser(args: argparse.Namespace) -> int:
+    import json
+
+    from models.eval.parser import benchmark_parser
+
+    if not 1 <= args.n <= 100_000:
+        raise CLIError("--n must be in 1..100000")
+    if not 64 <= args.size <= 2048:
+        raise CLIError("--size must be in 64..2048")
+    result = benchmark_parser(split=args.split, n=args.n, size=args.size, weights=args.weights)
+    _write_result(f"parser-{args.split}", result, list(result.items()))
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
 def _cmd_bench_retrieval_scale(args: argparse.Namespace) -> int:
     import json
 
@@ -224,6 +239,53 @@ def _cmd_bench_retrieval_scale(args: argparse.Namespace) -> int:
     rows = [(f"{r['entries']} entries", r) for r in result["sizes"]]
     _write_result("retrieval-scale", result, rows)
     print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    import json
+
+    from models.garments import SPLITS
+    from models.pipeline import pipeline_names
+
+    split = args.split or ("heldout" if args.heldout else "test")
+    if args.heldout and split != "heldout":
+        raise CLIError(f"--heldout contradicts --split {split}")
+    if split not in SPLITS:
+        raise CLIError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+    start, stop = SPLITS[split]
+    if not 1 <= args.n <= stop - start:
+        raise CLIError(f"--n must be in 1..{stop - start}, got {args.n}")
+    if not 256 <= args.size <= 2048:
+        raise CLIError(f"--size must be within 256–2048, got {args.size}")
+    if args.grid_rows < 0:
+        raise CLIError(f"--grid-rows must be non-negative, got {args.grid_rows}")
+    names = pipeline_names()
+    wanted = names if args.pipelines is None else [
+        p.strip() for p in args.pipelines.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in names]
+    if unknown or not wanted:
+        raise CLIError(f"unknown pipeline(s) {', '.join(unknown) or '(none given)'}; "
+                       f"available: {', '.join(names)}")
+
+    from models.eval.quality import (
+        PipelineLoadError,
+        benchmark_quality,
+        format_table,
+        write_report,
+    )
+
+    try:
+        result, grid = benchmark_quality(split=split, n=args.n, pipelines=wanted,
+                                         size=args.size, grid_rows=args.grid_rows)
+    except PipelineLoadError as exc:
+        raise CLIError(str(exc)) from None
+    paths = write_report(result, grid, args.out_dir)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "assets"}))
+    else:
+        print(format_table(result))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -287,6 +349,26 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bank", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_retrieval_scale)
+    p = bnsub.add_parser("quality", help="every pipeline's flat-lay against the true one")
+    p.add_argument("--split", default=None, help="train, val, test (default) or heldout")
+    p.add_argument("--heldout", action="store_true", help="the held-out split (shape families)")
+    p.add_argument("--n", type=int, default=200, help="assets: the split's first n seeds")
+    p.add_argument("--pipelines", default=None,
+                   help="comma-separated pipeline names (default: every registered pipeline)")
+    p.add_argument("--size", type=int, default=1024, help="photo and output canvas side, px")
+    p.add_argument("--grid-rows", type=int, default=8, help="assets in the grid PNG (0: none)")
+    p.add_argument("--out-dir", type=Path, default=Path("bench/results"),
+                   help="where quality-SPLIT.{json,md,png} go (default bench/results)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON line instead of a table")
+    p.set_defaults(func=_cmd_bench_quality)
+    p = bnsub.add_parser("parser", help="learned parser vs ground truth and the classical mask")
+    p.add_argument("--split", choices=["val", "test", "heldout"], default="test")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--size", type=int, default=512, help="photo side, px")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_parser)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

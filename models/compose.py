@@ -143,3 +143,69 @@ def draw_overlay(image: np.ndarray, alpha: np.ndarray, landmarks: np.ndarray | N
                          outline=(255, 255, 255, 255))
             draw.text((x + r + 1, y - r - 1), str(i), fill=(40, 40, 40, 255))
     return np.asarray(out)
+
+
+def silhouette_alpha(silhouette: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A canonical silhouette (s, s) bool → (alpha, sdf) on a `size`² canvas.
+
+    The signed distance field is resized rather than the mask, so the edge stays smooth at
+    any output size; alpha ramps over one output pixel (anti-aliased). sdf is in output px,
+    negative inside.
+    """
+    from models.warp import signed_distance
+
+    s = silhouette.shape[0]
+    sdf = signed_distance(silhouette) * (size / s)
+    big = np.asarray(Image.fromarray(sdf, "F").resize((size, size), Image.Resampling.BILINEAR))
+    alpha = np.clip(0.5 - big, 0.0, 1.0).astype(np.float32)
+    return alpha, big.astype(np.float32)
+
+
+def refine_alpha(alpha: np.ndarray, sdf: np.ndarray, warped_mask: np.ndarray,
+                 band: float) -> np.ndarray:
+    """Near the structure's edge (|sdf| < band·size) the warped photo's own garment edge wins:
+    the structure gives the shape, the photo the exact outline where they nearly agree."""
+    width = band * alpha.shape[0]
+    if width <= 0:
+        return alpha
+    near = np.abs(sdf) < width
+    out = alpha.copy()
+    out[near] = np.clip(warped_mask[near], 0.0, 1.0)
+    return out
+
+
+def fill_unknown(image: np.ndarray, validity: np.ndarray, alpha: np.ndarray,
+                 work: int = 256) -> np.ndarray:
+    """Texture where the garment is but the photo said nothing (occluded, out of frame,
+    behind a fold): the nearest known texture, blurred, at a working resolution.
+
+    image: (S, S, 3) uint8; validity: (S, S) bool (V); alpha: (S, S) float.
+    """
+    from scipy import ndimage
+
+    size = image.shape[0]
+    hole = (alpha > 0.0) & ~validity
+    if not hole.any():
+        return image
+    small = np.asarray(Image.fromarray(image).resize((work, work), Image.Resampling.BOX))
+    known = np.asarray(Image.fromarray(validity.astype(np.uint8) * 255).resize(
+        (work, work), Image.Resampling.BOX)) > 250
+    if known.any():
+        _, (iy, ix) = ndimage.distance_transform_edt(~known, return_indices=True)
+        filled = small[iy, ix].astype(np.float32)
+        for c in range(3):
+            filled[..., c] = ndimage.gaussian_filter(filled[..., c], 2.0)
+    else:
+        filled = np.broadcast_to(np.median(image[alpha > 0.5], axis=0) if (alpha > 0.5).any()
+                                 else np.full(3, 128.0), small.shape).astype(np.float32)
+    big = np.asarray(Image.fromarray(np.clip(filled, 0, 255).astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BILINEAR))
+    # A soft seam: blend over a few pixels into the known texture.
+    weight = ndimage.gaussian_filter(hole.astype(np.float32), max(1.0, size / 512))
+    weight = np.maximum(weight, hole)[..., None]
+    return (image * (1 - weight) + big * weight + 0.5).astype(np.uint8)
+
+
+def layer_of(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(S, S, 3) uint8 + (S, S) float alpha → (S, S, 4) uint8 RGBA layer."""
+    return np.dstack([image, (np.clip(alpha, 0, 1) * 255 + 0.5).astype(np.uint8)])

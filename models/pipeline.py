@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -236,9 +237,186 @@ class CutoutPipeline:
                              timings=clock.timings)
 
 
+# Where the retrieval pipelines find their structure bank (the worker points it at the
+# service's runtime bank; None: the shipped default bank).
+_BANK_DIR: list[Path | None] = [None]
+
+
+def configure(bank_dir: Path | None) -> None:
+    """Point the retrieval pipelines at the bank in `bank_dir` (before they load)."""
+    _BANK_DIR[0] = Path(bank_dir) if bank_dir is not None else None
+
+
+class FlattenPipeline:
+    """Parse → embed → retrieve → SLLE → warp → compose (DESIGN.md stages 1–5 and 7).
+
+    The parser finds the garment, its category and its visible landmarks; StructureNet
+    embeds the garment crop; SLLE fuses K same-category structures into landmarks L̂ and a
+    silhouette Ŝ on the canonical canvas; a thin-plate spline from the visible parsed
+    landmarks to L̂ re-samples the full-resolution photo; Ŝ (refined against the warped
+    photo near its edge) is the alpha, and texture the photo did not show is filled from
+    the nearest known texture. A `structure` option replaces retrieval's landmarks.
+    """
+
+    name = "flatten"
+    stages = ["parse", "embed", "retrieve", "warp", "compose"]
+    K = 8
+    # Fewer visible landmarks than this and the warp falls back to the box-to-box fit.
+    MIN_VISIBLE = 4
+    REFINE_BAND = 0.0
+    TPS_SMOOTHING = 1e-3
+
+    def __init__(self) -> None:
+        self.parser = None
+        self.structurenet = None
+        self.bank = None
+        self._bank_stamp: tuple[str, float] | None = None
+
+    def load(self) -> None:
+        from models.parser import PARSER_WEIGHTS, GarmentParser
+        from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+
+        self.parser = GarmentParser.from_pretrained(PARSER_WEIGHTS)
+        self.structurenet = StructureNet.from_pretrained(DEFAULT_WEIGHTS)
+        self._fresh_bank()
+
+    def _fresh_bank(self):  # noqa: ANN202 (structure_bank is imported lazily)
+        """The bank, reloaded when its file changed (`POST /structures` appends to it)."""
+        from structure_bank import StructureBank
+        from structure_bank.builder import default_bank_path
+
+        path = _BANK_DIR[0] or default_bank_path()
+        if _BANK_DIR[0] is not None:
+            from structure_bank.runtime import ensure_runtime_bank
+
+            ensure_runtime_bank(path)
+        stamp = (str(path), (Path(path) / "bank.json").stat().st_mtime)
+        if self.bank is None or stamp != self._bank_stamp:
+            self.bank = StructureBank.load(path)
+            self._bank_stamp = stamp
+        return self.bank
+
+    def fuse(self, bank, query: np.ndarray, category: str):  # noqa: ANN001, ANN201
+        from models.slle import fuse_structures
+
+        return fuse_structures(bank, query, k=self.K, category=category)
+
+    def __call__(
+        self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
+    ) -> FlatLayResult:
+        import torch
+
+        from models.compose import (
+            draw_overlay,
+            fill_unknown,
+            layer_of,
+            over_background,
+            place_garment,
+            refine_alpha,
+            silhouette_alpha,
+        )
+        from models.slle import FusedStructure, fuse_silhouettes
+        from models.structurenet import embed_photos, normalise_photos, photo_tensor_uint8
+        from models.warp import warp_photo
+
+        if self.parser is None:
+            self.load()
+        clock = StageClock(self.stages, progress)
+        given = options.structure
+        with clock.stage("parse"):
+            parsed = self.parser.parse(rgb, category=given.category if given else None)
+            garment = parsed.mask > 0.5
+            if garment.mean() < 0.002:
+                raise PipelineError("garment_not_found",
+                                    "no garment was found in this photo")
+        with clock.stage("embed"):
+            crop = photo_tensor_uint8(rgb, self.structurenet.photo_size, garment)
+            with torch.inference_mode():
+                query = embed_photos(self.structurenet, normalise_photos(crop[None]))[0]
+        with clock.stage("retrieve"):
+            bank = self._fresh_bank()
+            try:
+                if given is None:
+                    fused = self.fuse(bank, query, parsed.category)
+                else:
+                    # A person's structure: its landmarks, with silhouettes of its category's
+                    # nearest entries warped onto them.
+                    hits = bank.search(query, self.K, category=given.category)
+                    if not hits:
+                        raise ValueError(f"the structure bank has no {given.category!r} "
+                                         "entries")
+                    weights = np.full(len(hits), 1.0 / len(hits))
+                    fused = FusedStructure(
+                        category=given.category, embedding=query,
+                        landmarks=given.landmarks.astype(np.float32),
+                        silhouette=fuse_silhouettes(bank, [h.row for h in hits], weights,
+                                                    given.landmarks),
+                        neighbours=[{"id": h.id, "weight": round(float(w), 6),
+                                     "score": round(h.score, 6)}
+                                    for h, w in zip(hits, weights, strict=True)])
+            except ValueError as exc:
+                raise PipelineError("structure_unavailable", str(exc)) from None
+        size = options.output_size
+        with clock.stage("warp"):
+            src, dst = self._correspondences(parsed, fused, garment)
+            warped = warp_photo(rgb, parsed.mask, src, dst, size, self.TPS_SMOOTHING)
+        with clock.stage("compose"):
+            alpha, sdf = silhouette_alpha(fused.silhouette, size)
+            alpha = refine_alpha(alpha, sdf, warped.mask, self.REFINE_BAND)
+            image = fill_unknown(warped.image, warped.validity, alpha)
+            layer = layer_of(image, alpha)
+            canvas_landmarks = fused.landmarks.copy()
+            fill = get_preset(options.preset).fill
+            if fill is not None:
+                placed = place_garment(image, alpha, size, fill)
+                layer = placed.layer
+                canvas_landmarks = placed.to_canvas(canvas_landmarks, (size, size))
+            canvas = over_background(layer, parse_background(options.background))
+            out_alpha = layer[..., 3].astype(np.float32) / 255.0
+            overlay = draw_overlay(canvas, out_alpha, canvas_landmarks, fused.category)
+        return FlatLayResult(
+            image=canvas, alpha=out_alpha, category=fused.category,
+            landmarks=fused.landmarks, canvas_landmarks=canvas_landmarks,
+            neighbours=fused.neighbours, overlay=overlay, timings=clock.timings)
+
+    def _correspondences(self, parsed, fused, garment: np.ndarray  # noqa: ANN001
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(photo unit square, canvas unit square) point pairs for the warp: the visible
+        parsed landmarks and their fused positions; with too few, the garment's box corners
+        onto the structure's box corners."""
+        vis = parsed.visibility & np.isfinite(parsed.landmarks).all(1)
+        if vis.sum() >= self.MIN_VISIBLE:
+            return parsed.landmarks[vis], fused.landmarks[vis]
+        h, w = garment.shape
+        ys, xs = np.nonzero(garment)
+        photo_box = np.array([[xs.min(), ys.min()], [xs.max(), ys.min()],
+                              [xs.max(), ys.max()], [xs.min(), ys.max()]], np.float64)
+        photo_box = (photo_box + 0.5) / (w, h)
+        sil = fused.silhouette
+        sy, sx = np.nonzero(sil)
+        n = sil.shape[0]
+        canvas_box = (np.array([[sx.min(), sy.min()], [sx.max(), sy.min()],
+                                [sx.max(), sy.max()], [sx.min(), sy.max()]], np.float64)
+                      + 0.5) / n
+        return photo_box, canvas_box
+
+
+class NearestPipeline(FlattenPipeline):
+    """Baseline: as `flatten`, with the single nearest structure instead of SLLE fusion."""
+
+    name = "nearest"
+
+    def fuse(self, bank, query: np.ndarray, category: str):  # noqa: ANN001, ANN201
+        from models.slle import nearest_structure
+
+        return nearest_structure(bank, query, category=category)
+
+
 # name → "module:factory"; imported only when the pipeline is built.
 _REGISTRY: dict[str, str] = {
     "cutout": "models.pipeline:CutoutPipeline",
+    "flatten": "models.pipeline:FlattenPipeline",
+    "nearest": "models.pipeline:NearestPipeline",
 }
 _INSTANCES: dict[str, Pipeline] = {}
 

@@ -133,3 +133,53 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     outside = ndimage.distance_transform_edt(~mask)
     inside = ndimage.distance_transform_edt(mask)
     return (outside - inside).astype(np.float32)
+
+
+@dataclass
+class PhotoWarp:
+    """The photo re-sampled onto the canonical canvas.
+
+    image: (S, S, 3) uint8; mask: (S, S) float32, the photo's garment mask carried along;
+    validity: (S, S) bool, V: where texture is known (inside the photo and on the garment).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    validity: np.ndarray
+
+
+def photo_to_canvas_map(photo_landmarks: np.ndarray, canvas_landmarks: np.ndarray,
+                        photo_shape: tuple[int, int], size: int,
+                        smoothing: float = 1e-3) -> np.ndarray:
+    """Photo pixel coordinates (rows, cols) of every canvas pixel, (2, S, S) float32.
+
+    photo_landmarks: (N, 2) in the photo's unit square; canvas_landmarks: (N, 2) in the
+    canvas's unit square. The spline works in the photo's pixels over its longer side, so a
+    non-square photo is not stretched; `smoothing` lets noisy parsed points pull rather than
+    pin the warp.
+    """
+    h, w = photo_shape
+    side = float(max(h, w))
+    src = np.asarray(photo_landmarks, np.float64) * (w, h) / side
+    coords = backward_map(src, canvas_landmarks, (size, size), smoothing=smoothing)
+    return np.stack([coords[1] * side - 0.5, coords[0] * side - 0.5])
+
+
+def warp_photo(rgb: np.ndarray, mask: np.ndarray, photo_landmarks: np.ndarray,
+               canvas_landmarks: np.ndarray, size: int, smoothing: float = 1e-3) -> PhotoWarp:
+    """Re-sample the full-resolution photo onto a `size`² canvas so that its landmarks land
+    on `canvas_landmarks` (bilinear: sharpness follows the photo, not a model resolution).
+
+    rgb: (H, W, 3) uint8; mask: (H, W) float in [0, 1].
+    """
+    rows, cols = photo_to_canvas_map(photo_landmarks, canvas_landmarks, rgb.shape[:2], size,
+                                     smoothing)
+    h, w = rgb.shape[:2]
+    inside = (rows >= -0.5) & (rows <= h - 0.5) & (cols >= -0.5) & (cols <= w - 0.5)
+    out = np.empty((size, size, 3), np.uint8)
+    for c in range(3):
+        out[..., c] = np.clip(ndimage.map_coordinates(
+            rgb[..., c], [rows, cols], order=1, mode="nearest", prefilter=False), 0, 255)
+    warped_mask = ndimage.map_coordinates(mask.astype(np.float32), [rows, cols], order=1,
+                                          mode="constant", cval=0.0, prefilter=False)
+    return PhotoWarp(out, warped_mask.astype(np.float32), inside & (warped_mask > 0.5))
