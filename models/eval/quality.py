@@ -1,0 +1,472 @@
+"""The output-quality benchmark (`flatlay bench quality`): every pipeline's flat-lay against
+the garment world's ground-truth flat-lay.
+
+For each of the first n seeds of a split, `generate(seed, size=size)` gives a wild photo (its
+JPEG, decoded by `models.io.decode_image` as the service would) and the true flat-lay. Every
+pipeline turns the photo into a `size`² canvas with the `square-white` preset, seed = the
+asset's seed; the retrieval pipelines render in the canonical frame, which is the ground
+truth's frame, so the two canvases compare pixel for pixel. All image metrics are computed at
+EVAL_SIZE² (256²): both canvases are area-downsampled (PIL BOX filter) to it.
+
+Per asset and pipeline (definitions; the functions below are the reference):
+
+- silhouette_iou: the garment alpha (`FlatLayResult.alpha`) area-downsampled to 256² and
+  thresholded at > 0.5, against the true `flat_mask` area-downsampled to 256² and thresholded
+  at > 0.5; |A ∩ B| / |A ∪ B| (1.0 when both are empty).
+- landmark_nme: mean Euclidean distance, in the canvas unit square (no normalisation by the
+  diagonal), between `canvas_landmarks` and `flat_landmarks`, over all landmarks. Computed
+  only where the pipeline's category equals the true category (the schemas differ otherwise):
+  the report gives the mean over those assets and their count, `landmark_nme_n`. None for an
+  asset whose pipeline gives no landmarks. Note that the retrieval benchmark's NME is this
+  divided by √2.
+- category_accuracy: share of successful assets whose category is the true one (no category
+  counts as wrong); None when the pipeline never names a category.
+- ssim_canvas / ssim_garment: `skimage.metrics.structural_similarity` (7×7 window,
+  data_range 255, channel_axis) of the output composited on white vs the true flat-lay, both
+  256² RGB. ssim_canvas is skimage's mean SSIM over the canvas; ssim_garment is the mean of the
+  SSIM map (averaged over channels) inside the true 256² mask.
+- psnr: `peak_signal_noise_ratio` of the same pair over the whole canvas, data_range 255,
+  capped at PSNR_CAP dB (identical images).
+- delta_e: mean CIEDE2000 (`deltaE_ciede2000` on `rgb2lab`) over the pixels of the true
+  256² mask.
+- seconds: wall time of the pipeline call alone (decoded photo in, canvas out).
+
+Aggregates per pipeline: means over the assets the pipeline succeeded on; seconds_p50 and
+seconds_p90 over every call (a failure costs time too); failures counted by `PipelineError`
+code. Other exceptions are bugs and stop the run, naming the pipeline and seed. No
+randomness beyond the seeds, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+EVAL_SIZE = 256
+PSNR_CAP = 100.0
+PRESET = "square-white"
+IMAGE_METRICS = ("silhouette_iou", "ssim_garment", "ssim_canvas", "psnr", "delta_e")
+
+
+class PipelineLoadError(RuntimeError):
+    """A pipeline whose `load()` failed (missing weights, say); the message names it."""
+
+
+# ---- metrics ------------------------------------------------------------------------------
+
+
+def downsample_rgb(rgb: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+    """(H, W, 3) uint8 → (size, size, 3) uint8 by area averaging."""
+    img = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def downsample_mask(mask: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+    """A bool mask or float alpha in [0, 1] → (size, size) bool: area average > 0.5."""
+    img = Image.fromarray(np.asarray(mask, dtype=np.float32), "F")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(img) > 0.5
+
+
+def on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA composited over white → (H, W, 3) uint8."""
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def silhouette_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """|pred ∩ truth| / |pred ∪ truth| of two bool masks of one shape; 1.0 when both empty."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {truth.shape}")
+    union = int((pred | truth).sum())
+    return 1.0 if union == 0 else float((pred & truth).sum() / union)
+
+
+def landmark_nme(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean Euclidean distance between (L, 2) landmark arrays in the unit square."""
+    pred = np.asarray(pred, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    if pred.shape != truth.shape:
+        raise ValueError(f"landmark shapes differ: {pred.shape} vs {truth.shape}")
+    return float(np.linalg.norm(pred - truth, axis=1).mean())
+
+
+def ssim_scores(output: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """(ssim_garment, ssim_canvas) of two (S, S, 3) uint8 images; `mask` the true garment.
+
+    ssim_canvas: skimage's mean SSIM. ssim_garment: the SSIM map, averaged over channels,
+    averaged inside `mask` (NaN when the mask is empty).
+    """
+    from skimage.metrics import structural_similarity
+
+    canvas, full = structural_similarity(truth, output, channel_axis=-1, data_range=255,
+                                         full=True)
+    smap = full.mean(axis=-1)
+    garment = float(smap[mask].mean()) if mask.any() else float("nan")
+    return garment, float(canvas)
+
+
+def psnr(output: np.ndarray, truth: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images (data_range 255), capped at PSNR_CAP."""
+    mse = float(np.mean((output.astype(np.float64) - truth.astype(np.float64)) ** 2))
+    if mse == 0.0:
+        return PSNR_CAP
+    return min(PSNR_CAP, float(10.0 * np.log10(255.0**2 / mse)))
+
+
+def delta_e(output: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Mean CIEDE2000 colour difference inside `mask` (NaN when the mask is empty)."""
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    if not mask.any():
+        return float("nan")
+    d = deltaE_ciede2000(rgb2lab(truth[mask][None]), rgb2lab(output[mask][None]))
+    return float(d.mean())
+
+
+# ---- one asset ----------------------------------------------------------------------------
+
+
+@dataclass
+class Truth:
+    """One garment-world asset: the photo a pipeline gets and the flat-lay it should give."""
+
+    seed: int
+    category: str
+    difficulty: float
+    scene: str
+    photo: np.ndarray  # (size, size, 3) uint8, decoded from the sample's JPEG
+    flat: np.ndarray  # (EVAL_SIZE, EVAL_SIZE, 3) uint8
+    mask: np.ndarray  # (EVAL_SIZE, EVAL_SIZE) bool
+    landmarks: np.ndarray  # (L, 2) float32, canonical unit square
+
+
+def load_truth(seed: int, size: int) -> Truth:
+    from models.garments import generate
+    from models.io import decode_image
+
+    s = generate(int(seed), size=size)
+    photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
+    return Truth(seed=int(seed), category=s.category, difficulty=float(s.difficulty),
+                 scene=str(s.attributes.get("wild", {}).get("scene", "")), photo=photo,
+                 flat=downsample_rgb(s.flat_image), mask=downsample_mask(s.flat_mask),
+                 landmarks=np.asarray(s.flat_landmarks, dtype=np.float32))
+
+
+def score(result: Any, truth: Truth) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics of one FlatLayResult against its truth, and the 256² output on white."""
+    out = downsample_rgb(on_white(result.image))
+    pred_mask = downsample_mask(np.clip(result.alpha, 0.0, 1.0))
+    ssim_g, ssim_c = ssim_scores(out, truth.flat, truth.mask)
+    metrics: dict[str, Any] = {
+        "category": result.category,
+        "category_ok": result.category == truth.category,
+        "silhouette_iou": silhouette_iou(pred_mask, truth.mask),
+        "landmark_nme": None,
+        "ssim_garment": ssim_g,
+        "ssim_canvas": ssim_c,
+        "psnr": psnr(out, truth.flat),
+        "delta_e": delta_e(out, truth.flat, truth.mask),
+    }
+    lm = result.canvas_landmarks
+    if lm is not None and metrics["category_ok"]:
+        lm = np.asarray(lm, dtype=np.float32)
+        if lm.shape == truth.landmarks.shape and np.isfinite(lm).all():
+            metrics["landmark_nme"] = landmark_nme(lm, truth.landmarks)
+        else:
+            metrics["landmark_invalid"] = True
+    return metrics, out
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _round(v: Any, digits: int = 5) -> Any:
+    if isinstance(v, float):
+        return round(v, digits) if np.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _round(x, digits) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_round(x, digits) for x in v]
+    return v
+
+
+def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregates of one pipeline's per-asset records (see the module docstring)."""
+    ok = [r for r in records if "failure" in r and r["failure"] is None]
+    seconds = [r["seconds"] for r in records]
+    named = [r for r in ok if r["category"] is not None]
+    nmes = [r["landmark_nme"] for r in ok if r["landmark_nme"] is not None]
+    out: dict[str, Any] = {
+        "n": len(records),
+        "n_ok": len(ok),
+        "failures": dict(sorted(Counter(r["failure"] for r in records
+                                        if r["failure"] is not None).items())),
+        "category_accuracy": (sum(r["category_ok"] for r in ok) / len(ok)
+                              if named and ok else None),
+        "landmark_nme": _mean(nmes),
+        "landmark_nme_n": len(nmes),
+    }
+    for key in IMAGE_METRICS:
+        out[key] = _mean([r[key] for r in ok])
+    out["landmark_invalid"] = sum(bool(r.get("landmark_invalid")) for r in ok)
+    out["seconds_p50"] = float(np.percentile(seconds, 50)) if seconds else None
+    out["seconds_p90"] = float(np.percentile(seconds, 90)) if seconds else None
+    return out
+
+
+def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str] | None = None,
+                      size: int = 1024, grid_rows: int = 8,
+                      progress: bool = True) -> tuple[dict[str, Any], Image.Image | None]:
+    """Run every pipeline in `pipelines` (default: the registry) on the first n seeds of
+    `split`. Returns the JSON-ready result and the before/after grid (None if grid_rows is 0).
+    Raises ValueError for a bad split, n, size or pipeline name."""
+    from tqdm import tqdm
+
+    from models.garments import GENERATOR_VERSION, SPLITS
+    from models.pipeline import (
+        PipelineError,
+        PipelineOptions,
+        get_pipeline,
+        load_pipelines,
+        pipeline_names,
+    )
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+    start, stop = SPLITS[split]
+    if not 1 <= n <= stop - start:
+        raise ValueError(f"n must be in 1..{stop - start} for split {split}, got {n}")
+    if not 256 <= size <= 2048:
+        raise ValueError(f"size must be within 256–2048, got {size}")
+    if grid_rows < 0:
+        raise ValueError(f"grid rows must be non-negative, got {grid_rows}")
+    names = list(dict.fromkeys(pipelines)) if pipelines else pipeline_names()
+    unknown = [p for p in names if p not in pipeline_names()]
+    if unknown or not names:
+        raise ValueError(f"unknown pipeline(s) {', '.join(unknown) or '(none given)'}; "
+                         f"available: {', '.join(pipeline_names())}")
+
+    load_seconds: dict[str, float] = {}
+    for name in names:
+        try:
+            load_seconds.update(load_pipelines([name]))
+        except Exception as exc:
+            raise PipelineLoadError(f"pipeline {name!r} could not load ({exc}); leave it out "
+                                    "with --pipelines") from exc
+    runners = {name: get_pipeline(name) for name in names}
+    records: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    per_category: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    assets: list[dict[str, Any]] = []
+    grid: list[tuple[Truth, np.ndarray, dict[str, tuple[np.ndarray | None, dict]]]] = []
+    wall = time.perf_counter()
+
+    for seed in tqdm(range(start, start + n), desc=f"quality {split}", unit="asset",
+                     disable=not progress):
+        truth = load_truth(seed, size)
+        options = PipelineOptions(output_size=size, background="#ffffff", preset=PRESET,
+                                  seed=seed)
+        row: dict[str, Any] = {"seed": seed, "category": truth.category,
+                               "difficulty": round(truth.difficulty, 4), "scene": truth.scene,
+                               "pipelines": {}}
+        cells: dict[str, tuple[np.ndarray | None, dict]] = {}
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            try:
+                result = run(truth.photo, options)
+            except PipelineError as exc:
+                rec: dict[str, Any] = {"failure": exc.code,
+                                       "seconds": time.perf_counter() - t0}
+                out = None
+            except Exception as exc:
+                raise RuntimeError(f"pipeline {name!r} crashed on seed {seed} "
+                                   f"(split {split}): {exc!r}") from exc
+            else:
+                seconds = time.perf_counter() - t0
+                metrics, out = score(result, truth)
+                rec = {"failure": None, "seconds": seconds, **metrics}
+            records[name].append(rec)
+            per_category.setdefault(truth.category, {p: [] for p in names})[name].append(rec)
+            row["pipelines"][name] = _round(dict(rec))
+            cells[name] = (out, rec)
+        assets.append(row)
+        if len(grid) < grid_rows:
+            grid.append((truth, downsample_rgb(truth.photo), cells))
+
+    result: dict[str, Any] = {
+        "benchmark": "quality",
+        "split": split,
+        "seeds": [start, start + n - 1],
+        "n": n,
+        "size": size,
+        "eval_size": EVAL_SIZE,
+        "preset": PRESET,
+        "generator_version": GENERATOR_VERSION,
+        "pipelines": {},
+        "per_category": {},
+        "wall_seconds": round(time.perf_counter() - wall, 2),
+        "assets": assets,
+    }
+    for name in names:
+        summary = _summary(records[name])
+        summary["load_seconds"] = load_seconds.get(name)
+        result["pipelines"][name] = _round(summary)
+    for cat in sorted(per_category):
+        result["per_category"][cat] = {}
+        for name in names:
+            s = _summary(per_category[cat][name])
+            result["per_category"][cat][name] = _round(
+                {k: s[k] for k in ("n", "n_ok", "silhouette_iou", "landmark_nme",
+                                   "landmark_nme_n", "category_accuracy")})
+    image = grid_image(grid, names) if grid else None
+    return result, image
+
+
+# ---- for people ---------------------------------------------------------------------------
+
+_TITLE_H = 30
+_CAPTION_H = 34
+_PAD = 4
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def grid_image(rows: list[tuple[Truth, np.ndarray, dict[str, tuple[np.ndarray | None, dict]]]],
+               names: Sequence[str]) -> Image.Image:
+    """Rows of assets; columns: the wild photo, each pipeline's output, the ground truth.
+    Under each output its IoU, garment SSIM and ΔE (or the failure code)."""
+    from models.garments.textures import _font
+
+    title_font = _font("DejaVuSans-Bold.ttf", 15)
+    font = _font("DejaVuSans.ttf", 11)
+    cols = ["wild photo", *names, "ground truth"]
+    cell_w, cell_h = EVAL_SIZE, EVAL_SIZE + _CAPTION_H
+    sheet = Image.new("RGB", (len(cols) * (cell_w + _PAD) + _PAD,
+                              _TITLE_H + len(rows) * (cell_h + _PAD) + _PAD), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for c, title in enumerate(cols):
+        x = _PAD + c * (cell_w + _PAD)
+        draw.text((x + cell_w // 2, _TITLE_H // 2 + 2), title, fill=(20, 20, 20),
+                  font=title_font, anchor="mm")
+    for r, (truth, photo, cells) in enumerate(rows):
+        y = _TITLE_H + r * (cell_h + _PAD)
+        tiles: list[tuple[np.ndarray | None, list[str]]] = [
+            (photo, [f"#{truth.seed} {truth.category}",
+                     f"{truth.scene} · difficulty {truth.difficulty:.2f}"])]
+        for name in names:
+            out, rec = cells[name]
+            if out is None:
+                tiles.append((None, [f"failed: {rec['failure']}", ""]))
+            else:
+                cat = ("" if rec["category_ok"] or rec["category"] is None
+                       else f" · said {rec['category']}")
+                tiles.append((out, [f"IoU {_fmt(rec['silhouette_iou'])} · "
+                                    f"SSIMg {_fmt(rec['ssim_garment'])}",
+                                    f"ΔE {_fmt(rec['delta_e'], 1)} · NME "
+                                    f"{_fmt(rec['landmark_nme'])}{cat}"]))
+        tiles.append((truth.flat, ["", ""]))
+        for c, (img, caption) in enumerate(tiles):
+            x = _PAD + c * (cell_w + _PAD)
+            if img is None:
+                draw.rectangle((x, y, x + cell_w - 1, y + EVAL_SIZE - 1), fill=(225, 225, 225))
+                draw.line((x, y, x + cell_w - 1, y + EVAL_SIZE - 1), fill=(190, 60, 60), width=2)
+            else:
+                sheet.paste(Image.fromarray(img, "RGB"), (x, y))
+            draw.rectangle((x - 1, y - 1, x + cell_w, y + EVAL_SIZE), outline=(200, 200, 200))
+            for i, line in enumerate(caption):
+                draw.text((x + 3, y + EVAL_SIZE + 3 + 15 * i), line, fill=(30, 30, 30), font=font)
+    return sheet
+
+
+_TABLE_COLS = [("n_ok", "ok", 0), ("silhouette_iou", "IoU", 3), ("landmark_nme", "NME", 4),
+               ("landmark_nme_n", "NME n", 0), ("category_accuracy", "cat acc", 3),
+               ("ssim_garment", "SSIM garment", 3), ("ssim_canvas", "SSIM canvas", 3),
+               ("psnr", "PSNR dB", 2), ("delta_e", "ΔE2000", 2),
+               ("seconds_p50", "s p50", 3), ("seconds_p90", "s p90", 3)]
+
+
+def _failures(fails: dict[str, int]) -> str:
+    return ", ".join(f"{k} ×{v}" for k, v in fails.items()) or "—"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The per-pipeline means as a plain-text table."""
+    header = ["pipeline", *[label for _, label, _ in _TABLE_COLS], "failures"]
+    body = []
+    for name, s in result["pipelines"].items():
+        body.append([name, *[_fmt(s[k], d) if d else _fmt(s[k]) for k, _, d in _TABLE_COLS],
+                     _failures(s["failures"])])
+    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
+    lines = [f"quality · split {result['split']} · n {result['n']} · {result['size']} px "
+             f"(metrics at {result['eval_size']} px)",
+             "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+              for row in body]
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict[str, Any], png_name: str | None) -> str:
+    """Per-pipeline means, then IoU / NME per true category."""
+    names = list(result["pipelines"])
+    lines = [f"# quality-{result['split']}", "",
+             f"Split `{result['split']}`, seeds {result['seeds'][0]}–{result['seeds'][1]} "
+             f"(n = {result['n']}), photos and canvases {result['size']} px, `"
+             f"{result['preset']}` preset; image metrics at {result['eval_size']}² "
+             f"(`models/eval/quality.py` defines them). Garment world "
+             f"{result['generator_version']}.", "",
+             "| pipeline | " + " | ".join(label for _, label, _ in _TABLE_COLS)
+             + " | failures |",
+             "|---|" + "---:|" * len(_TABLE_COLS) + "---|"]
+    for name, s in result["pipelines"].items():
+        cells = [_fmt(s[k], d) if d else _fmt(s[k]) for k, _, d in _TABLE_COLS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_failures(s['failures'])} |")
+    lines += ["", "Per true category: silhouette IoU / landmark NME (assets with a landmark "
+              "NME, of those in the category).", "",
+              "| category | n | " + " | ".join(names) + " |",
+              "|---|---:|" + "---|" * len(names)]
+    for cat, per in result["per_category"].items():
+        n = next(iter(per.values()))["n"]
+        cells = [f"{_fmt(p['silhouette_iou'])} / {_fmt(p['landmark_nme'], 4)} "
+                 f"({p['landmark_nme_n']}/{p['n']})" for p in per.values()]
+        lines.append(f"| {cat} | {n} | " + " | ".join(cells) + " |")
+    if png_name:
+        lines += ["", f"![wild photo, each pipeline, ground truth]({png_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict[str, Any], grid: Image.Image | None,
+                 out_dir: str | Path) -> dict[str, Path]:
+    """quality-{split}.json, .md and (with a grid) .png under out_dir; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"quality-{result['split']}"
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
+    if grid is not None:
+        paths["png"] = out / f"{stem}.png"
+        grid.save(paths["png"], optimize=True)
+    paths["json"].write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    paths["md"].write_text(format_markdown(result, paths["png"].name if grid else None))
+    return paths

@@ -1,0 +1,211 @@
+"""`flatlay bench quality`: the metrics on hand-made cases, the command end to end, and its
+refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import models.pipeline as pipeline_module
+from cli import main
+from models.eval.quality import (
+    EVAL_SIZE,
+    PSNR_CAP,
+    benchmark_quality,
+    delta_e,
+    downsample_mask,
+    landmark_nme,
+    on_white,
+    psnr,
+    silhouette_iou,
+    ssim_scores,
+    write_report,
+)
+from models.pipeline import CutoutPipeline, FlatLayResult, PipelineError, PipelineOptions
+
+
+class OddSeedsFail(CutoutPipeline):
+    """The cutout baseline, refusing photos whose seed (options.seed) is odd."""
+
+    name = "test-odd-fail"
+
+    def __call__(self, rgb: np.ndarray, options: PipelineOptions,
+                 progress: object = None) -> FlatLayResult:
+        if options.seed is not None and options.seed % 2:
+            raise PipelineError("odd_seed", "odd seeds are refused")
+        return super().__call__(rgb, options)
+
+
+class WontLoad(CutoutPipeline):
+    name = "test-wont-load"
+
+    def load(self) -> None:
+        raise FileNotFoundError("no weights here")
+
+
+@pytest.fixture
+def test_pipelines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the two pipelines above for one test (a private copy of the registry)."""
+    registry = dict(pipeline_module._REGISTRY)
+    registry["test-odd-fail"] = f"{__name__}:OddSeedsFail"
+    registry["test-wont-load"] = f"{__name__}:WontLoad"
+    monkeypatch.setattr(pipeline_module, "_REGISTRY", registry)
+    monkeypatch.setattr(pipeline_module, "_INSTANCES", {})
+
+
+# ---- metrics ------------------------------------------------------------------------------
+
+
+def _image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+
+def _square(x0: int, y0: int, side: int = 20, size: int = EVAL_SIZE) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[y0:y0 + side, x0:x0 + side] = True
+    return mask
+
+
+def test_identical_images_score_perfectly() -> None:
+    img = _image()
+    mask = np.zeros(img.shape[:2], bool)
+    mask[10:50, 20:40] = True
+    garment, canvas = ssim_scores(img, img.copy(), mask)
+    assert garment == pytest.approx(1.0) and canvas == pytest.approx(1.0)
+    assert psnr(img, img.copy()) == PSNR_CAP
+    assert delta_e(img, img.copy(), mask) == pytest.approx(0.0, abs=1e-9)
+    assert silhouette_iou(mask, mask.copy()) == 1.0
+    pts = np.random.default_rng(1).random((23, 2)).astype(np.float32)
+    assert landmark_nme(pts, pts.copy()) == 0.0
+
+
+def test_iou_of_a_shifted_square() -> None:
+    # 20×20 squares, one shifted 5 px right: overlap 15×20 = 300, union 400 + 400 − 300 = 500.
+    assert silhouette_iou(_square(100, 100), _square(105, 100)) == pytest.approx(300 / 500)
+    # Shifted 5 px right and 5 down: overlap 15×15 = 225, union 800 − 225 = 575.
+    assert silhouette_iou(_square(100, 100), _square(105, 105)) == pytest.approx(225 / 575)
+    assert silhouette_iou(_square(0, 0), _square(50, 50)) == 0.0
+    empty = np.zeros((8, 8), bool)
+    assert silhouette_iou(empty, empty) == 1.0
+
+
+def test_nme_is_the_mean_unit_square_distance() -> None:
+    truth = np.array([[0.5, 0.5], [0.2, 0.3], [0.8, 0.9]], np.float32)
+    pred = truth + np.array([[0.03, 0.04], [0.0, 0.0], [-0.06, 0.08]], np.float32)
+    assert landmark_nme(pred, truth) == pytest.approx((0.05 + 0.0 + 0.1) / 3, abs=1e-6)
+    with pytest.raises(ValueError):
+        landmark_nme(pred[:2], truth)
+
+
+def test_delta_e_and_ssim_garment_look_inside_the_mask_only() -> None:
+    truth = np.full((64, 64, 3), 200, np.uint8)
+    out = truth.copy()
+    out[:, 40:] = (0, 0, 255)  # wrong colour, but only right of the garment
+    mask = np.zeros((64, 64), bool)
+    mask[10:50, 5:25] = True  # more than a 7-px window away from the change
+    assert delta_e(out, truth, mask) == pytest.approx(0.0, abs=1e-9)
+    garment, canvas = ssim_scores(out, truth, mask)
+    assert garment == pytest.approx(1.0) and canvas < 0.9
+    out[20, 10] = (255, 0, 0)
+    assert delta_e(out, truth, mask) > 0
+
+
+def test_alpha_and_composite_at_the_eval_size() -> None:
+    alpha = np.zeros((1024, 1024), np.float32)
+    alpha[:512, :] = 1.0  # top half: exactly half of the pixels after area averaging
+    alpha[512:516, :] = 1.0  # one more 256² row covered
+    small = downsample_mask(alpha)
+    assert small.shape == (EVAL_SIZE, EVAL_SIZE)
+    assert small[:129].all() and not small[129:].any()
+    half = np.full((4, 4), 0.5, np.float32)
+    assert not downsample_mask(half, size=4).any()  # > 0.5, strictly
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (10, 20, 30, 255)
+    assert on_white(rgba)[0, 0].tolist() == [10, 20, 30]
+    assert on_white(rgba)[1, 1].tolist() == [255, 255, 255]
+
+
+# ---- the run ------------------------------------------------------------------------------
+
+
+def test_failures_are_counted_and_the_run_is_deterministic(test_pipelines: None,
+                                                          tmp_path: Path) -> None:
+    runs = [benchmark_quality("test", 2, ["cutout", "test-odd-fail"], size=256, grid_rows=2,
+                              progress=False) for _ in range(2)]
+    result, grid = runs[0]
+    fail = result["pipelines"]["test-odd-fail"]
+    assert fail["n"] == 2 and fail["n_ok"] == 1 and fail["failures"] == {"odd_seed": 1}
+    assert result["pipelines"]["cutout"]["n_ok"] == 2
+    # Seed 1_100_000 (even) went through both: the same cutout, the same scores.
+    first = result["assets"][0]["pipelines"]
+    assert first["test-odd-fail"]["silhouette_iou"] == first["cutout"]["silhouette_iou"]
+    assert result["assets"][1]["pipelines"]["test-odd-fail"]["failure"] == "odd_seed"
+
+    def scores(r: dict) -> list:
+        return [{p: {k: v for k, v in m.items() if k != "seconds"}
+                 for p, m in a["pipelines"].items()} for a in r["assets"]]
+
+    assert scores(runs[0][0]) == scores(runs[1][0])
+    assert grid is not None and grid.width > 4 * EVAL_SIZE  # photo, 2 pipelines, truth
+    paths = write_report(result, grid, tmp_path)
+    assert "odd_seed ×1" in paths["md"].read_text()
+
+
+def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    code = main(["bench", "quality", "--split", "test", "--n", "2", "--pipelines", "cutout",
+                 "--size", "256", "--grid-rows", "2", "--out-dir", str(out), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "quality-test.json").read_text())
+    assert printed["pipelines"] == saved["pipelines"]
+    cutout = saved["pipelines"]["cutout"]
+    assert cutout["n"] == 2 and cutout["failures"] == {}
+    assert 0.0 <= cutout["silhouette_iou"] <= 1.0 and cutout["seconds_p50"] > 0
+    assert [a["seed"] for a in saved["assets"]] == [1_100_000, 1_100_001]
+    assert set(saved["per_category"]) == {a["category"] for a in saved["assets"]}
+    md = (out / "quality-test.md").read_text()
+    assert "| cutout |" in md and "quality-test.png" in md
+    with Image.open(out / "quality-test.png") as grid:
+        assert grid.width > 3 * EVAL_SIZE and grid.height > 2 * EVAL_SIZE
+
+
+def test_heldout_shorthand_and_no_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "quality", "--heldout", "--n", "1", "--pipelines", "cutout",
+                 "--size", "256", "--grid-rows", "0", "--out-dir", str(tmp_path)])
+    assert code == 0
+    assert "cutout" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "quality-heldout.json").read_text())
+    assert saved["seeds"] == [1_200_000, 1_200_000]
+    assert not (tmp_path / "quality-heldout.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "--n must be in"),
+    (["--pipelines", "cutout,nope"], "unknown pipeline(s) nope"),
+    (["--pipelines", ","], "unknown pipeline(s) (none given)"),
+    (["--split", "dev"], "unknown split 'dev'"),
+    (["--split", "val", "--heldout"], "--heldout contradicts --split val"),
+    (["--size", "100"], "--size must be within"),
+    (["--grid-rows", "-1"], "--grid-rows must be non-negative"),
+])
+def test_bad_arguments_exit_2(argv: list[str], message: str, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "quality", "--out-dir", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_pipeline_that_cannot_load_exits_2(test_pipelines: None, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "quality", "--n", "1", "--size", "256", "--out-dir", str(tmp_path),
+                 "--pipelines", "cutout,test-wont-load"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'test-wont-load' could not load" in err and "no weights here" in err
+    assert not any(tmp_path.iterdir())
