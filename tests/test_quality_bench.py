@@ -96,7 +96,7 @@ def test_iou_of_a_shifted_square() -> None:
 def test_nme_is_the_mean_unit_square_distance() -> None:
     truth = np.array([[0.5, 0.5], [0.2, 0.3], [0.8, 0.9]], np.float32)
     pred = truth + np.array([[0.03, 0.04], [0.0, 0.0], [-0.06, 0.08]], np.float32)
-    assert landmark_nme(pred, truth) == pytest.approx((0.05 + 0.0 + 0.1) / 3, abs=1e-6)
+    assert landmark_nme(pred, truth) == pytest.approx((0.05 + 0.0 + 0.1) / 3 / np.sqrt(2), abs=1e-6)
     with pytest.raises(ValueError):
         landmark_nme(pred[:2], truth)
 

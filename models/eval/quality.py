@@ -13,12 +13,12 @@ Per asset and pipeline (definitions; the functions below are the reference):
 - silhouette_iou: the garment alpha (`FlatLayResult.alpha`) area-downsampled to 256² and
   thresholded at > 0.5, against the true `flat_mask` area-downsampled to 256² and thresholded
   at > 0.5; |A ∩ B| / |A ∪ B| (1.0 when both are empty).
-- landmark_nme: mean Euclidean distance, in the canvas unit square (no normalisation by the
-  diagonal), between `canvas_landmarks` and `flat_landmarks`, over all landmarks. Computed
+- landmark_nme: mean Euclidean distance between `canvas_landmarks` and `flat_landmarks` over
+  all landmarks, divided by the canvas diagonal (√2 in the unit square), as in the retrieval
+  benchmark. Computed
   only where the pipeline's category equals the true category (the schemas differ otherwise):
   the report gives the mean over those assets and their count, `landmark_nme_n`. None for an
-  asset whose pipeline gives no landmarks. Note that the retrieval benchmark's NME is this
-  divided by √2.
+  asset whose pipeline gives no landmarks.
 - category_accuracy: share of successful assets whose category is the true one (no category
   counts as wrong); None when the pipeline never names a category.
 - ssim_canvas / ssim_garment: `skimage.metrics.structural_similarity` (7×7 window,
@@ -95,12 +95,13 @@ def silhouette_iou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def landmark_nme(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Mean Euclidean distance between (L, 2) landmark arrays in the unit square."""
+    """Mean Euclidean distance between (L, 2) landmark arrays in the unit square, over the
+    square's diagonal."""
     pred = np.asarray(pred, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     if pred.shape != truth.shape:
         raise ValueError(f"landmark shapes differ: {pred.shape} vs {truth.shape}")
-    return float(np.linalg.norm(pred - truth, axis=1).mean())
+    return float(np.linalg.norm(pred - truth, axis=1).mean() / np.sqrt(2.0))
 
 
 def ssim_scores(output: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
