@@ -463,35 +463,90 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from models.compose import parse_background
-    from models.pipeline import pipeline_names
-    from service.settings import get_settings
-    from workers.local import find_photos, generate
+# The option each field of `POST /assets` is given by in `flatlay generate`.
+_GENERATE_FLAGS = {"pipeline": "--pipeline", "preset": "--preset", "output_size": "--size",
+                   "background": "--background", "format": "--format", "seed": "--seed"}
 
-    if args.pipeline not in pipeline_names():
-        raise CLIError(f"unknown pipeline {args.pipeline!r}; available: "
-                       f"{', '.join(pipeline_names())}")
-    if not 256 <= args.output_size <= 2048:
-        raise CLIError(f"--output-size must be within 256–2048, got {args.output_size}")
+
+def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[str, dict]:
+    """The pipeline and job options of `flatlay generate`, by the service's own rules
+    (service.options: the preset's defaults, then what was given); CLIError otherwise."""
+    import json
+
+    from workers.local import SUFFIX_FORMATS
+
+    fmt = args.format
+    if out_file is not None:
+        wanted = SUFFIX_FORMATS[out_file.suffix.lower()]
+        if fmt is not None and fmt != wanted:
+            raise CLIError(f"--format {fmt} does not match the output file {out_file} "
+                           f"({wanted})")
+        fmt = wanted
+    structure = None
+    if args.structure is not None:
+        try:
+            structure = json.loads(args.structure.read_text())
+        except OSError as exc:
+            raise CLIError(f"--structure: cannot read {args.structure}: "
+                           f"{exc.strerror or exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise CLIError(f"--structure {args.structure} is not valid JSON: {exc}") from None
+
+    from service.errors import ApiError
+    from service.options import given_options, resolve_options
+
     try:
-        transparent = parse_background(args.background) is None
-    except ValueError as exc:
-        raise CLIError(f"--background: {exc}") from None
-    if transparent and args.format == "jpeg":
-        raise CLIError("JPEG has no alpha channel: use --format png or webp for a transparent "
-                       "background")
+        return resolve_options(args.pipeline, given_options(
+            preset=args.preset, output_size=args.output_size, background=args.background,
+            format=fmt, seed=args.seed, structure=structure), "cutout")
+    except ApiError as exc:
+        field = exc.field or ""
+        if field.startswith("structure"):
+            where = field.removeprefix("structure").lstrip(".") or "structure"
+            raise CLIError(f"--structure {args.structure}: {where}: {exc.message}") from None
+        flag = _GENERATE_FLAGS.get(field, field)
+        message = exc.message if exc.message.startswith(flag) else f"{flag}: {exc.message}"
+        raise CLIError(message) from None
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from service.settings import get_settings
+    from workers.local import SUFFIX_FORMATS, failed_checks, find_photos, generate
+
+    if args.output_size is not None and not 256 <= args.output_size <= 2048:
+        raise CLIError(f"--size must be within 256–2048, got {args.output_size}")
+    if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
+        raise CLIError(f"--seed must be within 0–{2**32 - 1}, got {args.seed}")
     try:
         photos = find_photos(args.inputs)
     except FileNotFoundError as exc:
         raise CLIError(f"no such file or folder: {exc}") from None
     if not photos:
         raise CLIError("no JPEG, PNG or WebP photos in the given inputs")
-    options = {"output_size": args.output_size, "background": args.background,
-               "format": args.format, "seed": args.seed}
-    run = generate(photos, args.out, args.pipeline, options, get_settings())
-    print(f"{len(run.written)} flat-lay(s) in {args.out}"
+    out = args.out or Path("flatlays")
+    # `-o shirt.png` names the output file of one photo; anything else is a folder.
+    out_file = out if out.suffix.lower() in SUFFIX_FORMATS and not out.is_dir() else None
+    if out_file is not None and (len(photos) != 1 or args.inputs[0].is_dir()):
+        raise CLIError(f"-o {out} names one file, but the inputs hold {len(photos)} photo(s) "
+                       "or a folder: give -o a folder")
+    if out_file is None and out.exists() and not out.is_dir():
+        raise CLIError(f"-o {out} exists and is not a folder")
+    if args.side_outputs is not None and args.side_outputs.exists() \
+            and not args.side_outputs.is_dir():
+        raise CLIError(f"--side-outputs {args.side_outputs} exists and is not a folder")
+    pipeline, options = _generate_options(args, out_file)
+
+    run = generate(photos, out, pipeline, options, get_settings(), out_file=out_file,
+                   side_dir=args.side_outputs, show_progress=not args.quiet)
+    where = out_file if out_file is not None else out
+    passed = len(run.compliance) - len(run.compliance_failed)
+    print(f"{len(run.written)} flat-lay(s) in {where}"
           + (f"; {len(run.failed)} photo(s) failed" if run.failed else ""))
+    if run.compliance:
+        print(f"{options['preset']} compliance: {passed} passed, {len(run.compliance_failed)} "
+              "failed (each flat-lay's checks are in its <stem>.compliance.json)")
+    for path in run.compliance_failed:
+        print(f"  {path}: {failed_checks(run.compliance[path])}")
     return 1 if run.failed else 0
 
 
@@ -502,16 +557,35 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
-        "generate", help="turn local photos into flat-lays, no service (a progress bar)"
+        "generate", help="turn local photos into flat-lays, no service (a progress bar)",
+        description="Each photo gives its flat-lay, the pipeline's side outputs "
+        "(<stem>.mask.png, .landmarks.json, .neighbours.json, .overlay.png: those the "
+        "pipeline produces) and its preset compliance check (<stem>.compliance.json), "
+        "beside the flat-lay or in --side-outputs. Exit status 1 if a photo failed, 2 for a "
+        "usage error (nothing is written then).",
     )
     p.add_argument("inputs", nargs="+", type=Path, help="photos, or folders of photos")
-    p.add_argument("-o", "--out", type=Path, default=Path("flatlays"),
-                   help="output folder (default ./flatlays)")
+    p.add_argument("-o", "--out", type=Path, default=None,
+                   help="output folder (default ./flatlays), or for one photo the output "
+                   "file (its suffix picks the format)")
     p.add_argument("--pipeline", default="cutout", help="pipeline name (default cutout)")
-    p.add_argument("--output-size", type=int, default=1024, help="canvas side, 256–2048")
-    p.add_argument("--background", default="#ffffff", help="'transparent' or #rrggbb")
-    p.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
+    p.add_argument("--preset", default=None,
+                   help="output preset: square-white (default), amazon-main, transparent; "
+                   "gives the defaults of size, background and format")
+    p.add_argument("--size", "--output-size", dest="output_size", type=int, default=None,
+                   help="canvas side, 256–2048 (default: the preset's)")
+    p.add_argument("--background", default=None,
+                   help="'transparent' or #rrggbb (default: the preset's)")
+    p.add_argument("--format", choices=["png", "jpeg", "webp"], default=None,
+                   help="default: -o's suffix, else the preset's")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--structure", type=Path, default=None, metavar="FILE.json",
+                   help='lay the garment out in this structure ({"category", "landmarks"}, '
+                   "e.g. an earlier <stem>.landmarks.json) instead of the retrieved one")
+    p.add_argument("--side-outputs", type=Path, default=None, metavar="DIR",
+                   help="write side outputs and compliance files here (default: beside "
+                   "each flat-lay)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_generate)
 
 

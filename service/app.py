@@ -15,7 +15,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from models.io import ImageLimits, IngestError, validate_image
-from models.pipeline import pipeline_names
+from models.pipeline import SIDE_OUTPUTS, pipeline_names
+from models.presets import DEFAULT_PRESET, PRESETS
 from service.auth import Principal
 from service.batches import router as batches_router
 from service.context import ServiceContext, register_extra_pipelines
@@ -29,9 +30,13 @@ from service.options import (
     FormatForm,
     OutputSizeForm,
     PipelineForm,
+    PresetForm,
     SeedForm,
+    StructureForm,
+    given_options,
     resolve_options,
 )
+from service.outputs import job_blob_keys, result_ext, side_output_url
 from service.queue import ping_broker
 from service.ratelimit import limited_key
 from service.reconciler import reconcile_forever
@@ -45,6 +50,8 @@ from service.schemas import (
     InputInfo,
     JobError,
     PipelineList,
+    PresetInfo,
+    PresetList,
     Progress,
     Readiness,
     WebhookDelivery,
@@ -79,6 +86,9 @@ def _status_of(job: JobView) -> AssetStatus:
         attempts=job.attempts,
         batch_id=job.batch_id,
         sku=job.sku,
+        side_outputs=({name: side_output_url(job.id, name) for name in job.side_outputs}
+                      if job.status == "succeeded" and job.side_outputs else {}),
+        compliance=job.compliance if job.status == "succeeded" else None,
         expired_at=job.expired_at,
         created_at=job.created_at,
         started_at=job.started_at,
@@ -151,8 +161,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Turns in-the-wild garment photos into standardized flat-lay catalog "
         "images. Send a photo to `POST /assets`, poll `GET /assets/{id}`, download "
-        "`GET /assets/{id}/result`. Every error body is `{\"error\": {\"code\", \"message\", "
-        "\"field\"?}}`; the codes are listed per route.",
+        "`GET /assets/{id}/result` and its side outputs `GET /assets/{id}/outputs/{name}` "
+        "(mask, landmarks, neighbours, overlay: those the pipeline produced). A preset "
+        "(`GET /presets`) gives the defaults of size, background and format; every result "
+        "is checked against its preset (`compliance` in the status). Every error body is "
+        "`{\"error\": {\"code\", \"message\", \"field\"?}}`; the codes are listed per route.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -169,9 +182,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status_code=202,
         response_model=AssetCreated,
         summary="Submit one garment photo",
+        description="Options not given come from the preset (`preset`, default "
+        f"`{DEFAULT_PRESET}`; see `GET /presets`). A format or size that the preset does "
+        "not allow is accepted: the job succeeds and its `compliance` check fails. "
+        "`structure` (JSON text) lays the garment out in a given structure instead of a "
+        "retrieved one; an invalid one answers 422 `invalid_structure` with `field` naming "
+        "the point (e.g. `structure.landmarks[3]`). Options are stored with the job, so a "
+        "retry reproduces it.",
         responses=error_responses(
             "unauthorized",
             "validation_error",
+            "invalid_structure",
             "unknown_pipeline",
             "empty_file",
             "corrupt_image",
@@ -190,15 +211,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         file: Annotated[UploadFile, File(description="JPEG, PNG or WebP photo")],
         idempotency_key: IdempotencyKey = None,
         pipeline: PipelineForm = None,
-        output_size: OutputSizeForm = 1024,
-        background: BackgroundForm = "#ffffff",
-        format: FormatForm = "png",
+        preset: PresetForm = None,
+        output_size: OutputSizeForm = None,
+        background: BackgroundForm = None,
+        format: FormatForm = None,
         seed: SeedForm = None,
+        structure: StructureForm = None,
         webhook_url: Annotated[str | None, Form(description="receives asset.succeeded and "
                                                 "asset.failed (default: the key's)")] = None,
     ) -> AssetCreated:
-        pipeline, options = resolve_options(pipeline, output_size, background, format, seed,
-                                            settings.default_pipeline)
+        pipeline, options = resolve_options(
+            pipeline, given_options(preset=preset, output_size=output_size,
+                                    background=background, format=format, seed=seed,
+                                    structure=structure),
+            settings.default_pipeline)
         hook = _webhook_target(webhook_url, key, settings)
         data = _read_upload(file, settings.max_upload_bytes)
         idem = None
@@ -267,15 +293,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/assets/{asset_id}",
         status_code=204,
         response_class=Response,
-        summary="Delete an asset: cancel it if it is active, remove its input and result",
+        summary="Delete an asset: cancel it if it is active, remove its input, result and "
+        "side outputs",
         responses=error_responses("unauthorized", "asset_not_found", "rate_limited"),
     )
     def delete_asset(asset_id: str, ctx: Ctx, key: Key) -> Response:
         job = _job_or_404(ctx, key, asset_id)
         ctx.store.cancel(job.id)
-        for blob in (job.input_blob, job.result_blob):
-            if blob:
-                ctx.blobs.delete(blob)
+        for blob in job_blob_keys(job):
+            ctx.blobs.delete(blob)
         ctx.store.delete_job(job.id)
         log.info("asset deleted", extra={"job_id": job.id})
         return Response(status_code=204)
@@ -294,6 +320,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     def get_result(asset_id: str, ctx: Ctx, key: Key) -> Response:
         job = _job_or_404(ctx, key, asset_id)
+        if (refusal := _not_deliverable(job)) is not None:
+            return refusal
+        data = ctx.blobs.get(job.result_blob)  # type: ignore[arg-type]
+        ext = result_ext(job.options["format"])
+        return Response(
+            content=data,
+            media_type=job.result_content_type,
+            headers={"Content-Disposition": f'inline; filename="{job.id}.{ext}"'},
+        )
+
+    def _not_deliverable(job: JobView) -> Response | None:
+        """The error answer for outputs of a job that has none to give (yet, or any more)."""
         if job.status in ("queued", "running"):
             return error_response(
                 "asset_not_ready",
@@ -310,12 +348,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return error_response(
                 "asset_expired", f"asset {job.id}'s result was removed at "
                 f"{job.expired_at.isoformat()} (retention {settings.result_retention_s:g} s)")
-        data = ctx.blobs.get(job.result_blob)  # type: ignore[arg-type]
-        ext = job.options["format"].replace("jpeg", "jpg")
+        return None
+
+    def _unknown_output(job: JobView, name: str) -> Response:
+        if job.status == "succeeded":
+            have = ", ".join(sorted(job.side_outputs or {})) or "none"
+            listed = f"this asset has: {have}"
+        else:
+            listed = f"side outputs are {', '.join(SIDE_OUTPUTS)} (those the pipeline gives)"
+        return error_response("unknown_output",
+                              f"asset {job.id} has no side output {name[:64]!r}; {listed}",
+                              "name")
+
+    @app.get(
+        "/assets/{asset_id}/outputs/{name}",
+        summary="A side output of a finished asset: mask, landmarks, neighbours or overlay",
+        description="Side outputs explain a result: `mask` (PNG, the garment's alpha on the "
+        "canvas), `landmarks` (JSON: category, canonical landmarks, their names and the "
+        "canvas landmarks; send it back as `structure` to reproduce or edit the layout), "
+        "`neighbours` (JSON: retrieved bank entries and their SLLE weights), `overlay` (PNG, "
+        "the structure drawn over the result). A pipeline gives those it can; the asset's "
+        "status lists them under `side_outputs`.",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}, "application/json": {}},
+                  "description": "the side output"},
+            **error_responses("unauthorized", "asset_not_found", "unknown_output",
+                              "asset_not_ready", "asset_failed", "asset_canceled",
+                              "asset_expired", "rate_limited"),
+        },
+    )
+    def get_output(asset_id: str, name: str, ctx: Ctx, key: Key) -> Response:
+        job = _job_or_404(ctx, key, asset_id)
+        if name not in SIDE_OUTPUTS:
+            return _unknown_output(job, name)
+        if (refusal := _not_deliverable(job)) is not None:
+            return refusal
+        available = job.side_outputs or {}
+        if name not in available:
+            return _unknown_output(job, name)
+        try:
+            data = ctx.blobs.get(available[name])
+        except KeyError:  # removed under us (deleted or expired a moment ago)
+            return error_response("asset_expired", f"asset {job.id}'s {name} was removed")
+        ext, content_type = SIDE_OUTPUTS[name]
         return Response(
-            content=data,
-            media_type=job.result_content_type,
-            headers={"Content-Disposition": f'inline; filename="{job.id}.{ext}"'},
+            content=data, media_type=content_type,
+            headers={"Content-Disposition": f'inline; filename="{job.id}.{name}.{ext}"'},
         )
 
     @app.get(
@@ -350,6 +429,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              dependencies=[Depends(limited_key)])
     def list_pipelines() -> PipelineList:
         return PipelineList(default=settings.default_pipeline, pipelines=pipeline_names())
+
+    @app.get("/presets", response_model=PresetList,
+             summary="Output presets: default size, background and formats, and what the "
+             "compliance check holds a result to",
+             responses=error_responses("unauthorized", "rate_limited"),
+             dependencies=[Depends(limited_key)])
+    def list_presets() -> PresetList:
+        return PresetList(default=DEFAULT_PRESET, presets=[
+            PresetInfo(name=p.name, size=p.size, background=p.background,
+                       formats=list(p.formats), min_fill=p.min_fill,
+                       description=p.description)
+            for p in PRESETS.values()])
 
     @app.get("/", include_in_schema=False)
     def web_page() -> FileResponse:

@@ -35,7 +35,10 @@ from service.options import (
     FormatForm,
     OutputSizeForm,
     PipelineForm,
+    PresetForm,
     SeedForm,
+    StructureForm,
+    given_options,
     override_options,
     resolve_options,
 )
@@ -235,8 +238,8 @@ def _manifest_rows(data: bytes, filename: str, max_items: int) -> list[Any]:
             reader = csv.DictReader(io.StringIO(text, newline=""))
             if not reader.fieldnames or not {"sku", "image_url"} <= set(reader.fieldnames):
                 raise invalid("a CSV manifest needs a header with the columns sku and "
-                              "image_url (options: pipeline, output_size, background, "
-                              "format, seed)")
+                              "image_url (options: pipeline, preset, output_size, "
+                              "background, format, seed, structure)")
             rows = []
             for row in reader:
                 opts = {k: v for k, v in row.items()
@@ -255,7 +258,9 @@ def _manifest_rows(data: bytes, filename: str, max_items: int) -> list[Any]:
 
 
 def unpack_manifest(data: bytes, filename: str, max_items: int, allow: AllowList,
-                    pipeline: str, options: dict[str, Any], default_pipeline: str) -> Unpacked:
+                    pipeline: str, given: dict[str, Any], default_pipeline: str) -> Unpacked:
+    """The manifest's rows; `given` is what the batch's own fields gave (an item's options
+    override them, then its preset's defaults apply)."""
     out = Unpacked(sku_from_name=False)
     for i, row in enumerate(_manifest_rows(data, filename, max_items), start=1):
         name = f"row {i}"
@@ -277,7 +282,7 @@ def unpack_manifest(data: bytes, filename: str, max_items: int, allow: AllowList
         try:
             host, _ = check_url(url)
             _refuse_private_literal(host, allow)
-            item_pipeline, item_options = override_options(pipeline, options,
+            item_pipeline, item_options = override_options(pipeline, given,
                                                            row.get("options"), default_pipeline)
         except FetchError as exc:
             out.reject(name, exc.code, exc.message, sku)
@@ -436,12 +441,13 @@ def _digest(f: IO[bytes]) -> bytes:
     summary="Submit many photos: files, one ZIP, or a manifest of SKU + image URL",
     description="Give exactly one of `files` (repeat the field), `archive` (a ZIP) or "
     "`manifest` (JSON: a list of `{sku, image_url, options}`, or CSV with the columns sku, "
-    "image_url and optionally pipeline, output_size, background, format, seed). The batch's "
-    "options apply to every item; a manifest item's own options override them. Members that "
-    "cannot be taken are listed in `rejected` with a code; the rest go on.",
+    "image_url and optionally pipeline, preset, output_size, background, format, seed, "
+    "structure). The batch's options apply to every item; a manifest item's own options "
+    "override them, then the item's preset gives the defaults of what neither sets. Members "
+    "that cannot be taken are listed in `rejected` with a code; the rest go on.",
     responses=error_responses("unauthorized", "validation_error", "unknown_pipeline",
-                              "corrupt_archive", "invalid_manifest", "batch_too_large",
-                              "idempotency_key_reused", "rate_limited"),
+                              "invalid_structure", "corrupt_archive", "invalid_manifest",
+                              "batch_too_large", "idempotency_key_reused", "rate_limited"),
 )
 def create_batch(
     ctx: Ctx,
@@ -452,10 +458,12 @@ def create_batch(
     manifest: Annotated[UploadFile | None, File(description="JSON or CSV manifest")] = None,
     idempotency_key: IdempotencyKey = None,
     pipeline: PipelineForm = None,
-    output_size: OutputSizeForm = 1024,
-    background: BackgroundForm = "#ffffff",
-    format: FormatForm = "png",
+    preset: PresetForm = None,
+    output_size: OutputSizeForm = None,
+    background: BackgroundForm = None,
+    format: FormatForm = None,
     seed: SeedForm = None,
+    structure: StructureForm = None,
     webhook_url: Annotated[str | None, Form(description="receives asset.succeeded, "
                                             "asset.failed and batch.completed")] = None,
 ) -> BatchCreated:
@@ -465,8 +473,9 @@ def create_batch(
         raise ApiError("validation_error", "give exactly one of files, archive or manifest",
                        given[1] if len(given) > 1 else "files")
     source = given[0]
-    pipeline, options = resolve_options(pipeline, output_size, background, format, seed,
-                                        s.default_pipeline)
+    given = given_options(preset=preset, output_size=output_size, background=background,
+                          format=format, seed=seed, structure=structure)
+    pipeline, options = resolve_options(pipeline, given, s.default_pipeline)
     try:
         webhook_url = webhook_target(webhook_url, key.webhook_url, key.key_id, s)
     except ValueError as exc:
@@ -500,7 +509,7 @@ def create_batch(
     else:
         unpacked = unpack_manifest(uploads[0].file.read(), uploads[0].filename or "",
                                    s.batch_max_items, AllowList.parse(s.fetch_allow_hosts),
-                                   pipeline, options, s.default_pipeline)
+                                   pipeline, given, s.default_pipeline)
 
     batch_id = new_job_id()
     jobs, blobs = [], []

@@ -48,8 +48,15 @@ class LocalBlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        for _ in range(3):  # a delete may prune the folder between mkdir and mkstemp
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise OSError(f"could not create a file in {path.parent}")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -70,7 +77,16 @@ class LocalBlobStore:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Folders left empty (a job's outputs-a1/) go too, up to the root.
+        for folder in path.parents:
+            if folder == self.root or self.root not in folder.parents:
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone): stop here
+                break
 
     def ping(self) -> None:
         if not os.access(self.root, os.W_OK):

@@ -26,6 +26,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "structure_not_found": (404, "no structure request with this id"),
     "invalid_structure": (422, "the structure is not a valid garment; `field` names the point"),
     "admin_required": (403, "the route needs a key of an admin tenant"),
+    "unknown_output": (404, "the asset has no side output of this name; the message lists "
+                       "those it has"),
     "asset_not_ready": (409, "the asset is still queued or running"),
     "asset_failed": (409, "the asset failed; its status holds the reason"),
     "asset_canceled": (409, "the asset was canceled"),

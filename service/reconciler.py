@@ -7,7 +7,8 @@ killed; Redis redelivers only after its visibility timeout). So, periodically:
   it has used up its attempts;
 - a job `queued` whose last send is old is sent again. Duplicates are harmless: a worker
   takes a job only by the conditional queued → running update;
-- a finished job past the retention period loses its blobs (the row stays, `expired_at`).
+- a finished job past the retention period loses its blobs, side outputs included (the row
+  stays, `expired_at`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from service.context import ServiceContext
+from service.outputs import job_blob_keys
 from service.webhooks import complete_batch, job_ended
 
 log = logging.getLogger("flatlay.reconciler")
@@ -59,9 +61,8 @@ def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
         report.resent_webhooks += 1
     if settings.result_retention_s > 0:
         for job in ctx.store.expirable(settings.result_retention_s):
-            for blob in (job.input_blob, job.result_blob):
-                if blob:
-                    ctx.blobs.delete(blob)
+            for blob in job_blob_keys(job):
+                ctx.blobs.delete(blob)
             ctx.store.mark_expired(job.id)
             report.expired += 1
     if report != ReconcileReport():

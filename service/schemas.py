@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,10 +24,29 @@ class AssetCreated(BaseModel):
 
 
 class AssetOptions(BaseModel):
+    preset: str = Field(default="square-white", description="the output preset")
     output_size: int = Field(ge=256, le=2048)
     background: str
     format: OutputFormat
     seed: int | None = None
+    structure: dict[str, Any] | None = Field(
+        default=None, description="the structure the request gave ({category, landmarks})")
+
+
+class ComplianceCheck(BaseModel):
+    name: str = Field(description="size, format, background_purity, background_colour, "
+                      "background_transparent or fill_ratio")
+    value: Any = Field(description="what the delivered image has")
+    required: Any = Field(description="what the preset requires")
+    passed: bool
+
+
+class Compliance(BaseModel):
+    """The delivered bytes, decoded, checked against the job's preset."""
+
+    preset: str
+    passed: bool = Field(description="every check passed")
+    checks: list[ComplianceCheck]
 
 
 class Progress(BaseModel):
@@ -63,8 +82,14 @@ class AssetStatus(BaseModel):
     attempts: int
     batch_id: str | None = None
     sku: str | None = None
+    side_outputs: dict[str, str] = Field(
+        default_factory=dict, description="side output name → URL (`/assets/{id}/outputs/"
+        "{name}`): those the pipeline produced; empty until the asset has succeeded")
+    compliance: Compliance | None = Field(
+        default=None, description="the result checked against its preset; null until the "
+        "asset has succeeded")
     expired_at: dt.datetime | None = Field(
-        default=None, description="when the retention period removed its input and result")
+        default=None, description="when the retention period removed its input and outputs")
     created_at: dt.datetime
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
@@ -83,6 +108,22 @@ class Readiness(BaseModel):
 class PipelineList(BaseModel):
     default: str
     pipelines: list[str]
+
+
+class PresetInfo(BaseModel):
+    name: str
+    size: int = Field(description="default canvas side, px")
+    background: str = Field(description="default background: 'transparent' or #rrggbb")
+    formats: list[str] = Field(description="formats the preset allows; the first is the "
+                               "default")
+    min_fill: float | None = Field(description="the least share of the frame the garment "
+                                   "must fill, if the preset has a rule")
+    description: str
+
+
+class PresetList(BaseModel):
+    default: str
+    presets: list[PresetInfo]
 
 
 BatchSource = Literal["files", "archive", "manifest"]

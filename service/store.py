@@ -57,6 +57,10 @@ class Job(Base):
     input_meta: Mapped[dict[str, Any]] = mapped_column(JSON)
     result_blob: Mapped[str | None] = mapped_column(String(255))
     result_content_type: Mapped[str | None] = mapped_column(String(64))
+    # Side outputs of the attempt that succeeded: name → blob key (models.pipeline.SIDE_OUTPUTS).
+    side_outputs: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # The delivered image checked against its preset (models.presets.check_compliance).
+    compliance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     stage: Mapped[str | None] = mapped_column(String(32))
     percent: Mapped[int] = mapped_column(Integer, default=0)
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
@@ -271,6 +275,8 @@ class JobView:
     input_meta: dict[str, Any]
     result_blob: str | None
     result_content_type: str | None
+    side_outputs: dict[str, str] | None
+    compliance: dict[str, Any] | None
     stage: str | None
     percent: int
     timings: dict[str, float]
@@ -544,8 +550,11 @@ class JobStore:
 
     def succeed(
         self, job_id: str, *, result_blob: str, content_type: str, timings: dict[str, float],
-        worker: str | None = None,
+        worker: str | None = None, side_outputs: dict[str, str] | None = None,
+        compliance: dict[str, Any] | None = None,
     ) -> bool:
+        """running → succeeded with the result, its side outputs (name → blob key) and its
+        compliance check; False when the job is no longer this worker's to finish."""
         return self._update(
             job_id,
             Job.status == "running",
@@ -553,6 +562,8 @@ class JobStore:
             status="succeeded",
             result_blob=result_blob,
             result_content_type=content_type,
+            side_outputs=side_outputs or {},
+            compliance=compliance,
             timings=timings,
             stage="done",
             percent=100,

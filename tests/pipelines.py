@@ -4,7 +4,8 @@ FLATLAY_EXTRA_PIPELINES (e.g. "test-slow=tests.pipelines:SlowCutoutPipeline").
 They are real pipelines run by the real worker, not mocks: `test-slow` is the cutout
 baseline that takes its time (so that a test can kill or stop a worker in the middle of a
 job), `test-crash` kills the worker process that runs it (as an out-of-memory kill or a
-segfault in native code would).
+segfault in native code would), `test-structured` is the cutout baseline that returns the
+structure it was given as its landmarks.
 """
 
 from __future__ import annotations
@@ -44,6 +45,25 @@ class CrashingPipeline(CutoutPipeline):
     ) -> FlatLayResult:
         os.kill(os.getpid(), signal.SIGKILL)
         raise AssertionError("unreachable")
+
+
+class StructuredCutoutPipeline(CutoutPipeline):
+    """The cutout baseline that lays out the structure it was given as its result's
+    landmarks (what a retrieval pipeline does with `structure`), so that the structure's way
+    through the service (form field, job row, worker, landmarks side output) is tested
+    without model weights."""
+
+    name = "test-structured"
+
+    def __call__(
+        self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
+    ) -> FlatLayResult:
+        result = super().__call__(rgb, options, progress)
+        if options.structure is not None:
+            result.category = options.structure.category
+            result.landmarks = options.structure.landmarks
+            result.canvas_landmarks = options.structure.landmarks
+        return result
 
 
 TEST_PIPELINES = ("test-slow=tests.pipelines:SlowCutoutPipeline,"

@@ -70,8 +70,10 @@ def test_post_stores_the_job_and_enqueues_only_its_id(
 
     status = client.get(f"/assets/{job_id}").json()
     assert status["status"] == "queued" and status["pipeline"] == "cutout"
-    assert status["options"] == {"output_size": 512, "background": "#eeeeee", "format": "webp",
-                                 "seed": 7}
+    assert status["options"] == {"preset": "square-white", "output_size": 512,
+                                 "background": "#eeeeee", "format": "webp", "seed": 7,
+                                 "structure": None}
+    assert status["side_outputs"] == {} and status["compliance"] is None
     assert status["input"]["width"] == 320 and status["input"]["content_type"] == "image/jpeg"
     assert status["progress"] == {"stage": None, "percent": 0}
 

@@ -81,6 +81,13 @@ def _round_trip(svc: ServiceProcesses, fmt: str, background: str, size: int) -> 
         result = c.get(r.json()["links"]["result"])
         assert result.status_code == 200
         _check_result(result.content, result.headers["content-type"], size, fmt, background)
+        # The worker process stored the side outputs and checked the delivered bytes.
+        assert status["compliance"]["preset"] == "square-white"
+        size_check = next(x for x in status["compliance"]["checks"] if x["name"] == "size")
+        assert size_check["passed"] == (size == 1024)
+        mask = c.get(status["side_outputs"]["mask"])
+        assert mask.status_code == 200 and mask.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(mask.content)).size == (size, size)
     return status
 
 

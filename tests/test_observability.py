@@ -249,7 +249,10 @@ def test_generate_writes_flatlays_and_reports_failures(
     assert code == 1  # one photo failed; the others were written
     assert "2 flat-lay(s)" in captured.out and "1 photo(s) failed" in captured.out
     assert "unsupported_media_type" in captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["a-flatlay.webp", "b-flatlay.webp"]
+    assert sorted(p.name for p in out.glob("*.webp")) == ["a-flatlay.webp", "b-flatlay.webp"]
+    # Each with its side outputs and compliance check beside it.
+    assert {"a-flatlay.mask.png", "a-flatlay.compliance.json", "b-flatlay.overlay.png"} <= \
+        {p.name for p in out.iterdir()}
     image = Image.open(out / "a-flatlay.webp")
     assert image.size == (256, 256) and image.convert("RGBA").getpixel((0, 0))[3] == 0
 
@@ -258,7 +261,7 @@ def test_generate_writes_flatlays_and_reports_failures(
     "argv,message",
     [
         (["--pipeline", "magic"], "unknown pipeline 'magic'"),
-        (["--output-size", "64"], "--output-size must be within 256–2048"),
+        (["--output-size", "64"], "--size must be within 256–2048"),
         (["--background", "blue-ish"], "--background"),
         (["--format", "jpeg", "--background", "transparent"], "JPEG has no alpha channel"),
     ],

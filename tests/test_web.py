@@ -125,8 +125,21 @@ def test_upload_from_the_keyboard_watch_progress_see_and_download(
     natural = page.evaluate("[document.getElementById('after-img').naturalWidth,"
                             " document.getElementById('after-img').naturalHeight]")
     assert natural == [512, 512]
-    # No structure overlay is offered for a job that has none.
-    expect(page.locator("#overlay-toggle")).to_be_hidden()
+    # The job's compliance with its preset is shown (512 px is not square-white's size).
+    expect(page.locator("#preset")).to_have_value("square-white")
+    expect(page.locator("#viewer-compliance")).to_contain_text(
+        "Fails the square-white preset: size [512,512] (needs [1024,1024])")
+    # cutout gives a structure overlay: the page offers it and loads it on demand.
+    toggle = page.locator("#overlay-toggle")
+    expect(toggle).to_be_visible()
+    expect(page.locator("#overlay-img")).to_be_hidden()
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#overlay-img")).to_be_visible()
+    page.wait_for_function("document.getElementById('overlay-img').naturalWidth === 512")
+    toggle.click()
+    expect(page.locator("#overlay-img")).to_be_hidden()
+    expect(toggle).to_have_text("Show structure overlay")
     # The slider moves from the keyboard.
     page.focus("#compare-slider")
     page.keyboard.press("End")
@@ -200,6 +213,11 @@ def test_a_zip_and_photos_in_one_run_with_an_api_key_and_download_all(
     expect(page.locator("#viewer-name")).to_have_text("green.jpg")
     expect(page.locator("#viewer-title")).to_be_focused()
     page.wait_for_function("document.getElementById('after-img').naturalWidth === 256")
+    # The overlay is fetched with the API key like every other request.
+    page.click("#overlay-toggle")
+    page.wait_for_function("document.getElementById('overlay-img').naturalWidth === 256")
+    assert authorizations == {"Bearer fl-test-key"}
+    page.click("#overlay-toggle")
     page.locator("#compare-slider").fill("38")
     page.mouse.move(0, 0)  # no hover styles in the screenshot
     page.screenshot(path=ARTIFACTS / "web-batch.png", full_page=True)
@@ -217,3 +235,28 @@ def test_a_zip_and_photos_in_one_run_with_an_api_key_and_download_all(
             image = Image.open(io.BytesIO(zf.read(name)))
             assert image.format == "WEBP" and image.size == (256, 256)
             assert image.convert("RGBA").getpixel((0, 0))[3] == 0  # transparent corner
+
+
+def test_a_preset_sets_the_options_and_the_result_is_checked_against_it(
+    page: Page, tmp_path: Path
+) -> None:
+    page.select_option("#preset", "amazon-main")
+    # Its defaults: a 2000 px white JPEG (a size the list did not have is added).
+    expect(page.locator("#output-size")).to_have_value("2000")
+    expect(page.locator("#format")).to_have_value("jpeg")
+    expect(page.locator("input[name='background-kind'][value='#ffffff']")).to_be_checked()
+    expect(page.locator("#preset-hint")).to_contain_text("Amazon main image")
+    # Options the preset would refuse may still be chosen; the page says what will happen.
+    page.select_option("#format", "webp")
+    expect(page.locator("#preset-hint")).to_contain_text(
+        "amazon-main expects JPEG or PNG: results will fail its check")
+
+    page.select_option("#preset", "transparent")
+    expect(page.locator("input[name='background-kind'][value='transparent']")).to_be_checked()
+    expect(page.locator("#format")).to_have_value("png")
+    expect(page.locator("#output-size")).to_have_value("1024")
+    page.set_input_files("#file-input", str(_photo(tmp_path / "cut.jpg")))
+    row = page.locator("#run-rows tr").first
+    expect(row.locator(".chip")).to_have_text("Done", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#viewer-compliance")).to_have_text("Meets the transparent preset.")
+    expect(page.locator("#viewer-compliance")).to_have_attribute("data-passed", "true")

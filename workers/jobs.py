@@ -7,6 +7,7 @@ dropped). Errors end the job `failed` with a code, never kill the worker.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -16,23 +17,31 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
+from PIL import Image
 
 from models.io import ImageLimits, IngestError, decode_image, encode_image, validate_image
 from models.pipeline import (
     PipelineError,
     PipelineOptions,
     ProgressFn,
+    StructureSpec,
     get_pipeline,
     load_pipelines,
+    side_output_files,
 )
+from models.pipeline import configure as configure_pipelines
+from models.presets import DEFAULT_PRESET, check_compliance, get_preset
 from service.blobs import BlobStore, make_blob_store
 from service.context import register_extra_pipelines
 from service.fetch import FetchError, fetch_image
 from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
+from service.outputs import result_key, side_output_key
 from service.settings import Settings
 from service.store import JobStore, JobView
 from service.webhooks import SendFn, job_ended
+from structure_bank.validate import InvalidStructure
 
 log = logging.getLogger("flatlay.worker")
 
@@ -52,6 +61,8 @@ class WorkerContext:
     @classmethod
     def build(cls, settings: Settings, name: str) -> WorkerContext:
         register_extra_pipelines(settings)
+        # Retrieval pipelines search the service's runtime bank (grown by POST /structures).
+        configure_pipelines(settings.resolved_bank_dir)
         return cls(
             settings=settings,
             store=JobStore(settings.resolved_database_url),
@@ -71,6 +82,41 @@ class WorkerContext:
         self.store.dispose()
 
 
+@dataclass
+class FlatLayOutput:
+    """What one photo gives: the delivered image, its side outputs and its compliance check.
+
+    data, content_type: the encoded image. side_outputs: name → encoded file (see
+    models.pipeline.SIDE_OUTPUTS; only those the pipeline produced). compliance: the
+    delivered image checked against the job's preset (models.presets.check_compliance).
+    """
+
+    data: bytes
+    content_type: str
+    side_outputs: dict[str, bytes]
+    compliance: dict[str, Any]
+
+
+def pipeline_options(options: dict[str, Any]) -> PipelineOptions:
+    """The pipeline's options from a job's stored options (output_size, background, seed,
+    preset, structure in its JSON form). Raises InvalidStructure or ValueError."""
+    structure = options.get("structure")
+    return PipelineOptions(
+        output_size=options["output_size"], background=options["background"],
+        seed=options.get("seed"), preset=options.get("preset") or DEFAULT_PRESET,
+        structure=StructureSpec.parse(structure) if structure is not None else None,
+    )
+
+
+def decode_delivered(data: bytes) -> np.ndarray:
+    """The delivered bytes as the buyer's software sees them: (H, W, 3) or, when the file
+    has an alpha channel, (H, W, 4) uint8."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        alpha = "A" in img.getbands() or "transparency" in img.info
+        return np.asarray(img.convert("RGBA" if alpha else "RGB"))
+
+
 def flatten_photo(
     data: bytes,
     pipeline: str,
@@ -78,34 +124,44 @@ def flatten_photo(
     limits: ImageLimits,
     timings: dict[str, float],
     progress: ProgressFn | None = None,
-) -> tuple[bytes, str]:
-    """The work of one job without the job store: photo bytes → (image bytes, content type).
+) -> FlatLayOutput:
+    """The work of one job without the job store: photo bytes → image, side outputs and
+    compliance.
 
-    options: output_size, background, format, seed (as stored on the job row). `timings`
-    fills with seconds per stage as each one ends, so a failure still says where time went.
-    progress(stage, percent) spans the whole job: decode 0, the pipeline's stages 5–90,
-    encode 90.
+    options: output_size, background, format, seed, preset, structure (as stored on the job
+    row). `timings` fills with seconds per stage as each one ends, so a failure still says
+    where time went. progress(stage, percent) spans the whole job: decode 0, the pipeline's
+    stages 5–90, encode 90, check 95.
     """
     report = progress or (lambda stage, percent: None)
+    try:
+        pipeline_opts = pipeline_options(options)
+    except InvalidStructure as exc:
+        raise PipelineError("invalid_structure", f"{exc.field}: {exc.message}") from None
     report("decode", 0)
     start = time.perf_counter()
     rgb = decode_image(data, limits)
     timings["decode"] = round(time.perf_counter() - start, 6)
 
-    pipeline_options = PipelineOptions(
-        output_size=options["output_size"], background=options["background"],
-        seed=options.get("seed"),
-    )
     result = get_pipeline(pipeline)(
-        rgb, pipeline_options, lambda stage, pct: report(stage, 5 + pct * 85 // 100)
+        rgb, pipeline_opts, lambda stage, pct: report(stage, 5 + pct * 85 // 100)
     )
     timings.update(result.timings)
 
     report("encode", 90)
     start = time.perf_counter()
-    encoded = encode_image(result.image, options["format"])
+    encoded, content_type = encode_image(result.image, options["format"])
+    side = side_output_files(result)
     timings["encode"] = round(time.perf_counter() - start, 6)
-    return encoded
+
+    # On the bytes the caller gets, not on the canvas: JPEG and WebP change pixels.
+    report("check", 95)
+    start = time.perf_counter()
+    compliance = check_compliance(decode_delivered(encoded), result.alpha,
+                                  get_preset(pipeline_opts.preset), options["format"],
+                                  pipeline_opts.background)
+    timings["check"] = round(time.perf_counter() - start, 6)
+    return FlatLayOutput(encoded, content_type, side, compliance)
 
 
 def run_job(ctx: WorkerContext, job_id: str) -> str:
@@ -149,6 +205,35 @@ def _input_of(ctx: WorkerContext, job: JobView, timings: dict[str, float]) -> by
     return data
 
 
+def _store_outputs(
+    ctx: WorkerContext, job: JobView, out: FlatLayOutput
+) -> tuple[str, dict[str, str]]:
+    """Put the result and its side outputs under this attempt's names; on any error, what
+    was put is deleted again. Returns (result blob, side output name → blob)."""
+    written: list[str] = []
+    try:
+        result_blob = result_key(job.id, job.attempts, job.options["format"])
+        ctx.blobs.put(result_blob, out.data)
+        written.append(result_blob)
+        side: dict[str, str] = {}
+        for name, data in out.side_outputs.items():
+            side[name] = side_output_key(job.id, job.attempts, name)
+            ctx.blobs.put(side[name], data)
+            written.append(side[name])
+    except BaseException:
+        _delete_blobs(ctx, written)
+        raise
+    return result_blob, side
+
+
+def _delete_blobs(ctx: WorkerContext, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            ctx.blobs.delete(key)
+        except Exception as exc:  # the retention sweep and DELETE try again later
+            log.warning("could not delete blob %s: %s", key, exc)
+
+
 def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) -> str:
     job_id, me = job.id, ctx.name
 
@@ -156,17 +241,14 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
         ctx.store.set_progress(job_id, stage, percent, worker=me)
 
     s = ctx.settings
-    opts = job.options
     try:
-        data, content_type = flatten_photo(
-            _input_of(ctx, job, timings), job.pipeline, opts,
+        out = flatten_photo(
+            _input_of(ctx, job, timings), job.pipeline, job.options,
             ImageLimits(s.max_upload_bytes, s.max_pixels, 1), timings, progress,
         )
-        ext = opts["format"].replace("jpeg", "jpg")
-        # One name per attempt: a worker presumed dead that wakes up and drops its result
-        # never deletes the result of the attempt that replaced it.
-        result_blob = f"assets/{job_id}/result-a{job.attempts}.{ext}"
-        ctx.blobs.put(result_blob, data)
+        # One name per attempt: a worker presumed dead that wakes up and drops its outputs
+        # never deletes the outputs of the attempt that replaced it.
+        result_blob, side_blobs = _store_outputs(ctx, job, out)
     except (IngestError, PipelineError, FetchError) as exc:
         ctx.store.fail(job_id, code=exc.code, message=exc.message, timings=timings, worker=me)
         return "failed"
@@ -187,11 +269,12 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
         )
         return "failed"
 
-    if ctx.store.succeed(job_id, result_blob=result_blob, content_type=content_type,
-                         timings=timings, worker=me):
+    if ctx.store.succeed(job_id, result_blob=result_blob, content_type=out.content_type,
+                         timings=timings, worker=me, side_outputs=side_blobs,
+                         compliance=out.compliance):
         return "succeeded"
-    # Canceled (or otherwise taken away) while running: keep nothing.
-    ctx.blobs.delete(result_blob)
+    # Canceled, deleted or otherwise taken away while running: keep nothing.
+    _delete_blobs(ctx, [result_blob, *side_blobs.values()])
     return "dropped"
 
 

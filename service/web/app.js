@@ -47,6 +47,7 @@ function currentOptions() {
   const background = kind === "custom" ? $("background-colour").value : kind;
   return {
     pipeline: $("pipeline").value,
+    preset: $("preset").value,
     output_size: $("output-size").value,
     background,
     format: $("format").value,
@@ -64,11 +65,82 @@ function optionsProblem(opts) {
 }
 
 function checkOptions() {
-  const problem = optionsProblem(currentOptions());
+  const opts = currentOptions();
+  const problem = optionsProblem(opts);
   const box = $("options-error");
   box.textContent = problem || "";
   box.hidden = !problem;
+  describePreset(opts);
   return problem;
+}
+
+// --- Presets: the defaults of size, background and format, and what a result is checked
+// against. Choosing one sets those options; changing them afterwards is allowed (the
+// result's compliance check then says what the preset would refuse).
+
+const presets = new Map();
+
+function presetWarnings(preset, opts) {
+  const warnings = [];
+  if (Number(opts.output_size) !== preset.size) warnings.push(`${preset.size} px`);
+  if (!preset.formats.includes(opts.format)) {
+    warnings.push(preset.formats.map((f) => f.toUpperCase()).join(" or "));
+  }
+  if (preset.background !== opts.background) warnings.push(`a ${preset.background} background`);
+  return warnings;
+}
+
+function describePreset(opts) {
+  const preset = presets.get(opts.preset);
+  const hint = $("preset-hint");
+  if (!preset) return;
+  const warnings = presetWarnings(preset, opts);
+  hint.classList.toggle("hint-warn", warnings.length > 0);
+  hint.textContent = warnings.length
+    ? `${preset.name} expects ${warnings.join(", ")}: results will fail its check.`
+    : preset.description;
+}
+
+function applyPreset(name) {
+  const preset = presets.get(name);
+  if (!preset) return;
+  const size = $("output-size");
+  if (![...size.options].some((o) => Number(o.value) === preset.size)) {
+    const option = new Option(`${preset.size} × ${preset.size} px`, String(preset.size));
+    const after = [...size.options].find((o) => Number(o.value) > preset.size);
+    size.add(option, after || null);
+  }
+  size.value = String(preset.size);
+  const kinds = [...document.querySelectorAll('input[name="background-kind"]')];
+  const exact = kinds.find((k) => k.value === preset.background);
+  if (exact) {
+    exact.checked = true;
+  } else {
+    kinds.find((k) => k.value === "custom").checked = true;
+    $("background-colour").value = preset.background;
+  }
+  $("format").value = preset.formats[0];
+  checkOptions();
+}
+
+async function loadPresets() {
+  const select = $("preset");
+  const hint = $("preset-hint");
+  try {
+    const response = await api("/presets");
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const { default: standard, presets: list } = await response.json();
+    for (const preset of list) presets.set(preset.name, preset);
+    select.replaceChildren(...list.map((preset) => {
+      const option = new Option(preset.name, preset.name);
+      option.selected = preset.name === standard;
+      return option;
+    }));
+    checkOptions();
+  } catch (err) {
+    hint.textContent = `Could not list presets: ${err.message}`;
+    hint.classList.add("hint-error");
+  }
 }
 
 async function loadPipelines() {
@@ -136,7 +208,7 @@ function addItem(file, from = null) {
   const item = {
     id: nextId++, name: file.name, from, file, status: "waiting", stage: "", percent: 0,
     assetId: null, error: null, resultBlob: null, resultUrl: null, resultName: null,
-    timings: {}, sideOutputs: {}, startedAt: null, finishedAt: null,
+    timings: {}, sideOutputs: {}, compliance: null, startedAt: null, finishedAt: null,
     originalUrl: URL.createObjectURL(file), options: currentOptions(),
   };
   items.push(item);
@@ -259,6 +331,7 @@ async function refresh(item) {
   item.percent = status.progress.percent;
   item.timings = status.timings || {};
   item.sideOutputs = status.side_outputs || {};
+  item.compliance = status.compliance || null;
   if (status.status === "succeeded") {
     await fetchResult(item, status);
   } else {
@@ -421,12 +494,25 @@ function renderViewer() {
   const overlayLink = item.sideOutputs && item.sideOutputs.overlay;
   const toggle = $("overlay-toggle");
   toggle.hidden = !overlayLink;
-  if (!overlayLink) {
+  if ((toggle.dataset.link || "") !== (overlayLink || "")) {
+    // Another photo (or none): its overlay is not the one shown.
     $("overlay-img").hidden = true;
     toggle.setAttribute("aria-pressed", "false");
     toggle.textContent = "Show structure overlay";
   }
   toggle.dataset.link = overlayLink || "";
+
+  const compliance = $("viewer-compliance");
+  const check = item.compliance;
+  compliance.hidden = !check;
+  if (check) {
+    compliance.dataset.passed = String(check.passed);
+    const failed = check.checks.filter((c) => !c.passed)
+      .map((c) => `${c.name.replace(/_/g, " ")} ${JSON.stringify(c.value)} (needs ${JSON.stringify(c.required)})`);
+    compliance.textContent = check.passed
+      ? `Meets the ${check.preset} preset.`
+      : `Fails the ${check.preset} preset: ${failed.join("; ")}.`;
+  }
 
   const timings = $("viewer-timings");
   timings.replaceChildren();
@@ -461,6 +547,7 @@ async function toggleOverlay() {
       say(`The structure overlay could not be loaded: ${await errorMessage(response)}`);
       return;
     }
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
     img.src = URL.createObjectURL(await response.blob());
     img.hidden = false;
   }
@@ -542,7 +629,10 @@ function wire() {
     if (e.dataTransfer && e.dataTransfer.files.length) addFiles([...e.dataTransfer.files]);
   });
 
-  $("options").addEventListener("change", checkOptions);
+  $("options").addEventListener("change", (e) => {
+    if (e.target.id === "preset") applyPreset(e.target.value);
+    else checkOptions();
+  });
   $("options").addEventListener("submit", (e) => e.preventDefault());
   $("background-colour").addEventListener("input", () => {
     document.querySelector('input[name="background-kind"][value="custom"]').checked = true;
@@ -575,6 +665,7 @@ function wire() {
 
 wire();
 loadPipelines();
+loadPresets();
 checkService();
 setInterval(() => {
   for (const item of items) if (item.status === "uploading" || ACTIVE.has(item.status)) renderItem(item);
