@@ -8,6 +8,7 @@ without loading any model).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from collections.abc import Callable, Iterator
@@ -247,6 +248,16 @@ def configure(bank_dir: Path | None) -> None:
     _BANK_DIR[0] = Path(bank_dir) if bank_dir is not None else None
 
 
+@functools.cache
+def _retrieval_models():  # noqa: ANN202 (torch models are imported lazily)
+    """The parser and StructureNet, loaded once per process for every pipeline using them."""
+    from models.parser import PARSER_WEIGHTS, GarmentParser
+    from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+
+    return GarmentParser.from_pretrained(PARSER_WEIGHTS), StructureNet.from_pretrained(
+        DEFAULT_WEIGHTS)
+
+
 class FlattenPipeline:
     """Parse → embed → retrieve → SLLE → warp → compose (DESIGN.md stages 1–5 and 7).
 
@@ -273,11 +284,7 @@ class FlattenPipeline:
         self._bank_stamp: tuple[str, float] | None = None
 
     def load(self) -> None:
-        from models.parser import PARSER_WEIGHTS, GarmentParser
-        from models.structurenet import DEFAULT_WEIGHTS, StructureNet
-
-        self.parser = GarmentParser.from_pretrained(PARSER_WEIGHTS)
-        self.structurenet = StructureNet.from_pretrained(DEFAULT_WEIGHTS)
+        self.parser, self.structurenet = _retrieval_models()
         self._fresh_bank()
 
     def _fresh_bank(self):  # noqa: ANN202 (structure_bank is imported lazily)
