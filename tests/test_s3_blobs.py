@@ -10,6 +10,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from models.pipeline import SIDE_OUTPUTS
 from service.blobs import BlobNotFound, S3BlobStore, make_blob_store
 from service.settings import Settings
 from tests.support import ServiceProcesses, encode, free_port, garment_photo, wait_for_job
@@ -80,12 +81,19 @@ def test_a_job_through_flatlay_serve_on_s3(s3_endpoint: str, bucket: str,
             assert c.get("/readyz").json()["checks"]["blob_store"] == "ok"
             job_id = c.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")},
                             data={"output_size": "256"}).json()["id"]
-            assert wait_for_job(c, job_id)["status"] == "succeeded"
+            status = wait_for_job(c, job_id)
+            assert status["status"] == "succeeded"
             result = c.get(f"/assets/{job_id}/result")
             assert result.status_code == 200 and result.content[:4] == b"\x89PNG"
+            mask = c.get(status["side_outputs"]["mask"])
+            assert mask.status_code == 200 and mask.content[:4] == b"\x89PNG"
             s3 = boto3.client("s3", endpoint_url=s3_endpoint)
             keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
-            assert keys == [f"assets/{job_id}/input.jpg", f"assets/{job_id}/result-a1.png"]
+            outputs = sorted(f"assets/{job_id}/outputs-a1/{name}.{SIDE_OUTPUTS[name][0]}"
+                             for name in status["side_outputs"])
+            assert "mask" in status["side_outputs"]
+            assert keys == [f"assets/{job_id}/input.jpg", *outputs,
+                            f"assets/{job_id}/result-a1.png"]
             assert not (tmp_path / "data" / "blobs" / "assets").exists()
             assert c.delete(f"/assets/{job_id}").status_code == 204
             assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
