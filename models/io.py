@@ -159,7 +159,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
     return np.asarray(_to_srgb(img), dtype=np.uint8).copy()
 
 
-def encode_image(rgba: np.ndarray, fmt: str, quality: int = 92) -> tuple[bytes, str]:
+def encode_image(rgba: np.ndarray, fmt: str, quality: int = 95) -> tuple[bytes, str]:
     """Encode a canvas for delivery.
 
     rgba: (S, S, 4) uint8. `fmt` is one of OUTPUT_FORMATS; JPEG drops alpha (the caller has
@@ -171,7 +171,8 @@ def encode_image(rgba: np.ndarray, fmt: str, quality: int = 92) -> tuple[bytes, 
     opaque = bool((rgba[..., 3] == 255).all())
     buf = io.BytesIO()
     if fmt == "jpeg":
-        img.convert("RGB").save(buf, "JPEG", quality=quality, optimize=True)
+        # 4:4:4 chroma: subsampled chroma rings into a pure-white background near the garment.
+        img.convert("RGB").save(buf, "JPEG", quality=quality, optimize=True, subsampling=0)
     elif fmt == "png":
         (img.convert("RGB") if opaque else img).save(buf, "PNG", optimize=False, compress_level=6)
     else:

@@ -93,7 +93,7 @@ class FlatLayResult:
     (also where the background is, for the compliance check). category: the garment's
     category, if the pipeline knows it. landmarks: (L, 2) float32 canonical-frame landmarks of
     the garment as delivered (the form `structure` accepts back); canvas_landmarks: the same
-    in the output canvas's unit square. neighbours: retrieved bank entries with SLLE weights.
+    in the output canvas's unit square (see `frame`). neighbours: retrieved bank entries with SLLE weights.
     overlay: (S, S, 4) uint8 picture of the structure over the result. timings: seconds per
     stage, in stage order.
     """
@@ -106,6 +106,9 @@ class FlatLayResult:
     neighbours: list[dict] | None = None
     overlay: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # "canonical"; "canvas" where a pipeline has no canonical frame (cutout: the parsed
+    # landmarks carried onto its canvas).
+    frame: str = "canonical"
 
     def structure_json(self) -> dict[str, Any] | None:
         if self.category is None or self.landmarks is None:
@@ -114,7 +117,7 @@ class FlatLayResult:
 
         out = StructureSpec(self.category, self.landmarks).to_json()
         out["names"] = list(landmark_names(self.category))
-        out["frame"] = "canonical"
+        out["frame"] = self.frame
         if self.canvas_landmarks is not None:
             out["canvas_landmarks"] = [[round(float(x), 6), round(float(y), 6)]
                                        for x, y in self.canvas_landmarks]
@@ -235,7 +238,7 @@ class CutoutPipeline:
             overlay = draw_overlay(canvas, placed.alpha, landmarks, category)
         return FlatLayResult(image=canvas, alpha=placed.alpha, category=category,
                              landmarks=landmarks, canvas_landmarks=landmarks, overlay=overlay,
-                             timings=clock.timings)
+                             timings=clock.timings, frame="canvas")
 
 
 # Where the retrieval pipelines find their structure bank (the worker points it at the

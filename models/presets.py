@@ -47,8 +47,10 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_PRESET = "square-white"
 
 # Garment pixels are told from background by the pipeline's alpha; a band this wide around
-# the garment is the anti-aliased edge and is not held to the background rule.
-EDGE_BAND_PX = 2
+# the garment is the anti-aliased edge and is not held to the background rule. JPEG's 8×8
+# blocks ring past the edge, so its band is one block.
+EDGE_BAND_PX = {"jpeg": 8}
+DEFAULT_EDGE_BAND_PX = 2
 # Share of background pixels that must be exactly the background (JPEG may nudge a few).
 MIN_PURITY = 0.999
 
@@ -77,10 +79,12 @@ def check_compliance(image: np.ndarray, alpha: np.ndarray, preset: Preset, fmt: 
         _check("format", fmt, list(preset.formats), fmt in preset.formats),
     ]
     garment = alpha > 0.0
-    near = ndimage.binary_dilation(garment, iterations=EDGE_BAND_PX) if garment.any() else garment
+    band = EDGE_BAND_PX.get(fmt, DEFAULT_EDGE_BAND_PX)
+    near = ndimage.binary_dilation(garment, iterations=band) if garment.any() else garment
     outside = ~near
     wanted = parse_background(background or preset.background)
-    if wanted is None:
+    if parse_background(preset.background) is None:
+        # A transparent preset needs transparency, whatever background was asked for.
         if image.shape[2] < 4:
             purity = 0.0
         else:
@@ -88,17 +92,17 @@ def check_compliance(image: np.ndarray, alpha: np.ndarray, preset: Preset, fmt: 
         checks.append(_check("background_transparent", round(purity, 6), MIN_PURITY,
                              purity >= MIN_PURITY))
     else:
-        rgb = image[..., :3]
-        exact = (rgb == np.array(wanted, np.uint8)).all(-1)
+        exact = np.zeros(image.shape[:2], bool)
+        if wanted is not None:
+            exact = (image[..., :3] == np.array(wanted, np.uint8)).all(-1)
         if image.shape[2] == 4:
             exact &= image[..., 3] == 255
         purity = float(exact[outside].mean()) if outside.any() else 1.0
         checks.append(_check("background_purity", round(purity, 6), MIN_PURITY,
                              purity >= MIN_PURITY))
-        if preset.background != "transparent":
-            same = wanted == parse_background(preset.background)
-            checks.append(_check("background_colour", "#{:02x}{:02x}{:02x}".format(*wanted),
-                                 preset.background, same))
+        asked = "transparent" if wanted is None else "#{:02x}{:02x}{:02x}".format(*wanted)
+        checks.append(_check("background_colour", asked, preset.background,
+                             wanted == parse_background(preset.background)))
     if preset.min_fill is not None:
         ys, xs = np.nonzero(alpha > 0.5)
         span = 0 if ys.size == 0 else max(ys.max() - ys.min(), xs.max() - xs.min()) + 1

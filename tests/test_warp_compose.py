@@ -169,3 +169,29 @@ def test_transparent_preset_needs_an_alpha_channel() -> None:
 def test_unknown_preset_names_the_choices() -> None:
     with pytest.raises(ValueError, match="amazon-main"):
         get_preset("ebay")
+
+
+def test_transparent_preset_fails_over_an_opaque_background() -> None:
+    image, alpha = _delivered(1024, 0.8, (255, 255, 255))
+    report = check_compliance(image, alpha, PRESETS["transparent"], "png", "#ffffff")
+    assert not report["passed"]
+    square, square_alpha = _delivered(1024, 0.8, None)
+    report = check_compliance(square, square_alpha, PRESETS["square-white"], "png",
+                              "transparent")
+    failed = {c["name"] for c in report["checks"] if not c["passed"]}
+    assert failed == {"background_purity", "background_colour"}
+
+
+def test_amazon_main_jpeg_passes_after_encoding() -> None:
+    import io
+
+    from PIL import Image
+
+    from models.io import encode_image
+
+    rgb = (np.random.default_rng(0).integers(0, 255, (200, 200, 3))).astype(np.uint8)
+    placed = place_garment(rgb, np.ones((200, 200), np.float32), 2000, 0.9)
+    data, _ = encode_image(over_background(placed.layer, (255, 255, 255)), "jpeg")
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    report = check_compliance(decoded, placed.alpha, get_preset("amazon-main"), "jpeg")
+    assert report["passed"], report
