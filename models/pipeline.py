@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,9 +94,9 @@ class FlatLayResult:
     (also where the background is, for the compliance check). category: the garment's
     category, if the pipeline knows it. landmarks: (L, 2) float32 canonical-frame landmarks of
     the garment as delivered (the form `structure` accepts back); canvas_landmarks: the same
-    in the output canvas's unit square (see `frame`). neighbours: retrieved bank entries with SLLE weights.
-    overlay: (S, S, 4) uint8 picture of the structure over the result. timings: seconds per
-    stage, in stage order.
+    in the output canvas's unit square (see `frame`). neighbours: retrieved bank entries with
+    SLLE weights. overlay: (S, S, 4) uint8 picture of the structure over the result.
+    timings: seconds per stage, in stage order.
     """
 
     image: np.ndarray
@@ -429,6 +430,9 @@ _REGISTRY: dict[str, str] = {
     "nearest": "models.pipeline:NearestPipeline",
 }
 _INSTANCES: dict[str, Pipeline] = {}
+# name → why it could not load (load_pipelines).
+_UNAVAILABLE: dict[str, str] = {}
+log = logging.getLogger("flatlay.pipeline")
 
 
 def register_pipeline(name: str, target: str) -> None:
@@ -451,10 +455,29 @@ def get_pipeline(name: str) -> Pipeline:
 
 
 def load_pipelines(names: list[str] | None = None) -> dict[str, float]:
-    """Build and load pipelines (all by default); returns seconds spent per pipeline."""
+    """Build and load pipelines (all by default); returns seconds spent per pipeline.
+
+    A pipeline that cannot load (missing weights, a broken bank) is logged and left out, so
+    the worker still serves the others; its jobs then fail `pipeline_unavailable`.
+    """
     spent: dict[str, float] = {}
     for name in names or pipeline_names():
         start = time.perf_counter()
-        get_pipeline(name).load()
+        try:
+            get_pipeline(name).load()
+        except Exception as exc:  # noqa: BLE001 (any load failure leaves this one out)
+            _UNAVAILABLE[name] = f"{type(exc).__name__}: {exc}"
+            log.error("pipeline %s could not load: %s", name, _UNAVAILABLE[name])
+            continue
         spent[name] = round(time.perf_counter() - start, 3)
     return spent
+
+
+def run_pipeline(name: str, rgb: np.ndarray, options: PipelineOptions,
+                 progress: ProgressFn | None = None) -> FlatLayResult:
+    """Run pipeline `name`; PipelineError `pipeline_unavailable` when it could not load."""
+    if name in _UNAVAILABLE:
+        raise PipelineError("pipeline_unavailable",
+                            f"pipeline {name!r} is not available on this worker: "
+                            f"{_UNAVAILABLE[name]}")
+    return get_pipeline(name)(rgb, options, progress)

@@ -27,8 +27,8 @@ from models.pipeline import (
     PipelineOptions,
     ProgressFn,
     StructureSpec,
-    get_pipeline,
     load_pipelines,
+    run_pipeline,
     side_output_files,
 )
 from models.pipeline import configure as configure_pipelines
@@ -143,8 +143,8 @@ def flatten_photo(
     rgb = decode_image(data, limits)
     timings["decode"] = round(time.perf_counter() - start, 6)
 
-    result = get_pipeline(pipeline)(
-        rgb, pipeline_opts, lambda stage, pct: report(stage, 5 + pct * 85 // 100)
+    result = run_pipeline(
+        pipeline, rgb, pipeline_opts, lambda stage, pct: report(stage, 5 + pct * 85 // 100)
     )
     timings.update(result.timings)
 
