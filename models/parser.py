@@ -8,9 +8,10 @@ and the category's landmarks with visibility.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,8 @@ class ParsedGarment:
     landmarks: np.ndarray
     visibility: np.ndarray
     confidence: np.ndarray
+    # The network's outputs, to read another category's landmarks (GarmentParser.read_as).
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def box(self, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
         """(top, left, bottom, right) of the mask, or None when it is empty."""
@@ -278,26 +281,35 @@ class GarmentParser:
     def parse(self, rgb: np.ndarray, category: str | None = None) -> ParsedGarment:
         """rgb (H, W, 3) uint8 → ParsedGarment. `category` forces the landmark schema read
         out (for example a category the caller already knows)."""
-        square, scale, (pad_x, pad_y) = letterbox(rgb)
+        square, scale, pad = letterbox(rgb)
         out = self.net(normalise(square[None]))
         probs = torch.softmax(out["category"][0], -1).numpy()
-        if category is None:
-            category = CATEGORIES[int(probs.argmax())]
-        start, stop = self.offsets[category]
-        heat = out["heatmaps"][:, start:stop]
-        xy = soft_argmax(heat)[0].numpy() * PARSER_INPUT  # square px
         h, w = rgb.shape[:2]
-        landmarks = np.stack([(xy[:, 0] - pad_x) / scale / w, (xy[:, 1] - pad_y) / scale / h], 1)
-        conf = torch.sigmoid(out["visibility"][0, start:stop]).numpy()
-        return ParsedGarment(
-            mask=self._photo_mask(out["mask"][0, 0], scale, (pad_x, pad_y), (h, w)),
-            category=category,
+        parsed = ParsedGarment(
+            mask=self._photo_mask(out["mask"][0, 0], scale, pad, (h, w)),
+            category="",
             category_probs={c: round(float(p), 6) for c, p in zip(CATEGORIES, probs,
                                                                    strict=True)},
-            landmarks=landmarks.astype(np.float32),
-            visibility=conf > self.VISIBLE,
-            confidence=conf.astype(np.float32),
+            landmarks=np.zeros((0, 2), np.float32),
+            visibility=np.zeros(0, bool),
+            confidence=np.zeros(0, np.float32),
+            raw={"heatmaps": out["heatmaps"], "visibility": out["visibility"],
+                 "scale": scale, "pad": pad, "shape": (h, w)},
         )
+        return self.read_as(parsed, category or CATEGORIES[int(probs.argmax())])
+
+    def read_as(self, parsed: ParsedGarment, category: str) -> ParsedGarment:
+        """The same parse read with `category`'s landmark schema (no second forward pass)."""
+        raw = parsed.raw
+        start, stop = self.offsets[category]
+        xy = soft_argmax(raw["heatmaps"][:, start:stop])[0].numpy() * PARSER_INPUT  # square px
+        (pad_x, pad_y), scale, (h, w) = raw["pad"], raw["scale"], raw["shape"]
+        landmarks = np.stack([(xy[:, 0] - pad_x) / scale / w, (xy[:, 1] - pad_y) / scale / h], 1)
+        conf = torch.sigmoid(raw["visibility"][0, start:stop]).numpy()
+        return dataclasses.replace(parsed, category=category,
+                                   landmarks=landmarks.astype(np.float32),
+                                   visibility=conf > self.VISIBLE,
+                                   confidence=conf.astype(np.float32))
 
     @staticmethod
     def _photo_mask(logits: torch.Tensor, scale: float, pad: tuple[int, int],

@@ -101,6 +101,13 @@ def fuse_structures(
     hits = bank.search(query, k, category=category)
     if not hits:
         raise ValueError(f"the structure bank has no {category!r} entries")
+    return _fuse_hits(bank, query, hits, category, reg)
+
+
+def _fuse_hits(bank: StructureBank, query: np.ndarray, hits: list[Hit], category: str,
+               reg: float) -> FusedStructure:
+    """LLE weights of `query` from the hits' embeddings; their landmarks and silhouettes
+    fused with those weights."""
     rows = [h.row for h in hits]
     emb = bank.embeddings[rows]
     weights = slle_weights(query, emb, reg)
@@ -133,3 +140,57 @@ def nearest_structure(
         silhouette=bank.entry_silhouette(top.row),
         neighbours=_neighbour_list(hits, np.ones(1)),
     )
+
+
+# Landmark-consistent neighbours ---------------------------------------------------------------
+#
+# The embedding ranks structures by how the photo looks; the parsed landmarks say where the
+# garment's points are. Among the top CANDIDATES of the category by embedding, the K whose
+# canonical landmarks a similarity transform best fits to the photo's visible landmarks are
+# fused (SLLE weights as before). A similarity (not affine) keeps width-to-length ratios,
+# sleeve lengths and hem widths as evidence instead of absorbing them.
+
+CANDIDATES = 256
+MIN_VISIBLE = 4
+
+
+def similarity_residuals(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Mean distance left after the best similarity transform of `points` (N, 2) onto each
+    of `targets` (M, N, 2): Umeyama's closed form, batched. Returns (M,)."""
+    p = points - points.mean(0)
+    t = targets - targets.mean(1, keepdims=True)
+    u, s, vt = np.linalg.svd(np.einsum("mni,nj->mij", t, p))
+    d = np.sign(np.linalg.det(u @ vt))
+    d[d == 0] = 1.0
+    rot = u @ (np.eye(2)[None] * np.stack([np.ones_like(d), d], -1)[:, None, :]) @ vt
+    scale = (s[:, 0] + d * s[:, 1]) / max(float((p**2).sum()), 1e-12)
+    fitted = scale[:, None, None] * np.einsum("nj,mij->mni", p, rot)
+    return np.linalg.norm(fitted - t, axis=2).mean(1)
+
+
+def fuse_with_landmarks(
+    bank: StructureBank,
+    query: np.ndarray,
+    photo_landmarks: np.ndarray,
+    visible: np.ndarray,
+    category: str,
+    k: int = DEFAULT_K,
+    reg: float = DEFAULT_REG,
+    candidates: int = CANDIDATES,
+) -> FusedStructure:
+    """SLLE over the K candidates whose landmarks fit the photo's visible landmarks best.
+
+    photo_landmarks: (L, 2) parsed, in the photo's pixels over its longer side (isotropic);
+    visible: (L,) bool. With fewer than MIN_VISIBLE visible points it is `fuse_structures`.
+    """
+    visible = np.asarray(visible, bool) & np.isfinite(photo_landmarks).all(1)
+    if visible.sum() < MIN_VISIBLE:
+        return fuse_structures(bank, query, k=k, category=category, reg=reg)
+    hits = bank.search(query, candidates, category=category)
+    if not hits:
+        raise ValueError(f"the structure bank has no {category!r} entries")
+    pts = np.asarray(photo_landmarks, np.float64)[visible]
+    targets = np.stack([bank.entry_landmarks(h.row)[visible] for h in hits]).astype(np.float64)
+    residual = similarity_residuals(pts, targets)
+    chosen = [hits[i] for i in np.argsort(residual, kind="stable")[:k]]
+    return _fuse_hits(bank, query, chosen, category, reg)

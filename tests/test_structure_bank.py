@@ -174,3 +174,34 @@ def test_subset_keeps_the_chosen_entries_in_order() -> None:
     sub.add([Structure(id="extra", category="wide", landmarks=_rect(0.5, 0.3)[0],
                        silhouette=_rect(0.5, 0.3)[1], embedding=_embed(0.5, 0.3))])
     assert len(sub) == 5 and len(bank) == 40  # the original is untouched
+
+
+def test_similarity_residual_ignores_pose_but_not_shape() -> None:
+    from models.slle import similarity_residuals
+
+    lm, _ = _rect(0.3, 0.6)
+    th = 0.4
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    posed = 0.5 * lm @ rot.T + [0.2, 0.1]  # the same garment photographed turned and smaller
+    other, _ = _rect(0.6, 0.3)
+    res = similarity_residuals(posed.astype(np.float64),
+                               np.stack([lm, other]).astype(np.float64))
+    assert res[0] < 1e-9 < 0.02 < res[1]
+
+
+def test_landmark_fit_picks_the_shape_the_photo_shows() -> None:
+    """An embedding that points at the wrong width: the photo's landmarks pull the fused
+    structure back to the true shape."""
+    from models.slle import fuse_with_landmarks
+
+    bank = _bank()
+    true_lm, true_mask = _rect(0.3, 0.7)
+    misleading = _embed(0.4, 0.6)
+    plain = fuse_structures(bank, misleading, category="tall")
+    photo_lm = true_lm * 0.8 + 0.05  # seen smaller and shifted
+    fitted = fuse_with_landmarks(bank, misleading, photo_lm, np.ones(8, bool), "tall",
+                                 candidates=300)
+    assert _iou(fitted.silhouette, true_mask) > _iou(plain.silhouette, true_mask) + 0.05
+    # Too few visible points: the embedding alone decides.
+    few = fuse_with_landmarks(bank, misleading, photo_lm, np.arange(8) < 3, "tall")
+    assert np.allclose(few.landmarks, plain.landmarks)
