@@ -127,7 +127,9 @@ def draw_overlay(image: np.ndarray, alpha: np.ndarray, landmarks: np.ndarray | N
     # Fade the garment so the drawing stands out.
     base = Image.blend(base, Image.new("RGBA", base.size, (255, 255, 255, 255)), 0.35)
     inside = alpha > 0.5
-    edge = inside & ~ndimage.binary_erosion(inside, iterations=max(1, size // 400))
+    # The outline: inside pixels with an outside pixel within `t` (a separable min filter).
+    t = max(1, size // 400)
+    edge = inside & ~ndimage.minimum_filter(inside, size=2 * t + 1)
     px = np.asarray(base).copy()
     px[edge] = (0, 170, 200, 255)
     out = Image.fromarray(px, "RGBA")
@@ -200,8 +202,11 @@ def fill_unknown(image: np.ndarray, validity: np.ndarray, alpha: np.ndarray,
                                  else np.full(3, 128.0), small.shape).astype(np.float32)
     big = np.asarray(Image.fromarray(np.clip(filled, 0, 255).astype(np.uint8)).resize(
         (size, size), Image.Resampling.BILINEAR))
-    # A soft seam: blend over a few pixels into the known texture.
-    weight = ndimage.gaussian_filter(hole.astype(np.float32), max(1.0, size / 512))
+    # A soft seam: blend over a few pixels into the known texture (the blur is made at the
+    # working size and upsampled; the hole itself stays exact at full size).
+    soft = ndimage.gaussian_filter((~known).astype(np.float32), 1.0)
+    weight = np.asarray(Image.fromarray(soft, "F").resize((size, size),
+                                                          Image.Resampling.BILINEAR))
     weight = np.maximum(weight, hole)[..., None]
     return (image * (1 - weight) + big * weight + 0.5).astype(np.uint8)
 

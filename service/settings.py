@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=5.0, gt=0)
     local_webhook_secret: str = ""
 
-    default_pipeline: str = "cutout"
+    default_pipeline: str = "flatten"
 
     # Queue behaviour for long GPU jobs.
     queue_name: str = "flatlay.gpu"
