@@ -278,8 +278,12 @@ class FlattenPipeline:
     K = 8
     # Fewer visible landmarks than this and the warp falls back to the box-to-box fit.
     MIN_VISIBLE = 4
-    REFINE_BAND = 0.0
-    TPS_SMOOTHING = 1e-3
+    # Both chosen on 40 validation assets: a 1%-wide band where the photo's own edge wins
+    # (IoU +0.001; 2% lost 0.01), and a stiff spline: with parsed landmarks this noisy
+    # (NME ≈ 0.05 in the photo), smoothing 10 beat 1e-3 on garment SSIM (0.375 vs 0.345)
+    # and ΔE (17.6 vs 18.2); stiffer still changed nothing.
+    REFINE_BAND = 0.01
+    TPS_SMOOTHING = 10.0
 
     def __init__(self) -> None:
         self.parser = None
@@ -316,14 +320,19 @@ class FlattenPipeline:
         return fuse_with_landmarks(bank, query, iso, parsed.visibility, category, k=self.K)
 
     @staticmethod
-    def decide_category(parsed, head: np.ndarray | None) -> str:  # noqa: ANN001
-        """The parser's and StructureNet's category beliefs, multiplied (each alone is right
-        about two times in three on the garment world's test split; together more often)."""
-        from models.garments import CATEGORIES
+    def decide_category(parsed, bank, query: np.ndarray) -> str:  # noqa: ANN001
+        """The parser's category belief times the vote of the query's top global hits
+        (add-half smoothed). Chosen on the validation split: the parser alone and this tie
+        on category accuracy (0.74), this gives the better silhouettes; StructureNet's
+        category head lowered both."""
+        from collections import Counter
 
+        from models.garments import CATEGORIES
+        from models.slle import CATEGORY_VOTERS
+
+        votes = Counter(h.category for h in bank.search(query, CATEGORY_VOTERS))
         log_p = np.log(np.array([parsed.category_probs[c] for c in CATEGORIES]) + 1e-6)
-        if head is not None:
-            log_p = log_p + np.log(head + 1e-6)
+        log_p += np.log(np.array([votes.get(c, 0) for c in CATEGORIES]) + 0.5)
         return CATEGORIES[int(np.argmax(log_p))]
 
     def __call__(
@@ -341,12 +350,7 @@ class FlattenPipeline:
             silhouette_alpha,
         )
         from models.slle import FusedStructure, fuse_silhouettes
-        from models.structurenet import (
-            category_probs,
-            embed_photos,
-            normalise_photos,
-            photo_tensor_uint8,
-        )
+        from models.structurenet import embed_photos, normalise_photos, photo_tensor_uint8
         from models.warp import warp_photo
 
         if self.parser is None:
@@ -363,13 +367,12 @@ class FlattenPipeline:
             crop = photo_tensor_uint8(rgb, self.structurenet.photo_size, garment)
             with torch.inference_mode():
                 query = embed_photos(self.structurenet, normalise_photos(crop[None]))[0]
-            if given is None:
-                head = category_probs(self.structurenet, query[None])
-                category = self.decide_category(parsed, None if head is None else head[0])
-                if category != parsed.category:
-                    parsed = self.parser.read_as(parsed, category)
         with clock.stage("retrieve"):
             bank = self._fresh_bank()
+            if given is None:
+                category = self.decide_category(parsed, bank, query)
+                if category != parsed.category:
+                    parsed = self.parser.read_as(parsed, category)
             try:
                 if given is None:
                     fused = self.fuse(bank, query, parsed, category)

@@ -192,13 +192,3 @@ def embed_photos(model: StructureNet, photos: torch.Tensor, batch: int = 128) ->
            for i in range(0, len(photos), batch)]
     return torch.cat(out).numpy().astype(np.float32)
 
-
-@torch.no_grad()
-def category_probs(model: StructureNet, embeddings: np.ndarray) -> np.ndarray | None:
-    """(N, D) photo embeddings → (N, C) probabilities over CATEGORIES from the model's
-    category head (trained with the towers), or None for a model without one."""
-    if model.category_head is None:
-        return None
-    model.eval()
-    logits = model.category_head(torch.from_numpy(np.asarray(embeddings, np.float32)))
-    return torch.softmax(logits, -1).numpy()

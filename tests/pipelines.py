@@ -63,6 +63,7 @@ class StructuredCutoutPipeline(CutoutPipeline):
             result.category = options.structure.category
             result.landmarks = options.structure.landmarks
             result.canvas_landmarks = options.structure.landmarks
+            result.frame = "canonical"
         return result
 
 

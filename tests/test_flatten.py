@@ -101,18 +101,19 @@ def test_transparent_preset_keeps_alpha(flatten) -> None:  # noqa: ANN001
 
 
 def test_sharpness_follows_the_photo(flatten) -> None:  # noqa: ANN001
-    """The same garment photographed at 4× the pixels gives a sharper 1024 px flat-lay."""
-    s = generate(SEEDS[5], size=1024)
+    """The same garment (a printed dress) photographed at 16× the pixels gives a much
+    sharper 1024 px flat-lay: the warp samples the photo, not a model-resolution copy."""
+    from scipy import ndimage
+
+    s = generate(1_100_003, size=1024)
 
     def detail(photo: np.ndarray) -> float:
         r = flatten(photo, PipelineOptions(output_size=1024))
-        grey = r.image[..., :3].mean(-1)
-        inside = r.alpha[1:, 1:] > 0.99
-        grad = np.abs(np.diff(grey, axis=0))[:, 1:] + np.abs(np.diff(grey, axis=1))[1:]
-        return float(grad[inside].mean())
+        inside = ndimage.binary_erosion(r.alpha > 0.99, iterations=3)
+        return float(np.abs(ndimage.laplace(r.image[..., :3].mean(-1)))[inside].mean())
 
     small = np.asarray(Image.fromarray(s.wild_image).resize((256, 256), Image.Resampling.BOX))
-    assert detail(s.wild_image) > 1.3 * detail(small)
+    assert detail(s.wild_image) > 2.0 * detail(small)
 
 
 def test_a_blank_photo_is_a_clear_error(flatten) -> None:  # noqa: ANN001

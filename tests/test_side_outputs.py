@@ -31,7 +31,9 @@ SKIRT = generate(1_150_000, size=128, category="skirt").flat_landmarks
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "data", extra_pipelines=STRUCTURED)
+    # cutout by default here: fast, and these tests are about the service's handling.
+    s = Settings(data_dir=tmp_path / "data", extra_pipelines=STRUCTURED,
+                 default_pipeline="cutout")
     s.ensure_dirs()
     migrate(s.resolved_database_url)
     return s
@@ -340,3 +342,33 @@ def test_openapi_documents_presets_outputs_and_structure(client: TestClient) -> 
     assert presets["default"] == "square-white"
     amazon = next(p for p in presets["presets"] if p["name"] == "amazon-main")
     assert amazon["size"] == 2000 and amazon["formats"][0] == "jpeg"
+
+
+def test_flatten_round_trip_through_the_service(
+    client: TestClient, worker: WorkerContext
+) -> None:
+    """`flatten` (the service's default) gives all four side outputs; its landmarks, edited
+    (hem moved down), come back as `structure` and the new result follows them."""
+    s = generate(1_100_002, size=512)
+    photo = encode(s.wild_image, "JPEG", quality=92)
+    first = _done(client, worker, photo, output_size="512", pipeline="flatten")
+    assert first["pipeline"] == "flatten"
+    assert set(first["side_outputs"]) == {"mask", "landmarks", "neighbours", "overlay"}
+    landmarks = client.get(first["side_outputs"]["landmarks"]).json()
+    neighbours = client.get(first["side_outputs"]["neighbours"]).json()
+    assert neighbours["category"] == landmarks["category"]
+    assert sum(n["weight"] for n in neighbours["neighbours"]) == pytest.approx(1, abs=1e-3)
+    edited = np.array(landmarks["landmarks"])
+    hem = edited[:, 1] > np.median(edited[:, 1])
+    edited[hem, 1] = np.minimum(edited[hem, 1] + 0.05, 0.99)
+    second = _done(client, worker, photo, output_size="512", pipeline="flatten",
+                   structure=_structure(edited, landmarks["category"]))
+    again = client.get(second["side_outputs"]["landmarks"]).json()
+    assert np.allclose(again["landmarks"], edited, atol=1e-5)
+
+    def bottom(status: dict) -> int:
+        mask = np.asarray(Image.open(io.BytesIO(client.get(status["side_outputs"]["mask"])
+                                                .content)))
+        return int(np.nonzero((mask > 127).any(1))[0].max())
+
+    assert bottom(second) > bottom(first) + 0.03 * 512
