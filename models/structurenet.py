@@ -145,7 +145,7 @@ def photo_tensor_uint8(rgb: np.ndarray, size: int, mask: np.ndarray | None = Non
 
 def normalise_photos(photos: np.ndarray) -> torch.Tensor:
     """(N, P, P, 3) uint8 → (N, 3, P, P) float tensor, normalised for the photo tower."""
-    t = torch.from_numpy(np.ascontiguousarray(photos)).permute(0, 3, 1, 2).float() / 255.0
+    t = torch.from_numpy(np.array(photos, copy=True)).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(PHOTO_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(PHOTO_STD).view(1, 3, 1, 1)
     return (t - mean) / std

@@ -69,7 +69,7 @@ def test_post_stores_the_job_and_enqueues_only_its_id(
     assert max(p.stat().st_size for p in settings.queue_dir.glob("*.msg")) < 4096
 
     status = client.get(f"/assets/{job_id}").json()
-    assert status["status"] == "queued" and status["pipeline"] == "cutout"
+    assert status["status"] == "queued" and status["pipeline"] == "flatten"
     assert status["options"] == {"preset": "square-white", "output_size": 512,
                                  "background": "#eeeeee", "format": "webp", "seed": 7,
                                  "structure": None}
@@ -162,7 +162,7 @@ def test_health_readiness_and_docs(client: TestClient) -> None:
     for code in ("unsupported_media_type", "file_too_large", "corrupt_image", "unknown_pipeline"):
         assert code in described
     assert set(ERROR_CODES) >= {"asset_not_ready", "asset_not_found"}
-    assert client.get("/pipelines").json()["default"] == "cutout"
+    assert client.get("/pipelines").json()["default"] == "flatten"
 
 
 def test_readyz_reports_a_broken_store(tmp_path: Path) -> None:

@@ -146,8 +146,8 @@ def test_distributed_round_trip(redis_url: str, postgres_url: str, tmp_path: Pat
         _round_trip(svc, "webp", "transparent", 256)
         # The worker serves its own series; the API's /metrics has the job store's view.
         worker = _samples(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
-        assert worker[("flatlay_stage_seconds_count", "cutout", "parse")] == 2
-        assert worker[("flatlay_jobs_processed_total", "cutout", "succeeded")] == 2
+        assert worker[("flatlay_stage_seconds_count", "flatten", "parse")] == 2
+        assert worker[("flatlay_jobs_processed_total", "flatten", "succeeded")] == 2
         with svc.client() as c:
             api = _samples(c.get("/metrics").text)
         assert not any(name == "flatlay_stage_seconds_count" for name, *_ in api)

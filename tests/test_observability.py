@@ -89,11 +89,12 @@ def test_one_job_moves_the_counters_and_histograms(
     assert moved("flatlay_http_request_duration_seconds_count", route="/assets",
                  method="POST") == 1
     # The worker's series, summed into the API's /metrics from the shared multiprocess folder.
-    for stage in status["timings"]:
-        assert moved("flatlay_stage_seconds_count", pipeline="cutout", stage=stage) == 1, stage
-        assert _value(after, "flatlay_stage_seconds_sum", pipeline="cutout", stage=stage) > 0
-    assert moved("flatlay_jobs_processed_total", pipeline="cutout", status="succeeded") == 1
-    assert ("flatlay_model_load_seconds", (("pipeline", "cutout"),)) in after
+    for stage in status["timings"]:  # the default pipeline, flatten
+        assert moved("flatlay_stage_seconds_count", pipeline="flatten", stage=stage) == 1, stage
+        assert _value(after, "flatlay_stage_seconds_sum", pipeline="flatten", stage=stage) > 0
+    assert moved("flatlay_jobs_processed_total", pipeline="flatten", status="succeeded") == 1
+    for name in ("cutout", "flatten", "nearest"):
+        assert ("flatlay_model_load_seconds", (("pipeline", name),)) in after
     # Read from the job store at scrape time.
     assert _value(after, "flatlay_jobs", state="succeeded") >= 1
     assert _value(after, "flatlay_queue_depth") == 0
@@ -147,7 +148,7 @@ def test_status_shows_the_live_worker(
         "queued", "running", "succeeded", "failed", "canceled"}
     assert len(status["workers"]) == 1
     worker = status["workers"][0]
-    assert worker["pipelines"] == ["cutout"] and worker["last_seen_s"] < 3
+    assert worker["pipelines"] == ["cutout", "flatten", "nearest"] and worker["last_seen_s"] < 3
 
     assert main(["status", "--data-dir", str(data_dir)]) == 0
     table = capsys.readouterr().out

@@ -93,7 +93,7 @@ def test_upload_from_the_keyboard_watch_progress_see_and_download(
 ) -> None:
     photo = _photo(tmp_path / "blue shirt.jpg", offset=(0.1, 0.0))
     # Options come from the API: the default pipeline is preselected.
-    expect(page.locator("#pipeline")).to_have_value("cutout")
+    expect(page.locator("#pipeline")).to_have_value("flatten")
     # Listen for the file dialog well before it opens: Playwright intercepts the dialog only
     # once its listener is installed in the browser.
     choosers: list[FileChooser] = []
@@ -129,7 +129,7 @@ def test_upload_from_the_keyboard_watch_progress_see_and_download(
     expect(page.locator("#preset")).to_have_value("square-white")
     expect(page.locator("#viewer-compliance")).to_contain_text(
         "Fails the square-white preset: size [512,512] (needs [1024,1024])")
-    # cutout gives a structure overlay: the page offers it and loads it on demand.
+    # flatten gives a structure overlay: the page offers it and loads it on demand.
     toggle = page.locator("#overlay-toggle")
     expect(toggle).to_be_visible()
     expect(page.locator("#overlay-img")).to_be_hidden()
