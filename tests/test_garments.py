@@ -252,3 +252,9 @@ def test_the_world_does_not_import_torch():
             "sys.exit(int('torch' in sys.modules))")
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_a_heldout_garment_with_an_upside_down_print_box_renders():
+    # Seed 1200124 (held-out family) once crashed PIL with an inverted print box.
+    s = generate(1_200_124, size=256)
+    assert s.flat_mask.any() and s.wild_image.shape == (256, 256, 3)

@@ -312,7 +312,9 @@ def draw_print(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float]
     kind = str(rng.choice(["text", "logo", "badge", "number"], p=[0.45, 0.2, 0.2, 0.15]))
     font_name = str(rng.choice(_FONT_FILES))
     text = str(rng.choice(_WORDS))
-    w, h = x1 - x0, y1 - y0
+    # A held-out shape can give a print box upside down (a short top under a deep neckline):
+    # its size is what counts. Boxes the right way up are unchanged.
+    w, h = abs(x1 - x0), abs(y1 - y0)
     cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
     attrs = {"kind": kind, "font": font_name, "colour": list(ink), "small": small}
     if kind == "text":
