@@ -48,7 +48,7 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20)
-    ap.add_argument("--pipeline", default="cutout")
+    ap.add_argument("--pipeline", default="flatten")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--url", default=None)
     ap.add_argument("--port", type=int, default=8799)
