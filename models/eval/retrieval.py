@@ -1,7 +1,7 @@
 """The retrieval benchmark (`flatlay bench retrieval`): StructureNet + bank + SLLE against
 the garment world's ground truth.
 
-Photos are embedded whole (no parser crop yet) and, as a second view, cropped to the
+Photos are embedded whole and, as a second view, cropped to the
 garment's true box (what a good parser would give); both are reported.
 """
 
