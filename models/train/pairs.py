@@ -6,15 +6,14 @@ once, in parallel, into one `.npz` per seed range, and training reads arrays.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from models.garments import CATEGORIES, generate
+from models.train.common import render_map
 
 # Rendering size of the garment world for training pairs and bank entries, and the size the
 # photo crops are cached at (resized to a tower's input size when used).
@@ -109,11 +108,7 @@ def render_pairs(
 ) -> PairArrays:
     """Render the pairs of `seeds` (in order) with `workers` processes and a progress bar."""
     jobs = [(int(s), photo_size, map_size, category) for s in seeds]
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            rows = list(tqdm(pool.imap(_one, jobs, chunksize=16), total=len(jobs), desc=desc))
-    else:
-        rows = [_one(j) for j in tqdm(jobs, desc=desc)]
+    rows = render_map(_one, jobs, workers, desc)
     cols = list(zip(*rows, strict=True))
     return PairArrays(
         photos=np.stack(cols[0]),

@@ -11,8 +11,6 @@ automatically; weights, config and a model card at the end.
 from __future__ import annotations
 
 import json
-import math
-import multiprocessing as mp
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +33,7 @@ from models.parser import (
     normalise,
     soft_argmax,
 )
+from models.train.common import cosine_lr, load_checkpoint, render_map, save_checkpoint
 
 MAX_L = max(num_landmarks(c) for c in CATEGORIES)
 RENDER = 256
@@ -77,11 +76,7 @@ def _one(seed: int) -> tuple:
 def render_parser_data(seeds: list[int], workers: int, desc: str) -> dict[str, np.ndarray]:
     """photos (N, 128, 128, 3) uint8, masks (N, 64, 64) bool, categories (N,), landmarks
     (N, MAX_L, 2) in the photo's unit square, visible (N, MAX_L) uint8."""
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            rows = list(tqdm(pool.imap(_one, seeds, chunksize=16), total=len(seeds), desc=desc))
-    else:
-        rows = [_one(s) for s in tqdm(seeds, desc=desc)]
+    rows = render_map(_one, seeds, workers, desc)
     cols = list(zip(*rows, strict=True))
     return {"photos": np.stack(cols[0]), "masks": np.stack(cols[1]),
             "categories": np.array(cols[2], np.int64), "landmarks": np.stack(cols[3]),
@@ -207,13 +202,6 @@ def evaluate(net: ParserNet, data: dict[str, np.ndarray], device: str) -> dict[s
             "n": len(ious)}
 
 
-def _lr(step: int, cfg: ParserTrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def train_parser(cfg: ParserTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     run = Path(cfg.run_dir)
@@ -224,14 +212,12 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step, history = 0, []
-    ckpt = run / "checkpoint.pt"
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=cfg.device, weights_only=False)
+    state = load_checkpoint(run, cfg.device)
+    if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
         step, history = state["step"], state["history"]
-        print(f"resumed from {ckpt} at step {step}")
     started = time.time()
     net.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="train parser")
@@ -239,7 +225,7 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
         idx = rng.integers(len(train_data["photos"]), size=cfg.batch)
         batch = _batch(train_data, idx, rng, augment=True)
         for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
         out = net(batch["x"].to(cfg.device))
         loss, parts = parser_loss(out, {k: v.to(cfg.device) for k, v in batch.items()})
         opt.zero_grad(set_to_none=True)
@@ -256,10 +242,9 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
             with (run / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            torch.save({"model": net.state_dict(), "opt": opt.state_dict(),
-                        "rng": rng.bit_generator.state, "step": step, "history": history},
-                       run / "checkpoint.tmp")
-            (run / "checkpoint.tmp").replace(ckpt)
+            save_checkpoint(run, {"model": net.state_dict(), "opt": opt.state_dict(),
+                                  "rng": rng.bit_generator.state, "step": step,
+                                  "history": history})
     bar.close()
     final = history[-1] if history else evaluate(net, val_data, cfg.device)
     training = {

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from models.garments import CATEGORIES, SPLITS
 from models.structurenet import StructureNet, normalise_photos
+from models.train.common import cosine_lr, load_checkpoint, save_checkpoint
 from models.train.pairs import PAIR_PHOTO_SIZE, PairArrays, render_pairs
 
 WITHHELD_DEFAULT = ("skirt",)
@@ -118,13 +119,6 @@ def _augment(photos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return photos * gain + bias
 
 
-def _lr(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     run = Path(cfg.run_dir)
@@ -144,14 +138,12 @@ def train(cfg: TrainConfig) -> dict:
     loss_fn = ClipLoss()
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, []
-    ckpt = run / "checkpoint.pt"
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=cfg.device, weights_only=False)
+    state = load_checkpoint(run, cfg.device)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step, history = state["step"], state["history"]
-        print(f"resumed from {ckpt} at step {step}")
 
     model.train()
     started = time.time()
@@ -161,7 +153,7 @@ def train(cfg: TrainConfig) -> dict:
         x = _augment(photos[idx], gen).to(cfg.device)
         y = (maps[idx].float() / 255.0).to(cfg.device)
         for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
+            group["lr"] = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
         photo_f, struct_f, scale = model(x, y)
         c, lm = cats[idx].to(cfg.device), lms[idx].to(cfg.device)
         loss = loss_fn(photo_f, struct_f, scale) + 0.5 * (
@@ -182,10 +174,8 @@ def train(cfg: TrainConfig) -> dict:
             with (run / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "step": step, "history": history},
-                       run / "checkpoint.tmp")
-            (run / "checkpoint.tmp").replace(ckpt)
+            save_checkpoint(run, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                  "gen": gen.get_state(), "step": step, "history": history})
     bar.close()
 
     final = history[-1] if history else evaluate(model, val_pairs, cfg.device)

@@ -1,0 +1,106 @@
+"""The learned garment parser: its network, read-out, training loop and shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.garments import CATEGORIES, generate, num_landmarks
+from models.parser import (
+    PARSER_WEIGHTS,
+    GarmentParser,
+    ParserNet,
+    letterbox,
+    soft_argmax,
+    total_landmarks,
+)
+
+
+def test_network_shapes() -> None:
+    out = ParserNet(8)(torch.zeros(2, 3, 128, 128))
+    assert out["mask"].shape == (2, 1, 64, 64)
+    assert out["category"].shape == (2, len(CATEGORIES))
+    assert out["heatmaps"].shape == (2, total_landmarks(), 32, 32)
+    assert out["visibility"].shape == (2, total_landmarks())
+
+
+def test_soft_argmax_finds_a_peak_between_cells() -> None:
+    h = torch.full((1, 1, 32, 32), -10.0)
+    h[0, 0, 10, 20] = h[0, 0, 10, 21] = 5.0  # two equal cells: the point between them
+    xy = soft_argmax(h)[0, 0].numpy()
+    assert xy == pytest.approx([21.0 / 32, 10.5 / 32], abs=1e-4)
+    h[0, 0, 2, 2] = 4.0  # a weaker mode far away does not pull it
+    assert soft_argmax(h)[0, 0].numpy() == pytest.approx(xy, abs=1e-3)
+
+
+def test_letterbox_keeps_the_photo_undistorted() -> None:
+    rgb = np.zeros((100, 300, 3), np.uint8)
+    rgb[:, :, 0] = 200
+    square, scale, (pad_x, pad_y) = letterbox(rgb)
+    assert square.shape == (128, 128, 3)
+    assert scale == pytest.approx(128 / 300)
+    assert pad_x == 0 and pad_y == (128 - round(100 * scale)) // 2
+    assert (square[pad_y + 2:pad_y + 40, :, 0] == 200).all()
+
+
+@pytest.fixture(scope="module")
+def parser() -> GarmentParser:
+    return GarmentParser.from_pretrained(PARSER_WEIGHTS)
+
+
+def test_shipped_parser_finds_garment_category_and_landmarks(parser: GarmentParser) -> None:
+    ious, hits, errs = [], [], []
+    for seed in range(1_100_000, 1_100_012):
+        s = generate(seed, size=384)
+        p = parser.parse(s.wild_image)
+        assert p.mask.shape == (384, 384) and 0 <= p.mask.min() and p.mask.max() <= 1
+        assert sum(p.category_probs.values()) == pytest.approx(1.0, abs=1e-3)
+        m = p.mask > 0.5
+        ious.append((m & s.wild_mask).sum() / max(1, (m | s.wild_mask).sum()))
+        hits.append(p.category == s.category)
+        own = parser.read_as(p, s.category)
+        assert own.landmarks.shape == (num_landmarks(s.category), 2)
+        vis = s.wild_visibility.astype(bool)
+        errs += np.linalg.norm(own.landmarks - s.wild_landmarks, axis=1)[vis].tolist()
+    assert np.mean(ious) > 0.8
+    assert np.mean(hits) > 0.4
+    assert np.median(errs) < 0.06
+
+
+def test_read_as_gives_another_schema_without_a_second_pass(parser: GarmentParser) -> None:
+    s = generate(1_100_003, size=256)
+    p = parser.parse(s.wild_image)
+    other = next(c for c in CATEGORIES if num_landmarks(c) != num_landmarks(p.category))
+    q = parser.read_as(p, other)
+    assert q.category == other and q.landmarks.shape == (num_landmarks(other), 2)
+    assert q.mask is p.mask and q.category_probs == p.category_probs
+
+
+def test_training_writes_weights_card_and_resumes(tmp_path: Path) -> None:
+    from models.train.parser import ParserTrainConfig, train_parser
+
+    cfg = ParserTrainConfig(out=str(tmp_path / "w"), run_dir=str(tmp_path / "run"), width=8,
+                            n_train=16, n_val=8, steps=3, batch=4, eval_every=3,
+                            ckpt_every=1, workers=1, device="cpu")
+    metrics = train_parser(cfg)
+    assert set(metrics) >= {"mask_iou", "category_accuracy", "landmark_nme"}
+    meta = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert meta["model_cfg"]["width"] == 8 and meta["training"]["config"]["steps"] == 3
+    assert "flatlay train parser" in (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    loaded = GarmentParser.from_pretrained(tmp_path / "w")
+    assert loaded.parse(generate(5, size=128).wild_image).mask.shape == (128, 128)
+    cfg.steps = 5
+    train_parser(cfg)  # resumes at step 3
+    history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [3, 5]
+
+
+def test_train_parser_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import main
+
+    assert main(["train", "parser", "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
