@@ -325,6 +325,7 @@ class GarmentParser:
         full = img.transform((w, h), Image.Transform.EXTENT, (x0, y0, x1, y1),
                              Image.Resampling.BILINEAR)
         soft = np.asarray(full, np.float32)
-        # Sharpen the upsampled ramp: edges of about two mask cells.
-        edge = max(1.0, min(h, w) / (MASK_SIZE * 2))
+        # One mask cell spans k / scale photo pixels; sharpen the upsampled ramp to about
+        # 1.5 photo pixels, as soft as a real edge and no halo.
+        edge = max(1.0, k / scale / 1.5)
         return np.clip((soft - 0.5) * edge + 0.5, 0.0, 1.0).astype(np.float32)
