@@ -498,7 +498,7 @@ def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[
     try:
         return resolve_options(args.pipeline, given_options(
             preset=args.preset, output_size=args.output_size, background=args.background,
-            format=fmt, seed=args.seed, structure=structure), "cutout")
+            format=fmt, seed=args.seed, structure=structure), _default_pipeline())
     except ApiError as exc:
         field = exc.field or ""
         if field.startswith("structure"):
@@ -507,6 +507,12 @@ def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[
         flag = _GENERATE_FLAGS.get(field, field)
         message = exc.message if exc.message.startswith(flag) else f"{flag}: {exc.message}"
         raise CLIError(message) from None
+
+
+def _default_pipeline() -> str:
+    from service.settings import Settings
+
+    return Settings().default_pipeline
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -568,7 +574,8 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, default=None,
                    help="output folder (default ./flatlays), or for one photo the output "
                    "file (its suffix picks the format)")
-    p.add_argument("--pipeline", default="cutout", help="pipeline name (default cutout)")
+    p.add_argument("--pipeline", default=None,
+                   help="pipeline name (default: the service's, FLATLAY_DEFAULT_PIPELINE)")
     p.add_argument("--preset", default=None,
                    help="output preset: square-white (default), amazon-main, transparent; "
                    "gives the defaults of size, background and format")
