@@ -154,10 +154,14 @@ def silhouette_alpha(silhouette: np.ndarray, size: int) -> tuple[np.ndarray, np.
     any output size; alpha ramps over one output pixel (anti-aliased). sdf is in output px,
     negative inside.
     """
+    from scipy import ndimage
+
     from models.warp import signed_distance
 
     s = silhouette.shape[0]
-    sdf = signed_distance(silhouette) * (size / s)
+    # A light blur of the distance field takes out the pixel steps of the bank's mask, which
+    # an 8× upsampling would show as a wobbly outline.
+    sdf = ndimage.gaussian_filter(signed_distance(silhouette), 0.8) * (size / s)
     big = np.asarray(Image.fromarray(sdf, "F").resize((size, size), Image.Resampling.BILINEAR))
     alpha = np.clip(0.5 - big, 0.0, 1.0).astype(np.float32)
     return alpha, big.astype(np.float32)
@@ -177,21 +181,26 @@ def refine_alpha(alpha: np.ndarray, sdf: np.ndarray, warped_mask: np.ndarray,
 
 
 def fill_unknown(image: np.ndarray, validity: np.ndarray, alpha: np.ndarray,
-                 work: int = 256) -> np.ndarray:
+                 work: int = 256, trim: float = 0.0) -> np.ndarray:
     """Texture where the garment is but the photo said nothing (occluded, out of frame,
     behind a fold): the nearest known texture, blurred, at a working resolution.
 
-    image: (S, S, 3) uint8; validity: (S, S) bool (V); alpha: (S, S) float.
+    image: (S, S, 3) uint8; validity: (S, S) bool (V); alpha: (S, S) float. `trim` (share of
+    the canvas) drops that much of V's edge too: a parser's mask edge is coarse, and a
+    garment edge smeared from inside looks better than a strip of background.
     """
     from scipy import ndimage
 
     size = image.shape[0]
     hole = (alpha > 0.0) & ~validity
-    if not hole.any():
+    if not hole.any() and trim <= 0:
         return image
     small = np.asarray(Image.fromarray(image).resize((work, work), Image.Resampling.BOX))
     known = np.asarray(Image.fromarray(validity.astype(np.uint8) * 255).resize(
         (work, work), Image.Resampling.BOX)) > 250
+    if trim > 0 and known.any():
+        trimmed = ndimage.binary_erosion(known, iterations=max(1, round(trim * work)))
+        known = trimmed if trimmed.any() else known
     if known.any():
         _, (iy, ix) = ndimage.distance_transform_edt(~known, return_indices=True)
         filled = small[iy, ix].astype(np.float32)

@@ -294,6 +294,10 @@ class FlattenPipeline:
     # and ΔE (17.6 vs 18.2); stiffer still changed nothing.
     REFINE_BAND = 0.01
     TPS_SMOOTHING = 10.0
+    # Texture within this share of the canvas of the photo mask's edge is refilled from
+    # inside (the parser's 64² mask edge lets background in). On 40 validation assets:
+    # garment SSIM 0.374 → 0.385, ΔE 17.6 → 17.3 (1.2%: 0.383, 17.3).
+    EDGE_TRIM = 0.02
 
     def __init__(self) -> None:
         self.parser = None
@@ -416,7 +420,7 @@ class FlattenPipeline:
         with clock.stage("compose"):
             alpha, sdf = silhouette_alpha(fused.silhouette, size)
             alpha = refine_alpha(alpha, sdf, warped.mask, self.REFINE_BAND)
-            image = fill_unknown(warped.image, warped.validity, alpha)
+            image = fill_unknown(warped.image, warped.validity, alpha, trim=self.EDGE_TRIM)
             layer = layer_of(image, alpha)
             canvas_landmarks = fused.landmarks.copy()
             fill = get_preset(options.preset).fill
