@@ -44,9 +44,9 @@ class ParserTrainConfig:
     out: str = "models/weights/parser-tiny"
     run_dir: str = "runs/parser-tiny"
     width: int = 16
-    n_train: int = 16_000
+    n_train: int = 24_000
     n_val: int = 800
-    steps: int = 3_000
+    steps: int = 4_500
     batch: int = 48
     lr: float = 3e-3
     weight_decay: float = 1e-4
