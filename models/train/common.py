@@ -3,6 +3,7 @@ processes, and checkpoints that a run resumes from."""
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 from collections.abc import Callable, Sequence
@@ -48,3 +49,11 @@ def save_checkpoint(run: Path, state: dict[str, Any]) -> None:
     tmp = Path(run) / "checkpoint.tmp"
     torch.save(state, tmp)
     tmp.replace(Path(run) / "checkpoint.pt")
+
+
+def record_eval(run: Path, history: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """Keep a validation result: in the run's history, on the console, in metrics.jsonl."""
+    history.append(metrics)
+    tqdm.write(json.dumps(metrics))
+    with (Path(run) / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(metrics) + "\n")

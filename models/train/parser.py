@@ -10,7 +10,6 @@ automatically; weights, config and a model card at the end.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from models.parser import (
     normalise,
     soft_argmax,
 )
-from models.train.common import cosine_lr, load_checkpoint, render_map, save_checkpoint
+from models.train.common import cosine_lr, load_checkpoint, record_eval, render_map, save_checkpoint
 
 MAX_L = max(num_landmarks(c) for c in CATEGORIES)
 RENDER = 256
@@ -235,12 +234,8 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
         bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            metrics = {"step": step, "loss": round(loss.item(), 4),
-                       **evaluate(net, val_data, cfg.device)}
-            history.append(metrics)
-            tqdm.write(json.dumps(metrics))
-            with (run / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
+            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4),
+                                        **evaluate(net, val_data, cfg.device)})
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_checkpoint(run, {"model": net.state_dict(), "opt": opt.state_dict(),
                                   "rng": rng.bit_generator.state, "step": step,

@@ -11,7 +11,6 @@ retraining (RAGDiffusion's zero-shot path).
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from models.garments import CATEGORIES, SPLITS
 from models.structurenet import StructureNet, normalise_photos
-from models.train.common import cosine_lr, load_checkpoint, save_checkpoint
+from models.train.common import cosine_lr, load_checkpoint, record_eval, save_checkpoint
 from models.train.pairs import PAIR_PHOTO_SIZE, PairArrays, render_pairs
 
 WITHHELD_DEFAULT = ("skirt",)
@@ -167,12 +166,8 @@ def train(cfg: TrainConfig) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            metrics = {"step": step, "loss": round(loss.item(), 4),
-                       **evaluate(model, val_pairs, cfg.device)}
-            history.append(metrics)
-            tqdm.write(json.dumps(metrics))
-            with (run / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
+            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4),
+                                        **evaluate(model, val_pairs, cfg.device)})
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             save_checkpoint(run, {"model": model.state_dict(), "opt": opt.state_dict(),
                                   "gen": gen.get_state(), "step": step, "history": history})
