@@ -20,7 +20,14 @@ from models.presets import DEFAULT_PRESET, PRESETS
 from service.auth import Principal
 from service.batches import router as batches_router
 from service.context import ServiceContext, register_extra_pipelines
-from service.deps import Ctx, IdempotencyKey, Key, replayed_or_conflict, request_fingerprint
+from service.deps import (
+    Ctx,
+    IdempotencyKey,
+    Key,
+    replayed_or_conflict,
+    request_fingerprint,
+    request_webhook_target,
+)
 from service.errors import ApiError, error_response, error_responses, install_error_handlers
 from service.logs import log_context
 from service.metrics import JobStoreCollector, render
@@ -60,7 +67,7 @@ from service.schemas import (
 from service.settings import Settings, get_settings
 from service.store import DeliveryView, Idempotency, IdempotencyConflict, JobView, new_job_id
 from service.structures import router as structures_router
-from service.webhooks import complete_batch, webhook_target
+from service.webhooks import complete_batch
 
 log = logging.getLogger("flatlay.api")
 WEB_DIR = Path(__file__).parent / "web"
@@ -112,13 +119,6 @@ def _read_upload(file: UploadFile, max_bytes: int) -> bytes:
             "file_too_large", f"the file is larger than the limit of {max_bytes} bytes", "file"
         )
     return data
-
-
-def _webhook_target(url: str | None, key: Principal, settings: Settings) -> str | None:
-    try:
-        return webhook_target(url, key.webhook_url, key.key_id, settings)
-    except ValueError as exc:
-        raise ApiError("validation_error", str(exc), "webhook_url") from None
 
 
 def _delivery(d: DeliveryView) -> WebhookDelivery:
@@ -225,7 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     background=background, format=format, seed=seed,
                                     structure=structure),
             settings.default_pipeline)
-        hook = _webhook_target(webhook_url, key, settings)
+        hook = request_webhook_target(webhook_url, key, settings)
         data = _read_upload(file, settings.max_upload_bytes)
         idem = None
         if idempotency_key is not None:

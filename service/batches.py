@@ -27,7 +27,14 @@ from fastapi.responses import StreamingResponse
 
 from models.io import ImageLimits, IngestError, validate_image
 from service.context import ServiceContext
-from service.deps import Ctx, IdempotencyKey, Key, replayed_or_conflict, request_fingerprint
+from service.deps import (
+    Ctx,
+    IdempotencyKey,
+    Key,
+    replayed_or_conflict,
+    request_fingerprint,
+    request_webhook_target,
+)
 from service.errors import ApiError, error_responses
 from service.fetch import AllowList, FetchError, check_url
 from service.options import (
@@ -59,7 +66,6 @@ from service.store import (
     new_job_id,
     new_job_row,
 )
-from service.webhooks import webhook_target
 
 log = logging.getLogger("flatlay.batches")
 
@@ -476,10 +482,7 @@ def create_batch(
     given = given_options(preset=preset, output_size=output_size, background=background,
                           format=format, seed=seed, structure=structure)
     pipeline, options = resolve_options(pipeline, given, s.default_pipeline)
-    try:
-        webhook_url = webhook_target(webhook_url, key.webhook_url, key.key_id, s)
-    except ValueError as exc:
-        raise ApiError("validation_error", str(exc), "webhook_url") from None
+    webhook_url = request_webhook_target(webhook_url, key, s)
     uploads = files or [archive or manifest]  # type: ignore[list-item]
     if len(uploads) > s.batch_max_items:
         raise ApiError("batch_too_large", f"a batch holds at most {s.batch_max_items} items",

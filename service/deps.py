@@ -12,7 +12,9 @@ from service.auth import Principal
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
 from service.ratelimit import limited_key
+from service.settings import Settings
 from service.store import Idempotency
+from service.webhooks import webhook_target
 
 Ctx = Annotated[ServiceContext, Depends(get_context)]
 # The caller, authenticated and within its rate limit.
@@ -47,3 +49,12 @@ def replayed_or_conflict(ctx: ServiceContext, key: Principal, idem: Idempotency)
             "Idempotency-Key",
         )
     return record.resource_id
+
+
+def request_webhook_target(url: str | None, key: Principal, settings: Settings) -> str | None:
+    """The URL a create request's events go to (its own, else its key's); 422 naming
+    `webhook_url` when it cannot be used."""
+    try:
+        return webhook_target(url, key.webhook_url, key.key_id, settings)
+    except ValueError as exc:
+        raise ApiError("validation_error", str(exc), "webhook_url") from None
