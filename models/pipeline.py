@@ -211,10 +211,10 @@ class CutoutPipeline:
         self.parser = None
 
     def load(self) -> None:
-        from models.parser import PARSER_WEIGHTS, GarmentParser
+        from models.parser import PARSER_WEIGHTS
 
         if (PARSER_WEIGHTS / "config.json").is_file():
-            self.parser = GarmentParser.from_pretrained(PARSER_WEIGHTS)
+            self.parser = _parser()
 
     def __call__(
         self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
@@ -261,13 +261,19 @@ def configure(bank_dir: Path | None) -> None:
 
 
 @functools.cache
+def _parser():  # noqa: ANN202 (torch models are imported lazily)
+    """The garment parser, loaded once per process for every pipeline that uses it."""
+    from models.parser import PARSER_WEIGHTS, GarmentParser
+
+    return GarmentParser.from_pretrained(PARSER_WEIGHTS)
+
+
+@functools.cache
 def _retrieval_models():  # noqa: ANN202 (torch models are imported lazily)
     """The parser and StructureNet, loaded once per process for every pipeline using them."""
-    from models.parser import PARSER_WEIGHTS, GarmentParser
     from models.structurenet import DEFAULT_WEIGHTS, StructureNet
 
-    return GarmentParser.from_pretrained(PARSER_WEIGHTS), StructureNet.from_pretrained(
-        DEFAULT_WEIGHTS)
+    return _parser(), StructureNet.from_pretrained(DEFAULT_WEIGHTS)
 
 
 class FlattenPipeline:
@@ -363,7 +369,7 @@ class FlattenPipeline:
             refine_alpha,
             silhouette_alpha,
         )
-        from models.slle import FusedStructure, fuse_silhouettes
+        from models.slle import structure_on_landmarks
         from models.structurenet import embed_photos, normalise_photos, photo_tensor_uint8
         from models.warp import warp_photo
 
@@ -396,21 +402,8 @@ class FlattenPipeline:
                 if given is None:
                     fused = self.fuse(bank, query, parsed, category)
                 else:
-                    # A person's structure: its landmarks, with silhouettes of its category's
-                    # nearest entries warped onto them.
-                    hits = bank.search(query, self.K, category=given.category)
-                    if not hits:
-                        raise ValueError(f"the structure bank has no {given.category!r} "
-                                         "entries")
-                    weights = np.full(len(hits), 1.0 / len(hits))
-                    fused = FusedStructure(
-                        category=given.category, embedding=query,
-                        landmarks=given.landmarks.astype(np.float32),
-                        silhouette=fuse_silhouettes(bank, [h.row for h in hits], weights,
-                                                    given.landmarks),
-                        neighbours=[{"id": h.id, "weight": round(float(w), 6),
-                                     "score": round(h.score, 6)}
-                                    for h, w in zip(hits, weights, strict=True)])
+                    fused = structure_on_landmarks(bank, query, given.category,
+                                                   given.landmarks, self.K)
             except ValueError as exc:
                 raise PipelineError("structure_unavailable", str(exc)) from None
         size = options.output_size

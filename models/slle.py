@@ -194,3 +194,21 @@ def fuse_with_landmarks(
     residual = similarity_residuals(pts, targets)
     chosen = [hits[i] for i in np.argsort(residual, kind="stable")[:k]]
     return _fuse_hits(bank, query, chosen, category, reg)
+
+
+def structure_on_landmarks(bank: StructureBank, query: np.ndarray, category: str,
+                           landmarks: np.ndarray, k: int = DEFAULT_K) -> FusedStructure:
+    """A given structure (a person's landmarks) with a silhouette: the category's K nearest
+    entries warped onto those landmarks and fused with equal weights."""
+    hits = bank.search(query, k, category=category)
+    if not hits:
+        raise ValueError(f"the structure bank has no {category!r} entries")
+    weights = np.full(len(hits), 1.0 / len(hits))
+    landmarks = np.asarray(landmarks, np.float32)
+    return FusedStructure(
+        category=category,
+        embedding=np.asarray(query, np.float32),
+        landmarks=landmarks,
+        silhouette=fuse_silhouettes(bank, [h.row for h in hits], weights, landmarks),
+        neighbours=_neighbour_list(hits, weights),
+    )
