@@ -7,6 +7,7 @@ import logging
 
 from celery import Celery
 
+from service.filequeue import TRANSPORT
 from service.settings import Settings
 
 log = logging.getLogger("flatlay.queue")
@@ -39,6 +40,8 @@ def celery_config(settings: Settings) -> dict:
     }
     if settings.embedded_broker:
         folder = str(settings.queue_dir)
+        # kombu's file channel, but a message file appears only once it is whole.
+        conf["broker_transport"] = TRANSPORT
         conf["broker_transport_options"] = {
             "data_folder_in": folder,
             "data_folder_out": folder,
