@@ -6,6 +6,10 @@ away, fails to decode it and drops the message: the job stays `queued` until the
 reconciler sends it again (minutes). Under CPU load about 1% of messages were lost that way
 (tests/test_filequeue.py reproduces it). Here a message is written under a name the
 consumer ignores and renamed into place, which is atomic within one folder.
+
+Taking a message is a rename within the folder too (kombu moves it to the temp folder, a
+copy and a delete when that is another file system), so two workers on one folder never
+both get the same message.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from time import monotonic
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
-from kombu.utils.json import dumps
+from kombu.transport.virtual import Empty
+from kombu.utils.json import dumps, loads
 
 TRANSPORT = "service.filequeue:Transport"
 
@@ -39,6 +44,27 @@ class Channel(filesystem.Channel):
             except OSError:
                 pass
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _get(self, queue: str) -> dict:
+        if self.store_processed:
+            return super()._get(queue)
+        wanted = f"{queue}.msg"
+        for name in sorted(os.listdir(self.data_folder_in)):
+            if name.partition(".")[2] != wanted:
+                continue
+            taken = os.path.join(self.data_folder_in, f".{name}.taken-{uuid.uuid4().hex}")
+            try:
+                os.rename(os.path.join(self.data_folder_in, name), taken)
+            except OSError:
+                continue  # another consumer took it first
+            try:
+                with open(taken, "rb") as f:
+                    payload = f.read()
+                os.unlink(taken)
+            except OSError as exc:
+                raise ChannelError(f"Cannot read file {taken!r} from queue.") from exc
+            return loads(payload)
+        raise Empty()
 
 
 class Transport(filesystem.Transport):

@@ -115,3 +115,33 @@ def test_concurrent_producer_and_consumer_lose_nothing(tmp_path: Path) -> None:
             message.ack()
     producer.join(30)
     assert sorted(got) == list(range(n))
+
+
+def _drain(folder: Path, out: mp.Queue) -> None:
+    # The channel's own take, without a consumer's prefetch buffer in between.
+    got = []
+    with _connection(folder, filequeue.TRANSPORT) as conn:
+        channel = conn.default_channel
+        while True:
+            try:
+                got.append(channel._get(QUEUE)["i"])
+            except Empty:
+                break
+    out.put(got)
+
+
+def test_two_consumers_never_get_the_same_message(tmp_path: Path) -> None:
+    n = 600
+    with _connection(tmp_path, filequeue.TRANSPORT) as conn:
+        for i in range(n):
+            conn.default_channel._put(QUEUE, {"i": i})
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    consumers = [ctx.Process(target=_drain, args=(tmp_path, out)) for _ in range(2)]
+    for c in consumers:
+        c.start()
+    got = [out.get(timeout=120) for _ in consumers]
+    for c in consumers:
+        c.join(30)
+    assert sorted(got[0] + got[1]) == list(range(n))
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == []
