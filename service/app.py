@@ -33,14 +33,7 @@ from service.logs import log_context
 from service.metrics import JobStoreCollector, render
 from service.middleware import RequestObservability
 from service.options import (
-    BackgroundForm,
-    FormatForm,
-    OutputSizeForm,
-    PipelineForm,
-    PresetForm,
-    SeedForm,
-    StructureForm,
-    given_options,
+    OptionForm,
     resolve_options,
 )
 from service.outputs import job_blob_keys, result_ext, side_output_url
@@ -208,23 +201,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ctx: Ctx,
         key: Key,
         response: Response,
+        fields: OptionForm,
         file: Annotated[UploadFile, File(description="JPEG, PNG or WebP photo")],
         idempotency_key: IdempotencyKey = None,
-        pipeline: PipelineForm = None,
-        preset: PresetForm = None,
-        output_size: OutputSizeForm = None,
-        background: BackgroundForm = None,
-        format: FormatForm = None,
-        seed: SeedForm = None,
-        structure: StructureForm = None,
         webhook_url: Annotated[str | None, Form(description="receives asset.succeeded and "
                                                 "asset.failed (default: the key's)")] = None,
     ) -> AssetCreated:
-        pipeline, options = resolve_options(
-            pipeline, given_options(preset=preset, output_size=output_size,
-                                    background=background, format=format, seed=seed,
-                                    structure=structure),
-            settings.default_pipeline)
+        pipeline, options = resolve_options(fields.pipeline, fields.given,
+                                            settings.default_pipeline)
         hook = request_webhook_target(webhook_url, key, settings)
         data = _read_upload(file, settings.max_upload_bytes)
         idem = None

@@ -38,14 +38,7 @@ from service.deps import (
 from service.errors import ApiError, error_responses
 from service.fetch import AllowList, FetchError, check_url
 from service.options import (
-    BackgroundForm,
-    FormatForm,
-    OutputSizeForm,
-    PipelineForm,
-    PresetForm,
-    SeedForm,
-    StructureForm,
-    given_options,
+    OptionForm,
     override_options,
     resolve_options,
 )
@@ -459,17 +452,11 @@ def create_batch(
     ctx: Ctx,
     key: Key,
     response: Response,
+    fields: OptionForm,
     files: Annotated[list[UploadFile] | None, File(description="photos")] = None,
     archive: Annotated[UploadFile | None, File(description="a ZIP of photos")] = None,
     manifest: Annotated[UploadFile | None, File(description="JSON or CSV manifest")] = None,
     idempotency_key: IdempotencyKey = None,
-    pipeline: PipelineForm = None,
-    preset: PresetForm = None,
-    output_size: OutputSizeForm = None,
-    background: BackgroundForm = None,
-    format: FormatForm = None,
-    seed: SeedForm = None,
-    structure: StructureForm = None,
     webhook_url: Annotated[str | None, Form(description="receives asset.succeeded, "
                                             "asset.failed and batch.completed")] = None,
 ) -> BatchCreated:
@@ -479,9 +466,8 @@ def create_batch(
         raise ApiError("validation_error", "give exactly one of files, archive or manifest",
                        given[1] if len(given) > 1 else "files")
     source = given[0]
-    given = given_options(preset=preset, output_size=output_size, background=background,
-                          format=format, seed=seed, structure=structure)
-    pipeline, options = resolve_options(pipeline, given, s.default_pipeline)
+    given = fields.given
+    pipeline, options = resolve_options(fields.pipeline, given, s.default_pipeline)
     webhook_url = request_webhook_target(webhook_url, key, s)
     uploads = files or [archive or manifest]  # type: ignore[list-item]
     if len(uploads) > s.batch_max_items:

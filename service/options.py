@@ -10,9 +10,10 @@ not allow is accepted: the job's compliance check then says that it fails the pr
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Form
+from fastapi import Depends, Form
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.compose import parse_background
@@ -52,6 +53,33 @@ StructureForm = Annotated[str | None, Form(
 
 # Options that a request may give; None means "not given" (the preset's default applies).
 OPTION_FIELDS = ("preset", "output_size", "background", "format", "seed", "structure")
+
+
+@dataclass(frozen=True)
+class OptionFields:
+    """The option fields of a multipart create request as given, not yet checked: each
+    endpoint resolves them (`resolve_options`) at its own point of its checks."""
+
+    pipeline: str | None
+    given: dict[str, Any]
+
+
+def option_fields(
+    pipeline: PipelineForm = None,
+    preset: PresetForm = None,
+    output_size: OutputSizeForm = None,
+    background: BackgroundForm = None,
+    format: FormatForm = None,
+    seed: SeedForm = None,
+    structure: StructureForm = None,
+) -> OptionFields:
+    return OptionFields(pipeline, given_options(
+        preset=preset, output_size=output_size, background=background, format=format,
+        seed=seed, structure=structure))
+
+
+# One declaration of the option form fields for `POST /assets` and `POST /batches`.
+OptionForm = Annotated[OptionFields, Depends(option_fields)]
 
 
 class ItemOptions(BaseModel):
