@@ -26,7 +26,7 @@ from skimage.color import rgb2lab
 from skimage.filters import threshold_otsu
 from torch import nn
 
-from models.garments import CATEGORIES, num_landmarks
+from models.garments import CATEGORIES, flip_permutation, num_landmarks
 
 # The mask is found at this long side; the alpha is upsampled to the photo's full size.
 WORK_SIDE = 320
@@ -252,10 +252,20 @@ class GarmentParser:
 
     VISIBLE = 0.5
 
-    def __init__(self, net: ParserNet, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, net: ParserNet, meta: dict[str, Any] | None = None,
+                 mirror: bool = True) -> None:
         self.net = net.eval()
         self.meta = meta or {}
         self.offsets = landmark_offsets()
+        # Parse the photo and its mirror image and average: the parse becomes mirror
+        # equivariant, and on 600 validation photos `flatten`'s landmark NME fell from
+        # 0.0158 to 0.0154 and silhouette IoU rose from 0.819 to 0.822 (docs/flatten.md).
+        self.mirror = mirror
+        perm = np.zeros(sum(num_landmarks(c) for c in CATEGORIES), np.int64)
+        for c, (start, stop) in self.offsets.items():
+            perm[start:stop] = start + flip_permutation(c)
+        # Channel i of the original is channel _mirrored[i] of the mirror image's output.
+        self._mirrored = torch.from_numpy(perm)
 
     @classmethod
     def from_pretrained(cls, folder: Path = PARSER_WEIGHTS) -> GarmentParser:
@@ -282,7 +292,7 @@ class GarmentParser:
         """rgb (H, W, 3) uint8 → ParsedGarment. `category` forces the landmark schema read
         out (for example a category the caller already knows)."""
         square, scale, pad = letterbox(rgb)
-        out = self.net(normalise(square[None]))
+        out = self._forward(normalise(square[None]))
         probs = torch.softmax(out["category"][0], -1).numpy()
         h, w = rgb.shape[:2]
         parsed = ParsedGarment(
@@ -297,6 +307,23 @@ class GarmentParser:
                  "scale": scale, "pad": pad, "shape": (h, w)},
         )
         return self.read_as(parsed, category or CATEGORIES[int(probs.argmax())])
+
+    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network on one letterboxed photo, averaged with its mirror image when
+        `mirror` is set (the mirror's outputs flipped back, left and right landmarks
+        swapped)."""
+        if not self.mirror:
+            return self.net(x)
+        out = self.net(torch.cat([x, x.flip(-1)]))
+        swap = self._mirrored
+        # Category: the mean of the two softmaxes, as logits.
+        category = torch.log(torch.softmax(out["category"], -1).mean(0, keepdim=True))
+        return {
+            "category": category,
+            "mask": (out["mask"][:1] + out["mask"][1:].flip(-1)) / 2,
+            "heatmaps": (out["heatmaps"][:1] + out["heatmaps"][1:, swap].flip(-1)) / 2,
+            "visibility": (out["visibility"][:1] + out["visibility"][1:, swap]) / 2,
+        }
 
     def read_as(self, parsed: ParsedGarment, category: str) -> ParsedGarment:
         """The same parse read with `category`'s landmark schema (no second forward pass)."""

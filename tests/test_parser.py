@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.garments import CATEGORIES, generate, num_landmarks
+from models.garments import CATEGORIES, flip_permutation, generate, num_landmarks
 from models.parser import (
     PARSER_WEIGHTS,
     GarmentParser,
@@ -78,6 +78,29 @@ def test_read_as_gives_another_schema_without_a_second_pass(parser: GarmentParse
     q = parser.read_as(p, other)
     assert q.category == other and q.landmarks.shape == (num_landmarks(other), 2)
     assert q.mask is p.mask and q.category_probs == p.category_probs
+
+
+def test_parse_is_mirror_equivariant(parser: GarmentParser) -> None:
+    # The photo and its mirror are parsed together, so mirroring the photo mirrors the
+    # parse exactly: the mask flips, left and right landmarks swap.
+    s = generate(1_100_005, size=256)
+    assert parser.mirror
+    p = parser.parse(s.wild_image)
+    q = parser.parse(np.ascontiguousarray(s.wild_image[:, ::-1]), p.category)
+    perm = flip_permutation(p.category)
+    back = q.landmarks[perm].copy()
+    back[:, 0] = 1.0 - back[:, 0]
+    np.testing.assert_allclose(p.landmarks, back, atol=1e-5)
+    np.testing.assert_allclose(p.mask, q.mask[:, ::-1], atol=1e-5)
+    assert (p.visibility == q.visibility[perm]).all()
+    assert p.category_probs == pytest.approx(q.category_probs, abs=1e-5)
+    # One pass alone is not equivariant: the test above does see the averaging.
+    single = GarmentParser(parser.net, parser.meta, mirror=False)
+    a = single.parse(s.wild_image, p.category)
+    b = single.parse(np.ascontiguousarray(s.wild_image[:, ::-1]), p.category)
+    mirrored = b.landmarks[perm].copy()
+    mirrored[:, 0] = 1.0 - mirrored[:, 0]
+    assert np.abs(a.landmarks - mirrored).max() > 1e-3
 
 
 def test_training_writes_weights_card_and_resumes(tmp_path: Path) -> None:
