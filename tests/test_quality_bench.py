@@ -15,6 +15,7 @@ from cli import main
 from models.eval.quality import (
     EVAL_SIZE,
     PSNR_CAP,
+    _summary,
     benchmark_quality,
     delta_e,
     downsample_mask,
@@ -209,3 +210,16 @@ def test_a_pipeline_that_cannot_load_exits_2(test_pipelines: None, tmp_path: Pat
     err = capsys.readouterr().err
     assert code == 2 and "'test-wont-load' could not load" in err and "no weights here" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_silhouette_iou_split_by_category_outcome() -> None:
+    def rec(iou: float, right: bool) -> dict:
+        return {"failure": None, "seconds": 0.1, "category": "tshirt", "category_ok": right,
+                "landmark_nme": None, "silhouette_iou": iou, "ssim_garment": 0.5,
+                "ssim_canvas": 0.5, "psnr": 20.0, "delta_e": 10.0}
+
+    s = _summary([rec(0.9, True), rec(0.8, True), rec(0.5, False)])
+    assert s["silhouette_iou_category_right"] == pytest.approx(0.85)
+    assert s["silhouette_iou_category_wrong"] == pytest.approx(0.5)
+    assert s["silhouette_iou"] == pytest.approx(2.2 / 3)
+    assert _summary([rec(0.9, True)])["silhouette_iou_category_wrong"] is None

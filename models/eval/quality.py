@@ -21,6 +21,9 @@ Per asset and pipeline (definitions; the functions below are the reference):
   asset whose pipeline gives no landmarks.
 - category_accuracy: share of successful assets whose category is the true one (no category
   counts as wrong); None when the pipeline never names a category.
+- silhouette_iou_category_right / _wrong: silhouette_iou over the successful assets whose
+  category is (is not) the true one, to tell classification from structure errors; None when
+  there are none.
 - ssim_canvas / ssim_garment: `skimage.metrics.structural_similarity` (7×7 window,
   data_range 255, channel_axis) of the output composited on white vs the true flat-lay, both
   256² RGB. ssim_canvas is skimage's mean SSIM over the canvas; ssim_garment is the mean of the
@@ -227,6 +230,10 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
     for key in IMAGE_METRICS:
         out[key] = _mean([r[key] for r in ok])
+    if named:
+        for side, want in (("right", True), ("wrong", False)):
+            out[f"silhouette_iou_category_{side}"] = _mean(
+                [r["silhouette_iou"] for r in ok if bool(r["category_ok"]) == want])
     out["landmark_invalid"] = sum(bool(r.get("landmark_invalid")) for r in ok)
     out["seconds_p50"] = float(np.percentile(seconds, 50)) if seconds else None
     out["seconds_p90"] = float(np.percentile(seconds, 90)) if seconds else None
@@ -405,6 +412,8 @@ def grid_image(rows: list[tuple[Truth, np.ndarray, dict[str, tuple[np.ndarray | 
 
 _TABLE_COLS = [("n_ok", "ok", 0), ("silhouette_iou", "IoU", 3), ("landmark_nme", "NME", 4),
                ("landmark_nme_n", "NME n", 0), ("category_accuracy", "cat acc", 3),
+               ("silhouette_iou_category_right", "IoU cat right", 3),
+               ("silhouette_iou_category_wrong", "IoU cat wrong", 3),
                ("ssim_garment", "SSIM garment", 3), ("ssim_canvas", "SSIM canvas", 3),
                ("psnr", "PSNR dB", 2), ("delta_e", "ΔE2000", 2),
                ("seconds_p50", "s p50", 3), ("seconds_p90", "s p90", 3)]

@@ -284,6 +284,8 @@ scratch on the procedural garment world only; nothing downloaded.
 Final: mask IoU {metrics['mask_iou']:.3f}, category accuracy {metrics['category_accuracy']:.3f},
 landmark NME {metrics['landmark_nme']:.4f} (visible landmarks, photo unit square), visibility
 accuracy {metrics['visibility_accuracy']:.3f}. The mask comparison with the classical parser
-at full resolution is in `bench/results/parser-test.md` (`flatlay bench parser`).
+at full resolution is in `bench/results/parser-test.md` (`flatlay bench parser`). These
+validation numbers are one forward pass; `GarmentParser.parse` also parses the mirror image
+and averages the two.
 """
     (folder / "MODEL_CARD.md").write_text(text)
