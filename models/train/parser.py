@@ -45,7 +45,7 @@ class ParserTrainConfig:
     width: int = 16
     n_train: int = 24_000
     n_val: int = 800
-    steps: int = 4_500
+    steps: int = 6_000
     batch: int = 48
     lr: float = 3e-3
     weight_decay: float = 1e-4
