@@ -32,10 +32,7 @@ from service.errors import ApiError, error_response, error_responses, install_er
 from service.logs import log_context
 from service.metrics import JobStoreCollector, render
 from service.middleware import RequestObservability
-from service.options import (
-    OptionForm,
-    resolve_options,
-)
+from service.options import OptionForm, resolve_options
 from service.outputs import job_blob_keys, result_ext, side_output_url
 from service.queue import ping_broker
 from service.ratelimit import limited_key

@@ -26,6 +26,12 @@ from kombu.utils.json import dumps, loads
 TRANSPORT = "service.filequeue:Transport"
 
 
+def is_message_of(name: str, queue: str) -> bool:
+    """Whether a file in the queue folder is a whole message of `queue`: kombu names them
+    "<ms>_<uuid>.<queue>.msg"; half-written and taken ones start with a dot."""
+    return name.partition(".")[2] == f"{queue}.msg"
+
+
 class Channel(filesystem.Channel):
     def _put(self, queue: str, payload: dict, **kwargs: object) -> None:
         # The same name kombu gives ("<ms>_<uuid>.<queue>.msg"): its consumer sorts on it.
@@ -48,9 +54,8 @@ class Channel(filesystem.Channel):
     def _get(self, queue: str) -> dict:
         if self.store_processed:
             return super()._get(queue)
-        wanted = f"{queue}.msg"
         for name in sorted(os.listdir(self.data_folder_in)):
-            if name.partition(".")[2] != wanted:
+            if not is_message_of(name, queue):
                 continue
             taken = os.path.join(self.data_folder_in, f".{name}.taken-{uuid.uuid4().hex}")
             try:

@@ -7,7 +7,7 @@ import logging
 
 from celery import Celery
 
-from service.filequeue import TRANSPORT
+from service.filequeue import TRANSPORT, is_message_of
 from service.settings import Settings
 
 log = logging.getLogger("flatlay.queue")
@@ -98,11 +98,10 @@ def broker_queue_depth(settings: Settings, timeout_s: float = 1.0) -> int | None
     dropped or duplicated messages); this one shows what the broker itself holds.
     """
     if settings.embedded_broker:
-        # kombu's file transport keeps one file per message, named "<stamp>_<id>.<queue>.msg".
-        wanted = f"{settings.queue_name}.msg"
+        # The file transport keeps one file per message.
         try:
             return sum(1 for p in settings.queue_dir.iterdir()
-                       if p.name.partition(".")[2] == wanted)
+                       if is_message_of(p.name, settings.queue_name))
         except OSError:
             return None
     if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
