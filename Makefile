@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint venv clean
+.PHONY: serve test lint venv clean test-host
 
 # Re-install whenever the project's metadata changes.
 $(STAMP): pyproject.toml
@@ -18,7 +18,12 @@ venv: $(STAMP)
 serve: $(STAMP)
 	FLATLAY_AUTH_ENABLED=false $(BIN)/flatlay serve
 
-test: $(STAMP)
+# What the tests talk to: starts Redis and PostgreSQL, installs Debian's chromium when missing;
+# stops with one line naming what is missing where it cannot (before the venv and any test).
+test-host:
+	bash tests/prepare_host.sh
+
+test: test-host $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
