@@ -126,6 +126,46 @@ def _cmd_train_parser(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_stage6(args: argparse.Namespace) -> int:
+    """`flatlay train vae|generator`: the latent space, then the denoiser on it."""
+    import torch
+
+    from models.train.generator import (
+        GeneratorTrainConfig,
+        generator_config,
+        train_generator,
+        train_vae,
+    )
+
+    try:
+        model = generator_config(args.config)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    for key in ("steps", "n_train"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise CLIError(f"--{key.replace('_', '-')} must be at least 1")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA device on this machine")
+    defaults = GeneratorTrainConfig()
+    cfg = GeneratorTrainConfig(
+        config=args.config, model=model, steps=args.steps, n_train=args.n_train,
+        device=device,
+        run_dir=str(args.run_dir or f"runs/generator-{args.config}"),
+        vae_out=str(args.vae_out or (defaults.vae_out if args.config == "tiny"
+                                     else f"models/weights/vae-{args.config}")),
+        out=str(args.out or (defaults.out if args.config == "tiny"
+                             else f"models/weights/generator-{args.config}")),
+    )
+    try:
+        metrics = (train_vae if args.model == "vae" else train_generator)(cfg)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"saved {cfg.vae_out if args.model == 'vae' else cfg.out}: {metrics}")
+    return 0
+
+
 def _load_bank(path: Path | None):  # noqa: ANN202 (structure_bank imported lazily)
     from structure_bank import StructureBank
     from structure_bank.builder import default_bank_path
@@ -308,6 +348,18 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.set_defaults(func=_cmd_train_parser)
+    for name, what in (("vae", "the latent space: AutoencoderKL and its photo-aligned decoder"),
+                       ("generator", "the diffusion pass's denoiser (after `train vae`)")):
+        p = tsub.add_parser(name, help=what)
+        p.add_argument("--config", default="tiny", help="tiny (CPU, default) or base (GPU)")
+        p.add_argument("--steps", type=int, default=None, help="optimiser steps")
+        p.add_argument("--n-train", type=int, default=None,
+                       help="training pairs made through stages 1–5")
+        p.add_argument("--vae-out", type=Path, default=None, help="latent-space weights folder")
+        p.add_argument("--out", type=Path, default=None, help="generator weights folder")
+        p.add_argument("--run-dir", type=Path, default=None, help="pairs and checkpoints")
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+        p.set_defaults(func=_cmd_train_stage6)
 
     bank = sub.add_parser("bank", help="the structure bank")
     bsub = bank.add_subparsers(dest="action", metavar="ACTION")

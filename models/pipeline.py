@@ -71,6 +71,7 @@ class PipelineOptions:
     output_size: canvas side in px (256–2048). background: 'transparent' or a hex colour.
     seed: for pipelines that sample; deterministic pipelines ignore it. preset: the output
     preset (models.presets) whose placement rule applies. structure: replaces retrieval.
+    steps: the generator's sampling steps (1–50; None: its default).
     """
 
     output_size: int = 1024
@@ -78,8 +79,12 @@ class PipelineOptions:
     seed: int | None = None
     preset: str = DEFAULT_PRESET
     structure: StructureSpec | None = None
+    # Sampling steps of the generative pipelines (None: the generator's default).
+    steps: int | None = None
 
     def __post_init__(self) -> None:
+        if self.steps is not None and not 1 <= self.steps <= 50:
+            raise ValueError(f"steps {self.steps} is outside 1–50")
         if not 256 <= self.output_size <= 2048:
             raise ValueError(f"output_size {self.output_size} is outside 256–2048")
         parse_background(self.background)
@@ -107,6 +112,8 @@ class FlatLayResult:
     neighbours: list[dict] | None = None
     overlay: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # (S, S, 3) uint8: the warp the generator started from (W), where a pipeline has one.
+    coarse: np.ndarray | None = None
     # "canonical"; "canvas" where a pipeline has no canonical frame (cutout: the parsed
     # landmarks carried onto its canvas).
     frame: str = "canonical"
@@ -131,6 +138,7 @@ SIDE_OUTPUTS: dict[str, tuple[str, str]] = {
     "landmarks": ("json", "application/json"),
     "neighbours": ("json", "application/json"),
     "overlay": ("png", "image/png"),
+    "coarse": ("png", "image/png"),
 }
 
 
@@ -155,6 +163,8 @@ def side_output_files(result: FlatLayResult) -> dict[str, bytes]:
                                           "neighbours": result.neighbours}).encode()
     if result.overlay is not None:
         files["overlay"] = png(result.overlay, "RGBA")
+    if result.coarse is not None:
+        files["coarse"] = png(result.coarse, "RGB")
     return files
 
 
@@ -276,6 +286,19 @@ def _retrieval_models():  # noqa: ANN202 (torch models are imported lazily)
     return _parser(), StructureNet.from_pretrained(DEFAULT_WEIGHTS)
 
 
+@dataclass
+class CoarseAlignment:
+    """What stages 1–5 give the generator: the parse, the photo's structure embedding e
+    (D,), the fused structure (ê, L̂, Ŝ, neighbours), the warp W/V on the canonical canvas,
+    and the garment crop StructureNet saw, (P, P, 3) uint8."""
+
+    parsed: Any
+    query: np.ndarray
+    fused: Any
+    warped: Any
+    crop: np.ndarray
+
+
 class FlattenPipeline:
     """Parse → embed → retrieve → SLLE → warp → compose (DESIGN.md stages 1–5 and 7).
 
@@ -355,28 +378,18 @@ class FlattenPipeline:
         log_p += np.log(np.array([votes.get(c, 0) for c in CATEGORIES]) + 0.5)
         return CATEGORIES[int(np.argmax(log_p))]
 
-    def __call__(
-        self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
-    ) -> FlatLayResult:
+    def align(self, rgb: np.ndarray, given: StructureSpec | None, size: int,
+              clock: StageClock) -> CoarseAlignment:
+        """Stages 1–5: parse, embed, retrieve + SLLE (or the given structure), and the warp of
+        the photo onto the fused landmarks on a `size`² canonical canvas."""
         import torch
 
-        from models.compose import (
-            draw_overlay,
-            fill_unknown,
-            layer_of,
-            over_background,
-            place_garment,
-            refine_alpha,
-            silhouette_alpha,
-        )
         from models.slle import structure_on_landmarks
         from models.structurenet import embed_photos, normalise_photos, photo_tensor_uint8
         from models.warp import warp_photo
 
         if self.parser is None:
             self.load()
-        clock = StageClock(self.stages, progress)
-        given = options.structure
         with clock.stage("parse"):
             # A learned parser sees a garment in anything, even a plain wall: a photo
             # without contrast has none.
@@ -406,10 +419,29 @@ class FlattenPipeline:
                                                    given.landmarks, self.K)
             except ValueError as exc:
                 raise PipelineError("structure_unavailable", str(exc)) from None
-        size = options.output_size
         with clock.stage("warp"):
             src, dst = self._correspondences(parsed, fused, garment)
             warped = warp_photo(rgb, parsed.mask, src, dst, size, self.TPS_SMOOTHING)
+        return CoarseAlignment(parsed=parsed, query=query, fused=fused, warped=warped,
+                               crop=crop)
+
+    def __call__(
+        self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
+    ) -> FlatLayResult:
+        from models.compose import (
+            draw_overlay,
+            fill_unknown,
+            layer_of,
+            over_background,
+            place_garment,
+            refine_alpha,
+            silhouette_alpha,
+        )
+
+        clock = StageClock(self.stages, progress)
+        size = options.output_size
+        coarse = self.align(rgb, options.structure, size, clock)
+        fused, warped = coarse.fused, coarse.warped
         with clock.stage("compose"):
             alpha, sdf = silhouette_alpha(fused.silhouette, size)
             alpha = refine_alpha(alpha, sdf, warped.mask, self.REFINE_BAND)
@@ -467,6 +499,12 @@ _REGISTRY: dict[str, str] = {
     "cutout": "models.pipeline:CutoutPipeline",
     "flatten": "models.pipeline:FlattenPipeline",
     "nearest": "models.pipeline:NearestPipeline",
+    "noretrieval": "models.generator.pipeline_ragdiffusion:NoRetrievalPipeline",
+    "ragdiffusion": "models.generator.pipeline_ragdiffusion:RAGDiffusionPipeline",
+    "ragdiffusion-nodecode": "models.generator.pipeline_ragdiffusion:NoDecodePipeline",
+    "ragdiffusion-nohard": "models.generator.pipeline_ragdiffusion:NoHardPipeline",
+    "ragdiffusion-nopattern": "models.generator.pipeline_ragdiffusion:NoPatternPipeline",
+    "ragdiffusion-nosoft": "models.generator.pipeline_ragdiffusion:NoSoftPipeline",
 }
 _INSTANCES: dict[str, Pipeline] = {}
 # name → why it could not load (load_pipelines).

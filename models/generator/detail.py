@@ -1,0 +1,49 @@
+"""From the working resolution to the delivered canvas (DESIGN.md: *decoding*, above the
+working resolution).
+
+The generated flat-lay carries shape, colour, shading and folds (all low frequencies); the
+full-resolution warp of the photo carries the real print, text and weave. The canvas takes
+the generated image upsampled, plus the warp's band above the model's resolution where V says
+the photo is known: a Laplacian-style split at the generator's Nyquist scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+
+def upscale(image: np.ndarray, size: int) -> np.ndarray:
+    """(R, R, C) float32 → (size, size, C) float32, bicubic per channel."""
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), "F")
+                         .resize((size, size), Image.Resampling.BICUBIC))
+              for c in range(image.shape[-1])]
+    return np.stack(planes, -1)
+
+
+def generated_alpha(alpha: np.ndarray, size: int) -> np.ndarray:
+    """A generated (R, R) alpha in [0, 1] → (size, size): upsampled, then its edge ramp
+    narrowed back to about one output pixel (an 8× bicubic ramp would look soft)."""
+    big = upscale(alpha[..., None], size)[..., 0]
+    k = size / alpha.shape[0]
+    return np.clip((big - 0.5) * k + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def transfer_detail(image: np.ndarray, warp: np.ndarray, validity: np.ndarray,
+                    resolution: int, strength: float = 1.0) -> np.ndarray:
+    """Add the warp's detail above `resolution` to `image` where the photo is known.
+
+    image: (S, S, 3) float32 in [0, 255], the upsampled generation; warp: (S, S, 3) uint8, W
+    at full size; validity: (S, S) bool, V. The band is W minus W blurred at the generator's
+    scale; V's edge is feathered over the same scale so no seam shows.
+    """
+    size = image.shape[0]
+    if strength <= 0 or size <= resolution or not validity.any():
+        return image
+    sigma = 0.5 * size / resolution
+    w = warp.astype(np.float32)
+    low = np.stack([ndimage.gaussian_filter(w[..., c], sigma) for c in range(3)], -1)
+    known = ndimage.binary_erosion(validity, iterations=max(1, round(2 * sigma)))
+    weight = ndimage.gaussian_filter(known.astype(np.float32), sigma)[..., None]
+    return np.clip(image + strength * weight * (w - low), 0.0, 255.0)

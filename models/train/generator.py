@@ -1,0 +1,532 @@
+"""Train stage 6 on the garment world: `flatlay train vae` and `flatlay train generator`.
+
+Both read the pairs that the real stages 1–5 make (`generator_pairs`, cached once under the
+run folder). `vae`: an AutoencoderKL on the true flat-lays (random crops: the model is fully
+convolutional), L1 + a small KL, then the zero-initialised decoder adapter on (latent of the
+truth, W, V) → truth with the autoencoder frozen. `generator`: the denoiser and conditioner
+with v-prediction on the frozen VAE's latents; each condition level is dropped at random (and
+`noretrieval`'s input swapped in), so one run serves every ablation. Checkpoints every
+`ckpt_every` steps (resumed automatically), EMA weights, validation grids as PNG, weights with
+their configs and a model card at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from models.garments import SPLITS
+from models.generator.autoencoder import (
+    DecoderAdapter,
+    build_vae,
+    decode_aligned,
+    decoder_targets,
+    encode_mean,
+)
+from models.generator.conditioning import Conditioner, crop_tensor, images_to_tensor
+from models.generator.denoiser import build_denoiser
+from models.generator.sampling import (
+    GENERATOR_WEIGHTS,
+    VAE_WEIGHTS,
+    FlatLayGenerator,
+    pattern_inputs,
+)
+from models.train.common import cosine_lr, load_checkpoint, record_eval, save_checkpoint
+from models.train.generator_pairs import cache_pairs
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def generator_config(name: str) -> dict:
+    """The named generator config (`models/configs/generator-NAME.json`)."""
+    path = CONFIG_DIR / f"generator-{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("generator-") for p in CONFIG_DIR.glob("generator-*"))
+        raise ValueError(f"unknown generator config {name!r}; available: {', '.join(known)}")
+    return json.loads(path.read_text())
+
+
+@dataclass
+class GeneratorTrainConfig:
+    config: str = "tiny"
+    run_dir: str = "runs/generator-tiny"
+    vae_out: str = str(VAE_WEIGHTS)
+    out: str = str(GENERATOR_WEIGHTS)
+    steps: int | None = None
+    n_train: int | None = None
+    device: str = "cpu"
+    workers: int = 2
+    seed: int = 0
+    ckpt_every: int = 100
+    eval_every: int = 400
+    model: dict = field(default_factory=dict)
+
+
+def _pairs(cfg: GeneratorTrainConfig) -> tuple[dict, dict]:
+    m = cfg.model
+    p = m["pairs"]
+    latent = m["unet"]["sample_size"]
+    n_train = cfg.n_train or p["n_train"]
+    val = cache_pairs(Path(cfg.run_dir), "val", p["n_val"], p["photo_size"], m["resolution"],
+                      latent, cfg.workers)
+    train = cache_pairs(Path(cfg.run_dir), "train", n_train, p["photo_size"], m["resolution"],
+                        latent, cfg.workers)
+    return train, val
+
+
+def _targets(pairs: dict, idx: np.ndarray) -> torch.Tensor:
+    t = pairs["target"][idx]
+    return images_to_tensor(t[..., :3], t[..., 3] / 255.0)
+
+
+def _photos(pairs: dict, idx: np.ndarray) -> torch.Tensor:
+    return images_to_tensor(pairs["warp"][idx], pairs["validity"][idx])
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 4, R, R) in [-1, 1] → (N, R, R, 3) uint8 on white."""
+    x = ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    rgb, a = x[..., :3], x[..., 3:]
+    return (np.clip(rgb * a + (1 - a), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_grid(path: Path, columns: list[tuple[str, np.ndarray]]) -> None:
+    """A PNG with one column per (title, (N, R, R, 3) uint8) and one row per asset."""
+    from PIL import ImageDraw
+
+    n, r = columns[0][1].shape[:2]
+    sheet = Image.new("RGB", (len(columns) * (r + 4), n * (r + 4) + 16), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, (title, images) in enumerate(columns):
+        draw.text((j * (r + 4) + 2, 2), title, fill="black")
+        for i in range(n):
+            sheet.paste(Image.fromarray(images[i]), (j * (r + 4), 16 + i * (r + 4)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def image_scores(out: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Mean garment SSIM and ΔE2000 of (N, R, R, 3) uint8 outputs against the truth inside
+    the true masks (N, R, R) bool (the quality benchmark's definitions, at R)."""
+    from models.eval.quality import delta_e, ssim_scores
+
+    ssim = [ssim_scores(o, t, m)[0] for o, t, m in zip(out, truth, mask, strict=True)]
+    de = [delta_e(o, t, m) for o, t, m in zip(out, truth, mask, strict=True)]
+    return {"ssim_garment": round(float(np.nanmean(ssim)), 4),
+            "delta_e": round(float(np.nanmean(de)), 3)}
+
+
+# ---- the latent space -----------------------------------------------------------------------
+
+
+def _vae_eval(vae, adapter, val: dict, n: int = 64) -> dict[str, float]:  # noqa: ANN001
+    idx = np.arange(min(n, len(val["seed"])))
+    target = _targets(val, idx)
+    with torch.no_grad():
+        z = encode_mean(vae, target)
+        plain = decode_aligned(vae, z)
+        aligned = decode_aligned(vae, z, adapter, _photos(val, idx)) if adapter else plain
+    truth = val["target"][idx, ..., :3]
+    mask = val["target"][idx, ..., 3] > 127
+    return {"recon_l1": round(float((plain - target).abs().mean()), 4),
+            **{f"recon_{k}": v for k, v in image_scores(_to_uint8(plain), truth, mask).items()},
+            **{f"aligned_{k}": v for k, v in image_scores(_to_uint8(aligned), truth,
+                                                           mask).items()}}
+
+
+def train_vae(cfg: GeneratorTrainConfig) -> dict:
+    """The autoencoder (phase 1) then its decoder adapter (phase 2); one checkpoint for both."""
+    torch.manual_seed(cfg.seed)
+    m, t = cfg.model, cfg.model["train_vae"]
+    run = Path(cfg.run_dir) / "vae"
+    run.mkdir(parents=True, exist_ok=True)
+    train, val = _pairs(cfg)
+    steps = cfg.steps or t["steps"]
+    total = steps + t["adapter_steps"]
+    vae = build_vae(m["vae"]).to(cfg.device)
+    adapter = DecoderAdapter(targets=decoder_targets(vae), width=m["adapter"]["width"]).to(
+        cfg.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=t["lr"], weight_decay=0.0)
+    opt_a = torch.optim.AdamW(adapter.parameters(), lr=t["lr"], weight_decay=0.0)
+    ema = copy.deepcopy(vae).eval()
+    rng = np.random.default_rng(cfg.seed)
+    step, history = 0, []
+    state = load_checkpoint(run, cfg.device)
+    if state is not None:
+        vae.load_state_dict(state["vae"])
+        ema.load_state_dict(state["ema"])
+        adapter.load_state_dict(state["adapter"])
+        opt.load_state_dict(state["opt"])
+        opt_a.load_state_dict(state["opt_a"])
+        rng.bit_generator.state = state["rng"]
+        step, history = state["step"], state["history"]
+    started = time.time()
+    res, crop, b = m["resolution"], t["crop"], t["batch"]
+    scale_cell = 2 ** (len(m["vae"]["block_out_channels"]) - 1)
+    bar = tqdm(total=total, initial=step, desc="train vae")
+    while step < total:
+        idx = rng.integers(len(train["seed"]), size=b)
+        # An aligned random crop (latent cells stay whole) and a random mirror.
+        y0, x0 = (rng.integers(0, (res - crop) // scale_cell + 1, size=2) * scale_cell)
+        target = _targets(train, idx)[..., y0:y0 + crop, x0:x0 + crop]
+        photo = _photos(train, idx)[..., y0:y0 + crop, x0:x0 + crop]
+        if rng.random() < 0.5:
+            target, photo = target.flip(-1), photo.flip(-1)
+        target, photo = target.to(cfg.device), photo.to(cfg.device)
+        if step < steps:
+            vae.train()
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, t["lr"], 100, steps)
+            post = vae.encode(target).latent_dist
+            out = vae.decode(post.sample()).sample
+            rec = (out - target).abs().mean()
+            loss = rec + t["kl_weight"] * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _ema_update(ema, vae, min(0.999, (1 + step) / (10 + step)))
+        else:
+            if step == steps:
+                _set_scaling_factor(ema, train, cfg.device)
+            adapter.train()
+            k = step - steps
+            for group in opt_a.param_groups:
+                group["lr"] = cosine_lr(k, t["lr"], 50, t["adapter_steps"])
+            with torch.no_grad():
+                z = encode_mean(ema, target)
+                # The denoiser's latents are not exact: the adapter learns on perturbed ones.
+                z = z + 0.2 * torch.randn_like(z)
+            out = decode_aligned(ema, z, adapter, photo)
+            loss = rec = (out - target).abs().mean()
+            opt_a.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_a.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", phase="vae" if step <= steps else "adapter")
+        if step % cfg.eval_every == 0 or step == total:
+            if step == total and step == steps:
+                _set_scaling_factor(ema, train, cfg.device)
+            ema.eval()
+            adapter.eval()
+            with torch.no_grad():
+                metrics = _vae_eval(ema, adapter if step > steps else None, val)
+            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4), **metrics})
+            _vae_grid(run / f"val-{step:06d}.png", ema, adapter if step > steps else None, val)
+        if step % cfg.ckpt_every == 0 or step == total:
+            save_checkpoint(run, {"vae": vae.state_dict(), "ema": ema.state_dict(),
+                                  "adapter": adapter.state_dict(), "opt": opt.state_dict(),
+                                  "opt_a": opt_a.state_dict(), "rng": rng.bit_generator.state,
+                                  "step": step, "history": history})
+    bar.close()
+    out = Path(cfg.vae_out)
+    ema.cpu().save_pretrained(out / "vae")
+    adapter.cpu().eval().save_pretrained(out / "decoder_adapter")
+    training = _training_record(cfg, "vae", time.time() - started, len(train["seed"]),
+                                len(val["seed"]))
+    final = history[-1] if history else {}
+    (out / "training.json").write_text(json.dumps({"training": training, "metrics": final},
+                                                  indent=2) + "\n")
+    write_vae_card(out, training, final, history)
+    return final
+
+
+def _set_scaling_factor(vae, train: dict, device: str) -> None:  # noqa: ANN001
+    """Latents to unit variance for the denoiser (as Stable Diffusion's 0.18215, measured)."""
+    vae.register_to_config(scaling_factor=1.0)
+    idx = np.arange(min(512, len(train["seed"])))
+    with torch.no_grad():
+        z = torch.cat([encode_mean(vae, _targets(train, idx[i:i + 64]).to(device))
+                       for i in range(0, len(idx), 64)])
+    vae.register_to_config(scaling_factor=round(float(1.0 / z.std()), 5))
+
+
+def _vae_grid(path: Path, vae, adapter, val: dict, n: int = 8) -> None:  # noqa: ANN001
+    idx = np.arange(min(n, len(val["seed"])))
+    target = _targets(val, idx)
+    with torch.no_grad():
+        z = encode_mean(vae, target)
+        cols = [("truth", _to_uint8(target)), ("W", val["warp"][idx]),
+                ("decoded", _to_uint8(decode_aligned(vae, z)))]
+        if adapter is not None:
+            cols.append(("aligned", _to_uint8(decode_aligned(vae, z, adapter,
+                                                              _photos(val, idx)))))
+    write_grid(path, cols)
+
+
+# ---- the denoiser ---------------------------------------------------------------------------
+
+
+def _latents(run: Path, vae, pairs: dict, name: str, latent: int) -> dict:  # noqa: ANN001
+    """The frozen VAE's view of the pairs, cached: truth latents, W's and the cutout's
+    pattern channels (`sampling.pattern_inputs`)."""
+    path = run / f"latents-{name}.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached["n"] == len(pairs["seed"]):
+            return cached
+    out: dict = {"n": len(pairs["seed"]), "target": [], "warp": [], "cutout": []}
+    for i in tqdm(range(0, len(pairs["seed"]), 64), desc=f"latents {name}"):
+        idx = np.arange(i, min(i + 64, len(pairs["seed"])))
+        with torch.no_grad():
+            out["target"].append(encode_mean(vae, _targets(pairs, idx)))
+        out["warp"].append(pattern_inputs(vae, pairs["warp"][idx],
+                                          pairs["validity"][idx].astype(np.float32), latent))
+        cut = pairs["cutout"][idx]
+        out["cutout"].append(pattern_inputs(vae, cut[..., :3], cut[..., 3] / 255.0, latent))
+    for k in ("target", "warp", "cutout"):
+        out[k] = torch.cat(out[k])
+    torch.save(out, path)
+    return out
+
+
+def _conditions(pairs: dict, lat: dict, idx: np.ndarray, drop: dict[str, np.ndarray],
+                device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(spatial, embedding, crop) of a batch with the drops applied, as FlatLayGenerator
+    builds them at inference."""
+    structure = torch.from_numpy(pairs["structure"][idx]).float() / 255.0
+    pattern = lat["warp"][idx].clone()
+    noret = torch.from_numpy(drop["noretrieval"])
+    pattern[noret] = lat["cutout"][idx][noret]
+    embedding = torch.from_numpy(pairs["embedding"][idx].astype(np.float32))
+    crop = crop_tensor(pairs["crop"][idx])
+    hard = torch.from_numpy(drop["hard"] | drop["noretrieval"])
+    soft = torch.from_numpy(drop["soft"] | drop["noretrieval"])
+    pat = torch.from_numpy(drop["pattern"])
+    structure[hard] = 0
+    embedding[soft] = 0
+    pattern[pat] = 0
+    crop[pat] = 0
+    spatial = torch.cat([structure, pattern], 1)
+    return spatial.to(device), embedding.to(device), crop.to(device)
+
+
+def train_generator(cfg: GeneratorTrainConfig) -> dict:
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(cfg.seed)
+    m, t = cfg.model, cfg.model["train_generator"]
+    run = Path(cfg.run_dir) / "generator"
+    run.mkdir(parents=True, exist_ok=True)
+    train, val = _pairs(cfg)
+    vae_dir = Path(cfg.vae_out)
+    if not (vae_dir / "vae" / "config.json").is_file():
+        raise FileNotFoundError(f"{vae_dir} holds no VAE; run `flatlay train vae` first")
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir / "vae", low_cpu_mem_usage=False).to(
+        cfg.device).eval()
+    latent = m["unet"]["sample_size"]
+    lat_train = _latents(run, vae, train, "train", latent)
+    steps = cfg.steps or t["steps"]
+    unet = build_denoiser(m["unet"]).to(cfg.device)
+    cond = Conditioner(**m["conditioner"]).to(cfg.device)
+    scheduler = DDPMScheduler(**m["scheduler"])
+    params = list(unet.parameters()) + list(cond.parameters())
+    opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=1e-4)
+    ema_unet, ema_cond = copy.deepcopy(unet).eval(), copy.deepcopy(cond).eval()
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, history = 0, []
+    state = load_checkpoint(run, cfg.device)
+    if state is not None:
+        unet.load_state_dict(state["unet"])
+        cond.load_state_dict(state["cond"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_cond.load_state_dict(state["ema_cond"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+        gen.set_state(state["gen"])
+        step, history = state["step"], state["history"]
+    started = time.time()
+    b = t["batch"]
+    alphas = scheduler.alphas_cumprod
+    bar = tqdm(total=steps, initial=step, desc="train generator")
+    while step < steps:
+        unet.train()
+        cond.train()
+        idx = rng.integers(len(train["seed"]), size=b)
+        drop = {k: rng.random(b) < p for k, p in t["drop"].items()}
+        spatial, embedding, crop = _conditions(train, lat_train, idx, drop, cfg.device)
+        x0 = lat_train["target"][idx].to(cfg.device)
+        noise = torch.randn(x0.shape, generator=gen).to(cfg.device)
+        ts = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
+        noisy = scheduler.add_noise(x0, noise, ts)
+        target = scheduler.get_velocity(x0, noise, ts)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, t["lr"], 100, steps)
+        tokens = cond(embedding, crop)
+        pred = unet(torch.cat([noisy, spatial], 1), ts.to(cfg.device),
+                    encoder_hidden_states=tokens).sample
+        # Min-SNR-5 weighting (v-prediction): no timestep dominates the few-step sampler.
+        snr = alphas[ts] / (1 - alphas[ts])
+        weight = (torch.clamp(snr, max=5.0) / (snr + 1)).to(cfg.device)
+        loss = (weight * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(t["ema"], (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_cond, cond, decay)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % cfg.eval_every == 0 or step == steps:
+            generator = _assemble(vae_dir, vae, ema_unet, ema_cond, scheduler, m)
+            metrics = _generator_eval(generator, val, run / f"val-{step:06d}.png")
+            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4), **metrics})
+        if step % cfg.ckpt_every == 0 or step == steps:
+            save_checkpoint(run, {"unet": unet.state_dict(), "cond": cond.state_dict(),
+                                  "ema_unet": ema_unet.state_dict(),
+                                  "ema_cond": ema_cond.state_dict(), "opt": opt.state_dict(),
+                                  "rng": rng.bit_generator.state, "gen": gen.get_state(),
+                                  "step": step, "history": history})
+    bar.close()
+    out = Path(cfg.out)
+    ema_unet.cpu().save_pretrained(out / "unet")
+    ema_cond.cpu().save_pretrained(out / "conditioner")
+    scheduler.save_pretrained(out / "scheduler")
+    training = _training_record(cfg, "generator", time.time() - started, len(train["seed"]),
+                                len(val["seed"]))
+    final = history[-1] if history else {}
+    (out / "generator.json").write_text(json.dumps(
+        {"architecture": "FlatLayGenerator", "config": cfg.config,
+         "resolution": m["resolution"], "sampling": m["sampling"], "training": training,
+         "metrics": final}, indent=2) + "\n")
+    write_generator_card(out, training, final, history)
+    return final
+
+
+def _assemble(vae_dir: Path, vae, unet, cond, scheduler, m: dict) -> FlatLayGenerator:  # noqa: ANN001
+    adapter = None
+    if (vae_dir / "decoder_adapter" / "config.json").is_file():
+        adapter = DecoderAdapter.from_pretrained(vae_dir / "decoder_adapter",
+                                                 low_cpu_mem_usage=False).eval()
+    return FlatLayGenerator(vae, adapter, unet.eval(), cond.eval(), scheduler,
+                            {"resolution": m["resolution"], "sampling": m["sampling"]})
+
+
+def _val_conditions(val: dict, idx: np.ndarray) -> list:
+    from models.generator.conditioning import CoarseConditions
+
+    return [CoarseConditions(warp=val["warp"][i], validity=val["validity"][i],
+                             structure=val["structure"][i].astype(np.float32) / 255.0,
+                             embedding=val["embedding"][i].astype(np.float32),
+                             crop=val["crop"][i], cutout=val["cutout"][i]) for i in idx]
+
+
+def _generator_eval(generator: FlatLayGenerator, val: dict, grid: Path,
+                    n: int = 48) -> dict[str, float]:
+    """SSIM and ΔE at the working resolution on n validation pairs (full, and with the
+    structure dropped), and a grid of the first 8."""
+    idx = np.arange(min(n, len(val["seed"])))
+    conds = _val_conditions(val, idx)
+    truth = val["target"][idx, ..., :3]
+    mask = val["target"][idx, ..., 3] > 127
+    steps = generator.meta["sampling"]["steps"]
+
+    def run(**kw: object) -> np.ndarray:
+        outs = [generator(conds[i:i + 16], [int(s) for s in val["seed"][idx[i:i + 16]]],
+                          steps=steps, **kw) for i in range(0, len(conds), 16)]
+        x = np.concatenate(outs)
+        return (np.clip(x[..., :3] * x[..., 3:] + (1 - x[..., 3:]), 0, 1) * 255 + 0.5
+                ).astype(np.uint8)
+
+    full = run()
+    noret = run(noretrieval=True)
+    write_grid(grid, [("W", val["warp"][idx[:8]]), ("generated", full[:8]),
+                      ("noretrieval", noret[:8]), ("truth", truth[:8])])
+    return {**image_scores(full, truth, mask),
+            **{f"noretrieval_{k}": v for k, v in image_scores(noret, truth, mask).items()}}
+
+
+def _training_record(cfg: GeneratorTrainConfig, what: str, seconds: float, n_train: int,
+                     n_val: int) -> dict:
+    start = SPLITS["train"][0]
+    return {
+        "command": f"flatlay train {what} --config {cfg.config}",
+        "config": {k: v for k, v in asdict(cfg).items() if k != "model"},
+        "model_config": f"models/configs/generator-{cfg.config}.json",
+        "train_seeds": [start, start + n_train],
+        "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + n_val],
+        "seconds_this_run": round(seconds, 1),
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+    }
+
+
+def _history_table(history: list[dict]) -> str:
+    if not history:
+        return "(no validation recorded)"
+    keys = list(history[-1])
+    head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys)
+    rows = "\n".join("| " + " | ".join(str(h.get(k, "")) for k in keys) + " |" for h in history)
+    return head + "\n" + rows
+
+
+def write_vae_card(folder: Path, training: dict, metrics: dict, history: list[dict]) -> None:
+    text = f"""# Flat-lay latent space ({folder.name})
+
+A diffusers `AutoencoderKL` over RGBA flat-lays (RGB on white, then the garment alpha) at the
+working resolution, 4× downsampling to a 4-channel latent, trained from scratch on the
+garment world's true flat-lays; plus `decoder_adapter/`, the zero-initialised adapter that
+feeds the warped photo W and its validity V into every decoder scale (`models.generator.
+autoencoder`). Config: `{training['model_config']}`.
+
+- Training command: `{training['command']}` (resumes from `runs/`)
+- Data: garment-world train seeds {training['train_seeds'][0]}–{training['train_seeds'][1] - 1}
+  through the shipped stages 1–5 (for W, V), validation seeds
+  {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; model seed
+  {training['config']['seed']}; on {training['machine']}.
+
+## Validation (64 validation flat-lays at the working resolution)
+
+{_history_table(history)}
+
+`recon_*`: the truth encoded and decoded; `aligned_*`: the same through the adapter with W
+and V (SSIM inside the true mask, ΔE2000 inside it).
+"""
+    (folder / "MODEL_CARD.md").write_text(text)
+
+
+def write_generator_card(folder: Path, training: dict, metrics: dict,
+                         history: list[dict]) -> None:
+    text = f"""# Flat-lay generator ({folder.name})
+
+Stage 6 of DESIGN.md: a diffusers `UNet2DConditionModel` (v-prediction, DDPM training
+schedule, DPM-Solver++ sampling) on the latent of `vae-tiny`, conditioned by Ŝ and landmark
+heatmaps of L̂ and by W (through the VAE encoder) and V as input channels, and by ê and the
+garment crop's reference tokens (`conditioner/`) in cross-attention. Each condition level was
+dropped at random in training, so the ablations and `noretrieval` are these weights with a
+level switched off. Config: `{training['model_config']}`.
+
+- Training command: `{training['command']}` (after `flatlay train vae`; resumes from `runs/`)
+- Data: garment-world train seeds {training['train_seeds'][0]}–{training['train_seeds'][1] - 1}
+  through the shipped parser, StructureNet, SLLE and warp (never the true structure);
+  validation seeds {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; model seed
+  {training['config']['seed']}; on {training['machine']}.
+
+## Validation (48 validation pairs, working resolution, default step count)
+
+{_history_table(history)}
+
+The pipeline numbers (full resolution, every baseline and ablation) are in
+`bench/results/quality-*.md` and `docs/generator.md`.
+"""
+    (folder / "MODEL_CARD.md").write_text(text)

@@ -1,0 +1,104 @@
+"""Training pairs for the generator, made by the real stages 1–5 (`flatlay train` caches them
+once): each garment-world seed's wild photo goes through the shipped parser, StructureNet,
+SLLE and the warp exactly as in the service, and is paired with its true flat-lay. The
+generator so learns to repair the upstream errors it will meet, never seeing the true
+structure as input.
+
+Shards of `SHARD` seeds are written as `.npz` under `<run>/pairs/<split>/`; a shard on disk
+is not made again, so an interrupted cache resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from models.garments import CATEGORIES, SPLITS
+
+SHARD = 250
+FIELDS = ("target", "warp", "validity", "structure", "embedding", "crop", "cutout",
+          "category", "true_category", "seed")
+
+
+@functools.cache
+def _flatten():  # noqa: ANN202 (torch is imported lazily)
+    import torch
+
+    from models.pipeline import FlattenPipeline
+
+    torch.set_num_threads(1)  # one per render process
+    pipe = FlattenPipeline()
+    pipe.load()
+    return pipe
+
+
+def make_pair(seed: int, photo_size: int, resolution: int, latent_size: int) -> dict | None:
+    """One seed's pair (see FIELDS), or None where stages 1–5 fail on its photo."""
+    from models.eval.quality import downsample_rgb
+    from models.garments import generate
+    from models.generator.conditioning import coarse_conditions
+    from models.io import decode_image
+    from models.pipeline import PipelineError, StageClock
+
+    s = generate(int(seed), size=photo_size)
+    photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
+    pipe = _flatten()
+    try:
+        # The warp at the photo's size, area-downsampled: as the service does at 1024².
+        coarse = pipe.align(photo, None, photo_size, StageClock(pipe.stages, None))
+    except PipelineError:
+        return None
+    cond = coarse_conditions(coarse, photo, resolution, latent_size)
+    alpha = np.asarray(Image.fromarray(s.flat_mask.astype(np.float32), "F").resize(
+        (resolution, resolution), Image.Resampling.BOX))
+    return {
+        "target": np.dstack([downsample_rgb(s.flat_image, resolution),
+                             (np.clip(alpha, 0, 1) * 255 + 0.5).astype(np.uint8)]),
+        "warp": cond.warp, "validity": cond.validity,
+        "structure": (cond.structure * 255 + 0.5).astype(np.uint8),
+        "embedding": cond.embedding.astype(np.float16), "crop": cond.crop,
+        "cutout": cond.cutout,
+        "category": CATEGORIES.index(coarse.fused.category),
+        "true_category": CATEGORIES.index(s.category), "seed": int(seed),
+    }
+
+
+def _job(args: tuple[int, int, int, int]) -> dict | None:
+    return make_pair(*args)
+
+
+def cache_pairs(run: Path, split: str, n: int, photo_size: int, resolution: int,
+                latent_size: int, workers: int = 2) -> dict[str, np.ndarray]:
+    """The first n seeds of `split` as pairs (cached under run/pairs/split), all in memory."""
+    import multiprocessing as mp
+
+    folder = Path(run) / "pairs" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    start = SPLITS[split][0]
+    shards = [(i, min(i + SHARD, n)) for i in range(0, n, SHARD)]
+    todo = [(a, b) for a, b in shards if not (folder / f"{a:06d}.npz").is_file()]
+    if todo:
+        bar = tqdm(total=sum(b - a for a, b in todo), desc=f"pairs {split}", unit="pair")
+        ctx = mp.get_context("fork")
+        with ctx.Pool(workers) as pool:
+            for a, b in todo:
+                jobs = [(start + i, photo_size, resolution, latent_size) for i in range(a, b)]
+                rows = []
+                for row in pool.imap(_job, jobs, chunksize=8):
+                    bar.update(1)
+                    if row is not None:
+                        rows.append(row)
+                arrays = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in FIELDS}
+                tmp = folder / f"{a:06d}.tmp.npz"
+                np.savez(tmp, **arrays)
+                tmp.replace(folder / f"{a:06d}.npz")
+        bar.close()
+    parts = []
+    for a, _ in shards:
+        with np.load(folder / f"{a:06d}.npz") as z:
+            parts.append({k: z[k] for k in FIELDS})
+    return {k: np.concatenate([p[k] for p in parts]) for k in FIELDS}
