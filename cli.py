@@ -517,7 +517,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 # The option each field of `POST /assets` is given by in `flatlay generate`.
 _GENERATE_FLAGS = {"pipeline": "--pipeline", "preset": "--preset", "output_size": "--size",
-                   "background": "--background", "format": "--format", "seed": "--seed"}
+                   "background": "--background", "format": "--format", "seed": "--seed",
+                   "steps": "--steps"}
 
 
 def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[str, dict]:
@@ -550,7 +551,8 @@ def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[
     try:
         return resolve_options(args.pipeline, given_options(
             preset=args.preset, output_size=args.output_size, background=args.background,
-            format=fmt, seed=args.seed, structure=structure), _default_pipeline())
+            format=fmt, seed=args.seed, structure=structure, steps=args.steps),
+            _default_pipeline())
     except ApiError as exc:
         field = exc.field or ""
         if field.startswith("structure"):
@@ -575,6 +577,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"--size must be within 256–2048, got {args.output_size}")
     if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
         raise CLIError(f"--seed must be within 0–{2**32 - 1}, got {args.seed}")
+    if args.steps is not None and not 1 <= args.steps <= 50:
+        raise CLIError(f"--steps must be within 1–50, got {args.steps}")
     try:
         photos = find_photos(args.inputs)
     except FileNotFoundError as exc:
@@ -617,7 +621,7 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate", help="turn local photos into flat-lays, no service (a progress bar)",
         description="Each photo gives its flat-lay, the pipeline's side outputs "
-        "(<stem>.mask.png, .landmarks.json, .neighbours.json, .overlay.png: those the "
+        "(<stem>.mask.png, .landmarks.json, .neighbours.json, .overlay.png, .coarse.png: those the "
         "pipeline produces) and its preset compliance check (<stem>.compliance.json), "
         "beside the flat-lay or in --side-outputs. Exit status 1 if a photo failed, 2 for a "
         "usage error (nothing is written then).",
@@ -638,6 +642,8 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["png", "jpeg", "webp"], default=None,
                    help="default: -o's suffix, else the preset's")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps of the generative pipelines (1–50; default 8)")
     p.add_argument("--structure", type=Path, default=None, metavar="FILE.json",
                    help='lay the garment out in this structure ({"category", "landmarks"}, '
                    "e.g. an earlier <stem>.landmarks.json) instead of the retrieved one")

@@ -1,5 +1,5 @@
 """The options of one asset (pipeline, preset, output_size, background, format, seed,
-structure), checked the same way for `POST /assets`, a batch's options and a manifest item's
+structure, steps), checked the same way for `POST /assets`, a batch's options and a manifest item's
 own options.
 
 A preset (models.presets) gives the defaults of output_size, background and format; an
@@ -44,6 +44,9 @@ FormatForm = Annotated[OutputFormat | None, Form(
     description="output image format (default: the preset's first format; a format the "
     "preset does not allow is accepted and fails its format check)")]
 SeedForm = Annotated[int | None, Form(ge=0, le=2**32 - 1)]
+StepsForm = Annotated[int | None, Form(
+    ge=1, le=50, description="sampling steps of the generative pipelines (default: the "
+    "generator's, 8); more steps cost time, the other pipelines ignore it")]
 StructureForm = Annotated[str | None, Form(
     description='JSON text {"category": ..., "landmarks": [[x, y], ...]} in the canonical '
     "unit square: the structure to lay the garment out in, instead of the retrieved one "
@@ -52,7 +55,8 @@ StructureForm = Annotated[str | None, Form(
     "`structure.landmarks[3]`")]
 
 # Options that a request may give; None means "not given" (the preset's default applies).
-OPTION_FIELDS = ("preset", "output_size", "background", "format", "seed", "structure")
+OPTION_FIELDS = ("preset", "output_size", "background", "format", "seed", "structure",
+                 "steps")
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,11 @@ def option_fields(
     format: FormatForm = None,
     seed: SeedForm = None,
     structure: StructureForm = None,
+    steps: StepsForm = None,
 ) -> OptionFields:
     return OptionFields(pipeline, given_options(
         preset=preset, output_size=output_size, background=background, format=format,
-        seed=seed, structure=structure))
+        seed=seed, structure=structure, steps=steps))
 
 
 # One declaration of the option form fields for `POST /assets` and `POST /batches`.
@@ -93,6 +98,7 @@ class ItemOptions(BaseModel):
     background: str | None = None
     format: OutputFormat | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    steps: int | None = Field(default=None, ge=1, le=50)
     # A JSON object, or its JSON text (a CSV manifest's column).
     structure: dict[str, Any] | str | None = None
 
@@ -163,7 +169,8 @@ def resolve_options(
     output_size = given.get("output_size") or preset.size
     return pipeline, {"preset": preset.name, "output_size": output_size,
                       "background": background, "format": fmt, "seed": given.get("seed"),
-                      "structure": parse_structure(given.get("structure"))}
+                      "structure": parse_structure(given.get("structure")),
+                      "steps": given.get("steps")}
 
 
 def override_options(

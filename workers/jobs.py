@@ -105,6 +105,7 @@ def pipeline_options(options: dict[str, Any]) -> PipelineOptions:
         output_size=options["output_size"], background=options["background"],
         seed=options.get("seed"), preset=options.get("preset") or DEFAULT_PRESET,
         structure=StructureSpec.parse(structure) if structure is not None else None,
+        steps=options.get("steps"),
     )
 
 

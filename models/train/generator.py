@@ -433,9 +433,9 @@ def _val_conditions(val: dict, idx: np.ndarray) -> list:
 
 
 def _generator_eval(generator: FlatLayGenerator, val: dict, grid: Path,
-                    n: int = 48) -> dict[str, float]:
-    """SSIM and ΔE at the working resolution on n validation pairs (full, and with the
-    structure dropped), and a grid of the first 8."""
+                    n: int = 32) -> dict[str, float]:
+    """SSIM and ΔE at the working resolution on n validation pairs (full, and
+    `noretrieval`), and a grid of the first 8."""
     idx = np.arange(min(n, len(val["seed"])))
     conds = _val_conditions(val, idx)
     truth = val["target"][idx, ..., :3]
@@ -522,7 +522,7 @@ level switched off. Config: `{training['model_config']}`.
   validation seeds {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; model seed
   {training['config']['seed']}; on {training['machine']}.
 
-## Validation (48 validation pairs, working resolution, default step count)
+## Validation (32 validation pairs, working resolution, default step count)
 
 {_history_table(history)}
 
