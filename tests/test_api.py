@@ -59,7 +59,7 @@ def test_post_stores_the_job_and_enqueues_only_its_id(
 ) -> None:
     r = client.post("/assets", files={"file": ("shirt.jpg", photo, "image/jpeg")},
                     data={"output_size": "512", "background": "#eeeeee", "format": "webp",
-                          "seed": "7"})
+                          "seed": "7", "steps": "4"})
     assert r.status_code == 202, r.text
     body = r.json()
     job_id = body["id"]
@@ -72,7 +72,7 @@ def test_post_stores_the_job_and_enqueues_only_its_id(
     assert status["status"] == "queued" and status["pipeline"] == "flatten"
     assert status["options"] == {"preset": "square-white", "output_size": 512,
                                  "background": "#eeeeee", "format": "webp", "seed": 7,
-                                 "structure": None}
+                                 "structure": None, "steps": 4}
     assert status["side_outputs"] == {} and status["compliance"] is None
     assert status["input"]["width"] == 320 and status["input"]["content_type"] == "image/jpeg"
     assert status["progress"] == {"stage": None, "percent": 0}
@@ -127,6 +127,8 @@ def test_bad_uploads_get_typed_4xx(
         ({"format": "gif"}, "format", "validation_error"),
         ({"format": "jpeg", "background": "transparent"}, "background", "validation_error"),
         ({"seed": "-1"}, "seed", "validation_error"),
+        ({"steps": "0"}, "steps", "validation_error"),
+        ({"steps": "51"}, "steps", "validation_error"),
     ],
 )
 def test_bad_options_name_their_field(
