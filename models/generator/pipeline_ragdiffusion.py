@@ -77,8 +77,13 @@ class RAGDiffusionPipeline(FlattenPipeline):
     stages = ["parse", "embed", "retrieve", "warp", "generate", "compose"]
     DROP: frozenset[str] = frozenset()
     ALIGNED = True
-    # Share of the warp's high band added back (1: all of it); chosen on validation.
+    # Chosen on the validation split (bench/tune_ragdiffusion.py): the share of the warp's
+    # high band added back (1: all of it), where the silhouette comes from ("generated": the
+    # decoded alpha; "structure": Ŝ refined at the photo's edge, as in `flatten`) and the
+    # classifier-free guidance scale on the structure (1: none, half the cost).
     DETAIL = 1.0
+    ALPHA = "generated"
+    GUIDANCE = 1.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,7 +100,7 @@ class RAGDiffusionPipeline(FlattenPipeline):
         self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
     ) -> FlatLayResult:
         from models.generator.conditioning import coarse_conditions
-        from models.generator.detail import generated_alpha, transfer_detail, upscale
+        from models.generator.detail import transfer_detail, upscale
 
         if self.generator is None:
             self.load()
@@ -106,9 +111,9 @@ class RAGDiffusionPipeline(FlattenPipeline):
         with clock.stage("generate"):
             cond = coarse_conditions(coarse, rgb, gen.resolution, gen.latent_size)
             out = gen([cond], [options.seed or 0], steps=self.steps(options), drop=self.DROP,
-                      aligned=self.ALIGNED)[0]
+                      aligned=self.ALIGNED, guidance=self.GUIDANCE)[0]
         with clock.stage("compose"):
-            alpha = generated_alpha(out[..., 3], size)
+            alpha = self.silhouette(out[..., 3], coarse, size)
             image = upscale(out[..., :3], size) * 255.0
             if self.ALIGNED:
                 image = transfer_detail(image, coarse.warped.image, coarse.warped.validity,
@@ -121,6 +126,18 @@ class RAGDiffusionPipeline(FlattenPipeline):
             landmarks=fused.landmarks, canvas_landmarks=canvas_landmarks,
             neighbours=fused.neighbours, overlay=overlay, coarse=coarse.warped.image,
             timings=clock.timings)
+
+
+    def silhouette(self, generated: np.ndarray, coarse, size: int) -> np.ndarray:  # noqa: ANN001
+        """The garment's (size, size) alpha: the generated one, or Ŝ refined as `flatten`
+        does (see ALPHA)."""
+        from models.compose import refine_alpha, silhouette_alpha
+        from models.generator.detail import generated_alpha
+
+        if self.ALPHA == "generated":
+            return generated_alpha(generated, size)
+        alpha, sdf = silhouette_alpha(coarse.fused.silhouette, size)
+        return refine_alpha(alpha, sdf, coarse.warped.mask, self.REFINE_BAND)
 
 
 class NoSoftPipeline(RAGDiffusionPipeline):

@@ -1,0 +1,92 @@
+"""The `ragdiffusion` choices, made on the validation split (never on test).
+
+    python bench/tune_ragdiffusion.py [--n 40] [--size 1024]
+
+Each row sets one knob of `RAGDiffusionPipeline` (DETAIL, ALPHA, GUIDANCE, the step count)
+away from the shipped values and scores the first n validation photos with the quality
+benchmark's own metrics (`models.eval.quality.score`). Prints a table and writes
+bench/results/ragdiffusion-val.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models.eval.quality import load_truth, score  # noqa: E402
+from models.garments import SPLITS  # noqa: E402
+from models.generator.pipeline_ragdiffusion import RAGDiffusionPipeline  # noqa: E402
+from models.pipeline import PipelineError, PipelineOptions  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+VARIANTS: list[tuple[str, dict]] = [
+    ("shipped", {}),
+    ("detail 0", {"DETAIL": 0.0}),
+    ("detail 0.5", {"DETAIL": 0.5}),
+    ("alpha from Ŝ", {"ALPHA": "structure"}),
+    ("guidance 2", {"GUIDANCE": 2.0}),
+    ("4 steps", {"steps": 4}),
+    ("12 steps", {"steps": 12}),
+]
+METRICS = ("silhouette_iou", "ssim_garment", "delta_e", "psnr")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    pipe = RAGDiffusionPipeline()
+    pipe.load()
+    shipped = {k: getattr(pipe, k) for k in ("DETAIL", "ALPHA", "GUIDANCE")}
+    start = SPLITS["val"][0]
+    truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
+    rows = []
+    for label, knobs in VARIANTS:
+        for k, v in {**shipped, **{k: v for k, v in knobs.items() if k != "steps"}}.items():
+            setattr(pipe, k, v)
+        per: dict[str, list[float]] = {m: [] for m in METRICS}
+        seconds = []
+        for t in tqdm(truths, desc=label):
+            options = PipelineOptions(output_size=args.size, seed=t.seed,
+                                      steps=knobs.get("steps"))
+            t0 = time.perf_counter()
+            try:
+                result = pipe(t.photo, options)
+            except PipelineError:
+                continue
+            seconds.append(time.perf_counter() - t0)
+            metrics, _ = score(result, t)
+            for m in METRICS:
+                per[m].append(metrics[m])
+        rows.append({"variant": label, **{m: round(float(np.nanmean(v)), 4)
+                                          for m, v in per.items()},
+                     "seconds_p50": round(float(np.median(seconds)), 3)})
+        print(rows[-1])
+    lines = ["# ragdiffusion choices on the validation split", "",
+             f"Validation seeds {start}–{start + args.n - 1}, {args.size}² photos and canvases; "
+             f"metrics as `flatlay bench quality` (256²). Shipped: {shipped}, "
+             "default steps.", "",
+             "| variant | IoU | SSIM garment | ΔE2000 | PSNR | s p50 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['silhouette_iou']:.3f} | {r['ssim_garment']:.3f} | "
+              f"{r['delta_e']:.2f} | {r['psnr']:.2f} | {r['seconds_p50']:.3f} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ragdiffusion-val.md").write_text(text)
+    (args.out / "ragdiffusion-val.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
