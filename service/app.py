@@ -24,6 +24,7 @@ from service.deps import (
     Ctx,
     IdempotencyKey,
     Key,
+    limited_key,
     replayed_or_conflict,
     request_fingerprint,
     request_webhook_target,
@@ -35,7 +36,6 @@ from service.middleware import RequestObservability
 from service.options import OptionForm, resolve_options
 from service.outputs import job_blob_keys, result_ext, side_output_url
 from service.queue import ping_broker
-from service.ratelimit import limited_key
 from service.reconciler import reconcile_forever
 from service.schemas import (
     AssetCreated,

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Annotated
 
 from fastapi import Depends, Header
 
-from service.auth import Principal
+from service.auth import Principal, current_key
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
-from service.ratelimit import limited_key
 from service.settings import Settings
 from service.store import Idempotency
 from service.webhooks import webhook_target
 
 Ctx = Annotated[ServiceContext, Depends(get_context)]
+
+
+def limited_key(ctx: Ctx, key: Annotated[Principal, Depends(current_key)]) -> Principal:
+    """The caller, once it has a token left; 429 `rate_limited` otherwise."""
+    if ctx.limiter is not None:
+        wait = ctx.limiter.take(key.bucket)
+        if wait > 0:
+            raise ApiError(
+                "rate_limited",
+                f"rate limit of {ctx.settings.rate_limit_per_s:g} requests/s (burst "
+                f"{ctx.settings.rate_limit_burst}) reached; retry in {wait:.2f} s",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+    return key
+
+
 # The caller, authenticated and within its rate limit.
 Key = Annotated[Principal, Depends(limited_key)]
 IdempotencyKey = Annotated[

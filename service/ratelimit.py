@@ -2,22 +2,17 @@
 API processes), in this process otherwise (embedded mode has one API process).
 
 A bucket holds up to `burst` tokens and refills at `rate` per second; each request takes one.
-An empty bucket answers 429 `rate_limited` with `Retry-After` (whole seconds until a token).
+An empty bucket answers 429 `rate_limited` with `Retry-After` (whole seconds until a token):
+the route dependency that does so is `service.deps.limited_key`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from typing import Annotated, Protocol
+from typing import Protocol
 
-from fastapi import Depends
-
-from service.auth import Principal, current_key
-from service.context import ServiceContext, get_context
-from service.errors import ApiError
 from service.settings import Settings
 
 log = logging.getLogger("flatlay.ratelimit")
@@ -95,19 +90,3 @@ def make_token_bucket(settings: Settings) -> TokenBucket | None:
                                 settings.rate_limit_burst)
     return LocalTokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
 
-
-def limited_key(
-    ctx: Annotated[ServiceContext, Depends(get_context)],
-    key: Annotated[Principal, Depends(current_key)],
-) -> Principal:
-    """The caller, once it has a token left; 429 `rate_limited` otherwise."""
-    if ctx.limiter is not None:
-        wait = ctx.limiter.take(key.bucket)
-        if wait > 0:
-            raise ApiError(
-                "rate_limited",
-                f"rate limit of {ctx.settings.rate_limit_per_s:g} requests/s (burst "
-                f"{ctx.settings.rate_limit_burst}) reached; retry in {wait:.2f} s",
-                headers={"Retry-After": str(max(1, math.ceil(wait)))},
-            )
-    return key
