@@ -30,9 +30,12 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from workers.runner import run_worker
+    from workers.runner import WorkerStartError, run_worker
 
-    return run_worker(data_dir=args.data_dir, concurrency=args.concurrency, queues=args.queues)
+    try:
+        return run_worker(data_dir=args.data_dir, concurrency=args.concurrency, queues=args.queues)
+    except WorkerStartError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:

@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 
+class WorkerStartError(Exception):
+    """The worker cannot start as asked (the front door prints it as a usage error)."""
+
+
 def worker_argv(concurrency: int, queues: str, pool: str, loglevel: str, embedded: bool) -> list:
     argv = [
         "worker",
@@ -23,9 +27,7 @@ def worker_argv(concurrency: int, queues: str, pool: str, loglevel: str, embedde
 
 def run_worker(data_dir: Path | None, concurrency: int = 1, queues: str | None = None) -> int:
     if concurrency < 1:
-        from cli import CLIError
-
-        raise CLIError(f"--concurrency must be at least 1, got {concurrency}")
+        raise WorkerStartError(f"--concurrency must be at least 1, got {concurrency}")
     if data_dir is not None:
         # workers.app reads its settings at import: set the environment first.
         os.environ["FLATLAY_DATA_DIR"] = str(Path(data_dir).resolve())
@@ -50,9 +52,7 @@ def run_worker(data_dir: Path | None, concurrency: int = 1, queues: str | None =
         try:
             start_http_server(settings.worker_metrics_port, registry=process_registry())
         except OSError as exc:
-            from cli import CLIError
-
-            raise CLIError(
+            raise WorkerStartError(
                 f"cannot serve worker metrics on port {settings.worker_metrics_port}: {exc}"
             ) from None
 
