@@ -37,6 +37,7 @@ from service.options import OptionForm, resolve_options
 from service.outputs import job_blob_keys, result_ext, side_output_url
 from service.queue import ping_broker
 from service.reconciler import reconcile_forever
+from service.rows import DeliveryView, Idempotency, IdempotencyConflict, JobView
 from service.schemas import (
     AssetCreated,
     AssetLinks,
@@ -55,7 +56,7 @@ from service.schemas import (
     WebhookDeliveryList,
 )
 from service.settings import Settings, get_settings
-from service.store import DeliveryView, Idempotency, IdempotencyConflict, JobView, new_job_id
+from service.store import new_job_id
 from service.structures import router as structures_router
 from service.webhooks import complete_batch
 

@@ -20,7 +20,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
-from service.store import ApiKeyView, JobStore, new_job_id
+from service.rows import ApiKeyView
+from service.store import JobStore, new_job_id
 
 KEY_PREFIX = "fl_"
 VISIBLE_CHARS = len(KEY_PREFIX) + 8

@@ -42,6 +42,7 @@ from service.options import (
     override_options,
     resolve_options,
 )
+from service.rows import BatchView, Idempotency, IdempotencyConflict, JobView, new_job_row
 from service.schemas import (
     BatchCounts,
     BatchCreated,
@@ -51,14 +52,7 @@ from service.schemas import (
     BatchStatus,
     JobError,
 )
-from service.store import (
-    BatchView,
-    Idempotency,
-    IdempotencyConflict,
-    JobView,
-    new_job_id,
-    new_job_row,
-)
+from service.store import new_job_id
 
 log = logging.getLogger("flatlay.batches")
 

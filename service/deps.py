@@ -12,8 +12,8 @@ from fastapi import Depends, Header
 from service.auth import Principal, current_key
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
+from service.rows import Idempotency
 from service.settings import Settings
-from service.store import Idempotency
 from service.webhooks import webhook_target
 
 Ctx = Annotated[ServiceContext, Depends(get_context)]

@@ -20,7 +20,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.multiproc import MULTIPROC_ENV
 from service.queue import broker_queue_depth
-from service.store import JOB_STATES
+from service.rows import JOB_STATES
 
 if TYPE_CHECKING:
     from service.context import ServiceContext

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from models.pipeline import SIDE_OUTPUTS
 
 if TYPE_CHECKING:
-    from service.store import JobView
+    from service.rows import JobView
 
 
 def result_ext(fmt: str) -> str:

@@ -15,8 +15,9 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.queue import broker_queue_depth
+from service.rows import JOB_STATES, WorkerRow, utcnow
 from service.settings import Settings
-from service.store import JOB_STATES, JobStore, WorkerRow, utcnow
+from service.store import JobStore
 
 
 class StatusError(Exception):

@@ -24,8 +24,9 @@ import httpx
 
 from service.fetch import AllowList, FetchError, check_address, check_url
 from service.metrics import WEBHOOK_DELIVERIES
+from service.rows import utcnow
 from service.settings import Settings
-from service.store import JobStore, utcnow
+from service.store import JobStore
 
 log = logging.getLogger("flatlay.webhooks")
 

@@ -38,8 +38,9 @@ from service.context import register_extra_pipelines
 from service.fetch import FetchError, fetch_image
 from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
 from service.outputs import result_key, side_output_key
+from service.rows import JobView
 from service.settings import Settings
-from service.store import JobStore, JobView
+from service.store import JobStore
 from service.webhooks import SendFn, job_ended
 from structure_bank.validate import InvalidStructure
 

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, text
 
-from service.store import Base
+from service.rows import Base
 
 # API and workers all migrate at start-up; on PostgreSQL they take turns under this lock
 # (two first-time migrations at once would both try to create the same tables).
