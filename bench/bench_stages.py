@@ -2,7 +2,7 @@
 
     python bench/bench_stages.py [--n 20] [--pipelines cutout,...] [--size 1024] [--format png]
 
-Each photo goes through `workers.jobs.flatten_photo` (decode, the pipeline's stages, encode),
+Each photo goes through `workers.flatten.flatten_photo` (decode, the pipeline's stages, encode),
 after one warm-up photo per pipeline. Writes bench/results/stage_latency.png (p50 bars with
 p90 whiskers, per stage and pipeline) and bench/results/stage_latency.md (the table), and
 prints the table. Photos: garment-world test-split wild photos (768 px JPEG).
@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from models.garments import SPLITS, generate  # noqa: E402
 from models.io import ImageLimits  # noqa: E402
 from models.pipeline import load_pipelines, pipeline_names  # noqa: E402
-from workers.jobs import flatten_photo  # noqa: E402
+from workers.flatten import flatten_photo  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 LIMITS = ImageLimits(25 * 1024 * 1024, 50_000_000, 32)

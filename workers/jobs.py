@@ -7,7 +7,6 @@ dropped). Errors end the job `failed` with a code, never kill the worker.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
@@ -15,24 +14,12 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
-from PIL import Image
 
-from models.io import ImageLimits, IngestError, decode_image, encode_image, validate_image
-from models.pipeline import (
-    PipelineError,
-    PipelineOptions,
-    ProgressFn,
-    StructureSpec,
-    load_pipelines,
-    run_pipeline,
-    side_output_files,
-)
+from models.io import ImageLimits, IngestError, validate_image
+from models.pipeline import PipelineError, load_pipelines
 from models.pipeline import configure as configure_pipelines
-from models.presets import DEFAULT_PRESET, check_compliance, get_preset
 from service.blobs import BlobStore, make_blob_store
 from service.context import register_extra_pipelines
 from service.fetch import FetchError, fetch_image
@@ -42,7 +29,7 @@ from service.rows import JobView
 from service.settings import Settings
 from service.store import JobStore
 from service.webhooks import SendFn, job_ended
-from structure_bank.validate import InvalidStructure
+from workers.flatten import FlatLayOutput, flatten_photo
 
 log = logging.getLogger("flatlay.worker")
 
@@ -81,89 +68,6 @@ class WorkerContext:
 
     def close(self) -> None:
         self.store.dispose()
-
-
-@dataclass
-class FlatLayOutput:
-    """What one photo gives: the delivered image, its side outputs and its compliance check.
-
-    data, content_type: the encoded image. side_outputs: name → encoded file (see
-    models.pipeline.SIDE_OUTPUTS; only those the pipeline produced). compliance: the
-    delivered image checked against the job's preset (models.presets.check_compliance).
-    """
-
-    data: bytes
-    content_type: str
-    side_outputs: dict[str, bytes]
-    compliance: dict[str, Any]
-
-
-def pipeline_options(options: dict[str, Any]) -> PipelineOptions:
-    """The pipeline's options from a job's stored options (output_size, background, seed,
-    preset, structure in its JSON form). Raises InvalidStructure or ValueError."""
-    structure = options.get("structure")
-    return PipelineOptions(
-        output_size=options["output_size"], background=options["background"],
-        seed=options.get("seed"), preset=options.get("preset") or DEFAULT_PRESET,
-        structure=StructureSpec.parse(structure) if structure is not None else None,
-        steps=options.get("steps"),
-    )
-
-
-def decode_delivered(data: bytes) -> np.ndarray:
-    """The delivered bytes as the buyer's software sees them: (H, W, 3) or, when the file
-    has an alpha channel, (H, W, 4) uint8."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        alpha = "A" in img.getbands() or "transparency" in img.info
-        return np.asarray(img.convert("RGBA" if alpha else "RGB"))
-
-
-def flatten_photo(
-    data: bytes,
-    pipeline: str,
-    options: dict[str, Any],
-    limits: ImageLimits,
-    timings: dict[str, float],
-    progress: ProgressFn | None = None,
-) -> FlatLayOutput:
-    """The work of one job without the job store: photo bytes → image, side outputs and
-    compliance.
-
-    options: output_size, background, format, seed, preset, structure (as stored on the job
-    row). `timings` fills with seconds per stage as each one ends, so a failure still says
-    where time went. progress(stage, percent) spans the whole job: decode 0, the pipeline's
-    stages 5–90, encode 90, check 95.
-    """
-    report = progress or (lambda stage, percent: None)
-    try:
-        pipeline_opts = pipeline_options(options)
-    except InvalidStructure as exc:
-        raise PipelineError("invalid_structure", f"{exc.field}: {exc.message}") from None
-    report("decode", 0)
-    start = time.perf_counter()
-    rgb = decode_image(data, limits)
-    timings["decode"] = round(time.perf_counter() - start, 6)
-
-    result = run_pipeline(
-        pipeline, rgb, pipeline_opts, lambda stage, pct: report(stage, 5 + pct * 85 // 100)
-    )
-    timings.update(result.timings)
-
-    report("encode", 90)
-    start = time.perf_counter()
-    encoded, content_type = encode_image(result.image, options["format"])
-    side = side_output_files(result)
-    timings["encode"] = round(time.perf_counter() - start, 6)
-
-    # On the bytes the caller gets, not on the canvas: JPEG and WebP change pixels.
-    report("check", 95)
-    start = time.perf_counter()
-    compliance = check_compliance(decode_delivered(encoded), result.alpha,
-                                  get_preset(pipeline_opts.preset), options["format"],
-                                  pipeline_opts.background)
-    timings["check"] = round(time.perf_counter() - start, 6)
-    return FlatLayOutput(encoded, content_type, side, compliance)
 
 
 def run_job(ctx: WorkerContext, job_id: str) -> str:

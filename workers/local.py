@@ -21,7 +21,7 @@ from tqdm import tqdm
 from models.io import ImageLimits, IngestError
 from models.pipeline import SIDE_OUTPUTS, PipelineError, load_pipelines
 from service.settings import Settings
-from workers.jobs import FlatLayOutput, flatten_photo
+from workers.flatten import FlatLayOutput, flatten_photo
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 # The format an output file's suffix asks for.
