@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.garments import CATEGORIES, contour_count, num_landmarks
+from structure_bank.schema import CATEGORIES, contour_count, num_landmarks
 
 
 class InvalidStructure(ValueError):

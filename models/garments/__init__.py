@@ -6,16 +6,15 @@
 See docs/garment-world.md for categories, landmark schemas, splits and held-out families.
 """
 
-from .categories import (
+from structure_bank.schema import (
     CATEGORIES,
-    CATEGORY_SCALE,
-    FAMILIES,
-    HELDOUT,
     contour_count,
     flip_permutation,
     landmark_names,
     num_landmarks,
 )
+
+from .categories import CATEGORY_SCALE, FAMILIES, HELDOUT
 from .sample import GENERATOR_VERSION, SPLITS, GarmentSample, generate, split_of
 
 __all__ = [

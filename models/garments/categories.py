@@ -1,13 +1,11 @@
-"""Garment templates: per-category shape parameters, landmark schemas and part polygons.
+"""Garment templates: per-category shape parameters and part polygons (the shape drawing).
 
 Every template builds a `GarmentShape` in the canonical frame: the unit square of the flat-lay
 canvas, (x, y) with x to the right and y down, garment front view, symmetric about x = 0.5,
 vertically centred, at a scale that is fixed per category (a wider t-shirt looks wider).
 
-Landmarks follow the DeepFashion2 idea: named points ordered along the garment's outer contour
-(counter-clockwise on screen, starting at the top centre), followed by a few interior points
-(the front neckline) that are flagged `on_contour=False`. "l" and "r" are image sides: the
-wearer's right sleeve is `*_l`.
+Each shape's landmarks follow its category's schema (structure_bank.schema: the categories,
+landmark names in contour order, then the interior points flagged `on_contour=False`).
 """
 
 from __future__ import annotations
@@ -16,20 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CATEGORIES: tuple[str, ...] = (
-    "tshirt",
-    "long_sleeve_top",
-    "tank_top",
-    "shirt",
-    "hoodie",
-    "sweater",
-    "jacket",
-    "dress",
-    "skirt",
-    "trousers",
-    "jeans",
-    "shorts",
-)
+from structure_bank.schema import CATEGORIES, SLEEVE_SIDE, landmark_names
 
 FAMILIES: tuple[str, ...] = ("standard", "heldout")
 
@@ -65,91 +50,6 @@ CATEGORY_SCALE: dict[str, float] = {
     "jeans": 0.98,
     "shorts": 1.15,
 }
-
-_SIDE = ("neck", "shoulder", "sleeve_top", "cuff_top", "cuff_bottom", "sleeve_under", "armpit")
-
-
-def _sided(names: list[str]) -> list[str]:
-    """Left names top to bottom, then right names bottom to top: the contour order."""
-    return [f"{n}_l" for n in names] + [f"{n}_r" for n in reversed(names)]
-
-
-def _schema(category: str) -> tuple[tuple[str, ...], int]:
-    """(names, number of contour points); interior points follow the contour ones."""
-    if category in ("tshirt", "long_sleeve_top", "sweater", "jacket"):
-        left = [*_SIDE, "waist", "hem"]
-        contour = ["neck_back", *_sided(left)]
-        contour.insert(len(left) + 1, "hem_centre")
-        interior = ["neckline_l", "neck_front", "neckline_r"]
-    elif category == "shirt":
-        left = [*_SIDE, "waist", "hem"]
-        contour = ["collar_back", *_sided(left)]
-        contour.insert(len(left) + 1, "hem_centre")
-        interior = ["collar_tip_l", "collar_centre", "collar_tip_r"]
-    elif category == "hoodie":
-        left = ["hood", *_SIDE, "waist", "hem"]
-        contour = ["hood_top", *_sided(left)]
-        contour.insert(len(left) + 1, "hem_centre")
-        interior = ["neckline_l", "neck_front", "neckline_r"]
-    elif category == "tank_top":
-        left = ["neck", "shoulder", "armhole", "armpit", "waist", "hem"]
-        contour = ["neck_back", *_sided(left)]
-        contour.insert(len(left) + 1, "hem_centre")
-        interior = ["neckline_l", "neck_front", "neckline_r"]
-    elif category == "dress":
-        left = [*_SIDE, "waist", "hip", "hem"]
-        contour = ["neck_back", *_sided(left)]
-        contour.insert(len(left) + 1, "hem_centre")
-        interior = ["neckline_l", "neck_front", "neckline_r"]
-    elif category == "skirt":
-        left = ["waist", "hip", "hem", "hem_mid"]
-        contour = ["waist_centre", *_sided(left)]
-        contour.insert(len(left) + 1, "hem_centre")
-        interior = []
-    elif category in ("trousers", "jeans"):
-        left = ["waist", "hip", "knee_outer", "hem_outer", "hem_inner", "knee_inner"]
-        contour = ["waist_centre", *_sided(left)]
-        contour.insert(len(left) + 1, "crotch")
-        interior = []
-    elif category == "shorts":
-        left = ["waist", "hip", "hem_outer", "hem_inner"]
-        contour = ["waist_centre", *_sided(left)]
-        contour.insert(len(left) + 1, "crotch")
-        interior = []
-    else:
-        raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-    return tuple(contour + interior), len(contour)
-
-
-_SCHEMAS = {c: _schema(c) for c in CATEGORIES}
-
-
-def landmark_names(category: str) -> tuple[str, ...]:
-    """Names of the category's landmarks, in storage order (contour first, then interior)."""
-    if category not in _SCHEMAS:
-        raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-    return _SCHEMAS[category][0]
-
-
-def num_landmarks(category: str) -> int:
-    return len(landmark_names(category))
-
-
-def contour_count(category: str) -> int:
-    """How many of the leading landmarks lie on the outer contour, in contour order."""
-    landmark_names(category)
-    return _SCHEMAS[category][1]
-
-
-def flip_permutation(category: str) -> np.ndarray:
-    """Index array `perm` such that mirroring an image maps landmark i to landmark perm[i]."""
-    names = landmark_names(category)
-    index = {n: i for i, n in enumerate(names)}
-    swap = {"_l": "_r", "_r": "_l"}
-    perm = [index.get(n[:-2] + swap[n[-2:]], i) if n[-2:] in swap else i for i, n in
-            enumerate(names)]
-    return np.asarray(perm, dtype=np.int64)
-
 
 @dataclass
 class Part:
@@ -731,7 +631,7 @@ def _build_sleeveless_or_dress(rng: np.random.Generator, category: str,
         ctrl = (sl[0] - 0.01, al[1] - 0.01)
         arm = _bez(sl, ctrl, al, 12)
         if is_dress:
-            for name, t in zip(_SIDE[2:6], (0.2, 0.4, 0.6, 0.8), strict=True):
+            for name, t in zip(SLEEVE_SIDE[2:6], (0.2, 0.4, 0.6, 0.8), strict=True):
                 b.lm(f"{name}_l", _bez_at(sl, ctrl, al, t))
         else:
             b.lm("armhole_l", _bez_at(sl, ctrl, al, 0.5))

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .categories import CATEGORIES, contour_count
+from structure_bank.schema import CATEGORIES, contour_count
+
 from .sample import GarmentSample, generate
 from .textures import _font
 

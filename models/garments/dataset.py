@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from structure_bank.schema import CATEGORIES, landmark_names
+
 from . import backgrounds
-from .categories import CATEGORIES, landmark_names
 from .render_wild import decode_jpeg
 from .sample import GENERATOR_VERSION, SPLITS, GarmentSample, generate, split_of
 

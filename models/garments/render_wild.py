@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from structure_bank.schema import landmark_names
+
 from .backgrounds import PHOTOS, crop_background, load_photo, sample_background
-from .categories import GarmentShape, landmark_names
+from .categories import GarmentShape
 from .render_flat import FlatLayers, soft_blur
 from .textures import PALETTE, white_noise
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .categories import CATEGORIES, FAMILIES, landmark_names, sample_shape
+from structure_bank.schema import CATEGORIES, landmark_names
+
+from .categories import FAMILIES, sample_shape
 from .render_flat import render_flat
 from .render_wild import SCENES, render_wild
 from .textures import sample_fabric
