@@ -181,7 +181,8 @@ def _load_bank(path: Path | None):  # noqa: ANN202 (structure_bank imported lazi
 
 
 def _cmd_bank_build(args: argparse.Namespace) -> int:
-    from structure_bank.builder import build_bank, default_bank_path
+    from models.bank_builder import build_bank
+    from structure_bank.builder import default_bank_path
 
     if args.n < 1:
         raise CLIError(f"--n must be at least 1, got {args.n}")
@@ -195,8 +196,8 @@ def _cmd_bank_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_bank_add(args: argparse.Namespace) -> int:
+    from models.bank_builder import world_structures
     from models.garments import CATEGORIES
-    from structure_bank.builder import world_structures
 
     path, bank = _load_bank(args.bank)
     if args.category not in CATEGORIES:

@@ -1,78 +1,15 @@
-"""Build bank entries from the garment world: render the flat-lay structure, embed it with
-StructureNet's structure tower, store landmarks and silhouette alongside."""
+"""The shipped default bank (structure_bank/default/): where it lives.
+
+It is built by the models that embed its structures (models.bank_builder, `flatlay bank
+build`); the pipelines, the runtime bank and `flatlay bank` find it here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from structure_bank.bank import Structure, StructureBank
-
 DEFAULT_BANK = Path(__file__).parent / "default"
-# Bank entries come from their own train-split seed range, apart from StructureNet's pairs.
-BANK_SEED_START = 500_000
 
 
 def default_bank_path() -> Path:
     return DEFAULT_BANK
-
-
-def world_structures(
-    seeds: list[int],
-    weights: Path | None = None,
-    category: str | None = None,
-    workers: int = 2,
-    id_prefix: str = "gw",
-) -> list[Structure]:
-    """Structures of the garment-world garments `seeds` (forced to `category` if given)."""
-    from models.garments import CATEGORIES
-    from models.structurenet import DEFAULT_WEIGHTS, StructureNet, embed_structures
-    from models.train.pairs import render_pairs
-
-    model = StructureNet.from_pretrained(weights or DEFAULT_WEIGHTS)
-    pairs = render_pairs(seeds, model.photo_size, model.structure_size, workers=workers,
-                         category=category, desc="render structures")
-    embs = embed_structures(model, pairs.maps.astype(np.float32) / 255.0)
-    out = []
-    for i, seed in enumerate(pairs.seeds):
-        cat = CATEGORIES[int(pairs.categories[i])]
-        out.append(Structure(
-            id=f"{id_prefix}-{cat}-{int(seed)}" if category else f"{id_prefix}-{int(seed)}",
-            category=cat,
-            landmarks=pairs.landmarks_of(i),
-            silhouette=pairs.silhouette_of(i),
-            embedding=embs[i],
-            attributes={"seed": int(seed)},
-            source="garment-world",
-        ))
-    return out
-
-
-def build_bank(
-    n: int,
-    weights: Path | None = None,
-    seed_start: int = BANK_SEED_START,
-    workers: int = 2,
-) -> StructureBank:
-    """A bank of the `n` garment-world garments from `seed_start` on (train split)."""
-    from models.structurenet import DEFAULT_WEIGHTS
-    from models.train.pairs import SILHOUETTE_SIZE
-
-    structures = world_structures(list(range(seed_start, seed_start + n)), weights, None,
-                                  workers)
-    folder = Path(weights or DEFAULT_WEIGHTS)
-    bank = StructureBank(embedding_dim=len(structures[0].embedding),
-                         silhouette_size=SILHOUETTE_SIZE,
-                         model={"weights": folder.name,
-                                "seeds": [seed_start, seed_start + n]})
-    bank.add(structures)
-    return bank
-
-
-def embed_structure(model, landmarks: np.ndarray, silhouette: np.ndarray) -> np.ndarray:  # noqa: ANN001
-    """One structure's embedding with `model`'s structure tower: (D,) float32 unit vector."""
-    from models.structurenet import embed_structures, structure_map
-
-    smap = structure_map(landmarks, silhouette, model.structure_size)
-    return embed_structures(model, smap[None])[0]

@@ -36,8 +36,8 @@ def add_structure(blobs: BlobStore, bank_dir: Path, structure_id: str) -> dict:
 
     Idempotent: a request already done is not added again. Returns the status written.
     """
+    from models.bank_builder import embed_structure
     from structure_bank import Structure
-    from structure_bank.builder import embed_structure
     from structure_bank.runtime import add_to_runtime_bank
     from structure_bank.validate import InvalidStructure, check_structure, outline_silhouette
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.bank_builder import BANK_SEED_START, world_structures
 from models.garments import CATEGORIES, SPLITS, generate
 from models.slle import choose_category, fuse_structures, nearest_structure
 from models.structurenet import (
@@ -26,7 +27,7 @@ from models.structurenet import (
 )
 from models.train.pairs import RENDER_SIZE, flat_silhouette
 from structure_bank import StructureBank
-from structure_bank.builder import BANK_SEED_START, default_bank_path, world_structures
+from structure_bank.builder import default_bank_path
 
 ZERO_SHOT_CATEGORY = "skirt"
 CANONICAL_DIAGONAL = float(np.sqrt(2.0))  # of the unit-square canvas
