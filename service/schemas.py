@@ -31,6 +31,8 @@ class AssetOptions(BaseModel):
     seed: int | None = None
     structure: dict[str, Any] | None = Field(
         default=None, description="the structure the request gave ({category, landmarks})")
+    steps: int | None = Field(default=None, description="sampling steps the request gave "
+                              "(generative pipelines; null: the generator's default)")
 
 
 class ComplianceCheck(BaseModel):

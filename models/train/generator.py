@@ -195,7 +195,7 @@ def train_vae(cfg: GeneratorTrainConfig) -> dict:
                 group["lr"] = cosine_lr(step, t["lr"], 100, steps)
             post = vae.encode(target).latent_dist
             out = vae.decode(post.sample()).sample
-            rec = (out - target).abs().mean()
+            rec = _garment_l1(out, target, t.get("garment_weight", 0.0))
             loss = rec + t["kl_weight"] * post.kl().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,7 +213,7 @@ def train_vae(cfg: GeneratorTrainConfig) -> dict:
                 # The denoiser's latents are not exact: the adapter learns on perturbed ones.
                 z = z + 0.2 * torch.randn_like(z)
             out = decode_aligned(ema, z, adapter, photo)
-            loss = rec = (out - target).abs().mean()
+            loss = rec = _garment_l1(out, target, t.get("garment_weight", 0.0))
             opt_a.zero_grad(set_to_none=True)
             loss.backward()
             opt_a.step()
@@ -245,6 +245,14 @@ def train_vae(cfg: GeneratorTrainConfig) -> dict:
                                                   indent=2) + "\n")
     write_vae_card(out, training, final, history)
     return final
+
+
+def _garment_l1(out: torch.Tensor, target: torch.Tensor, weight: float) -> torch.Tensor:
+    """L1 with the garment's pixels `weight` times heavier than the background's: plain L1
+    over mostly white crops learned the garments' lightness and left them grey (validation
+    ΔE 12.9 at step 1100 of the first run)."""
+    w = 1.0 + weight * (target[:, 3:] + 1) / 2
+    return ((out - target).abs() * w).mean() / w.mean()
 
 
 def _set_scaling_factor(vae, train: dict, device: str) -> None:  # noqa: ANN001
