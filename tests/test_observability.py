@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from cli import main
+from models.pipeline import pipeline_names
 from service.app import create_app
 from service.logs import JsonFormatter, _ContextIds, log_context
 from service.settings import Settings
@@ -93,7 +94,7 @@ def test_one_job_moves_the_counters_and_histograms(
         assert moved("flatlay_stage_seconds_count", pipeline="flatten", stage=stage) == 1, stage
         assert _value(after, "flatlay_stage_seconds_sum", pipeline="flatten", stage=stage) > 0
     assert moved("flatlay_jobs_processed_total", pipeline="flatten", status="succeeded") == 1
-    for name in ("cutout", "flatten", "nearest"):
+    for name in pipeline_names():  # the worker loads every registered pipeline
         assert ("flatlay_model_load_seconds", (("pipeline", name),)) in after
     # Read from the job store at scrape time.
     assert _value(after, "flatlay_jobs", state="succeeded") >= 1
@@ -148,7 +149,7 @@ def test_status_shows_the_live_worker(
         "queued", "running", "succeeded", "failed", "canceled"}
     assert len(status["workers"]) == 1
     worker = status["workers"][0]
-    assert worker["pipelines"] == ["cutout", "flatten", "nearest"] and worker["last_seen_s"] < 3
+    assert worker["pipelines"] == pipeline_names() and worker["last_seen_s"] < 3
 
     assert main(["status", "--data-dir", str(data_dir)]) == 0
     table = capsys.readouterr().out

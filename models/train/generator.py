@@ -68,7 +68,7 @@ class GeneratorTrainConfig:
     workers: int = 2
     seed: int = 0
     ckpt_every: int = 100
-    eval_every: int = 400
+    eval_every: int = 550
     model: dict = field(default_factory=dict)
 
 
@@ -362,6 +362,18 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         rng.bit_generator.state = state["rng"]
         gen.set_state(state["gen"])
         step, history = state["step"], state["history"]
+    elif (Path(cfg.out) / "unet" / "config.json").is_file():
+        # No checkpoint (a fresh machine: runs/ does not travel), but shipped weights: a
+        # longer schedule continues from them instead of from noise.
+        from diffusers import UNet2DConditionModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(
+            Path(cfg.out) / "unet", low_cpu_mem_usage=False).state_dict())
+        cond.load_state_dict(Conditioner.from_pretrained(
+            Path(cfg.out) / "conditioner", low_cpu_mem_usage=False).state_dict())
+        ema_unet.load_state_dict(unet.state_dict())
+        ema_cond.load_state_dict(cond.state_dict())
+        tqdm.write(f"no checkpoint in {run}: starting from the weights in {cfg.out}")
     started = time.time()
     b = t["batch"]
     alphas = scheduler.alphas_cumprod
