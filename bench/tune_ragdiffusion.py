@@ -36,6 +36,11 @@ VARIANTS: list[tuple[str, dict]] = [
     ("guidance 2", {"GUIDANCE": 2.0}),
     ("4 steps", {"steps": 4}),
     ("12 steps", {"steps": 12}),
+    ("2 steps", {"steps": 2}),
+    ("1 step", {"steps": 1}),
+    ("strength 0.7", {"STRENGTH": 0.7}),
+    ("strength 0.5", {"STRENGTH": 0.5}),
+    ("strength 0.3", {"STRENGTH": 0.3}),
 ]
 METRICS = ("silhouette_iou", "ssim_garment", "delta_e", "psnr")
 
@@ -45,14 +50,21 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--only", default="", help="comma-separated variant labels (default: all)")
     args = ap.parse_args()
+    only = {v.strip() for v in args.only.split(",") if v.strip()}
+    unknown = only - {label for label, _ in VARIANTS}
+    if unknown:
+        ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
     pipe = RAGDiffusionPipeline()
     pipe.load()
-    shipped = {k: getattr(pipe, k) for k in ("DETAIL", "ALPHA", "GUIDANCE")}
+    shipped = {k: getattr(pipe, k) for k in ("DETAIL", "ALPHA", "GUIDANCE", "STRENGTH")}
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
     rows = []
     for label, knobs in VARIANTS:
+        if only and label not in only:
+            continue
         for k, v in {**shipped, **{k: v for k, v in knobs.items() if k != "steps"}}.items():
             setattr(pipe, k, v)
         per: dict[str, list[float]] = {m: [] for m in METRICS}

@@ -20,10 +20,12 @@ from models.generator.autoencoder import (
     decoder_targets,
     encode_mean,
 )
+from models.generator.conditioning import coarse_conditions
 from models.generator.detail import generated_alpha, transfer_detail
 from models.generator.sampling import FlatLayGenerator
 from models.pipeline import (
     PipelineOptions,
+    StageClock,
     StructureSpec,
     get_pipeline,
     pipeline_names,
@@ -149,6 +151,25 @@ def test_an_edited_structure_yields_a_garment_of_that_shape(ragdiffusion,  # noq
         return int(cols.max() - cols.min())
 
     assert width(edited.alpha) < 0.85 * width(r.alpha)
+
+
+@pytest.mark.slow
+def test_strength_starts_the_sampler_from_the_warp(ragdiffusion, sample) -> None:  # noqa: ANN001
+    gen = ragdiffusion.generator
+    coarse = ragdiffusion.align(sample.wild_image, None, 256,
+                                StageClock(ragdiffusion.stages, None))
+    cond = coarse_conditions(coarse, sample.wild_image, gen.resolution, gen.latent_size)
+    spatial, _ = gen.conditions([cond])
+    warp = gen.decode(spatial[:, 3:7], [cond])[0]  # W's own latent, decoded
+
+    def distance(strength: float) -> float:
+        out = gen([cond], [0], strength=strength)[0]
+        return float(np.abs(out[..., :3] - warp[..., :3]).mean())
+
+    # A short tail of the schedule from W's noised latent stays near W; pure noise does not.
+    assert distance(0.1) < 0.5 * distance(1.0)
+    with pytest.raises(ValueError, match="strength"):
+        gen([cond], [0], strength=0.0)
 
 
 @pytest.mark.slow

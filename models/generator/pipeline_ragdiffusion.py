@@ -87,6 +87,8 @@ class RAGDiffusionPipeline(FlattenPipeline):
     DETAIL = 1.0
     ALPHA = "structure"
     GUIDANCE = 1.0
+    # The share of the sampling schedule run from W's noised latent (1: from pure noise).
+    STRENGTH = 1.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,7 +116,8 @@ class RAGDiffusionPipeline(FlattenPipeline):
         with clock.stage("generate"):
             cond = coarse_conditions(coarse, rgb, gen.resolution, gen.latent_size)
             out = gen([cond], [options.seed or 0], steps=self.steps(options), drop=self.DROP,
-                      aligned=self.ALIGNED, guidance=self.GUIDANCE)[0]
+                      aligned=self.ALIGNED, guidance=self.GUIDANCE,
+                      strength=self.STRENGTH)[0]
         with clock.stage("compose"):
             alpha = self.silhouette(out[..., 3], coarse, size)
             image = upscale(out[..., :3], size) * 255.0

@@ -122,12 +122,17 @@ class FlatLayGenerator:
     @torch.no_grad()
     def sample(self, spatial: torch.Tensor, tokens: torch.Tensor, seeds: Sequence[int],
                steps: int = DEFAULT_STEPS, guidance: float = 1.0,
-               uncond: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+               uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
+               strength: float = 1.0) -> torch.Tensor:
         """Latents (N, 4, r, r) by DPM-Solver++ in `steps` steps from per-asset seeded noise.
         With guidance > 1 and `uncond` (the conditions without structure), classifier-free
-        guidance on the structure."""
+        guidance on the structure. With strength < 1 the sampler starts from W's latent
+        noised to that share of the schedule and runs only the rest of it (SDEdit): the
+        photo's known colours are the starting point instead of pure noise."""
         if not 1 <= steps <= 100:
             raise ValueError(f"steps must be within 1–100, got {steps}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be within (0, 1], got {strength}")
         scheduler = DPMSolverMultistepScheduler.from_config(
             self.train_scheduler.config, algorithm_type="dpmsolver++")
         scheduler.set_timesteps(steps, device=self.device)
@@ -135,8 +140,16 @@ class FlatLayGenerator:
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
                  for s in seeds]
         latents = torch.stack(noise).to(self.device, self.unet.dtype)
-        latents = latents * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
+        timesteps = scheduler.timesteps
+        if strength < 1.0:
+            skip = steps - max(1, round(steps * strength))
+            timesteps = timesteps[skip:]
+            scheduler.set_begin_index(skip)
+            init = spatial[:, 3:7]  # W through the VAE encoder (see `conditions`)
+            latents = scheduler.add_noise(init, latents, timesteps[:1].repeat(len(seeds)))
+        else:
+            latents = latents * scheduler.init_noise_sigma
+        for t in timesteps:
             x = torch.cat([latents, spatial], 1)
             out = self.unet(x, t, encoder_hidden_states=tokens).sample
             if guidance != 1.0 and uncond is not None:
@@ -163,11 +176,13 @@ class FlatLayGenerator:
     def __call__(self, conds: Sequence[CoarseConditions], seeds: Sequence[int],
                  steps: int = DEFAULT_STEPS, drop: frozenset[str] = frozenset(),
                  noretrieval: bool = False, aligned: bool = True,
-                 guidance: float = 1.0) -> np.ndarray:
+                 guidance: float = 1.0, strength: float = 1.0) -> np.ndarray:
         """Conditions of N assets → (N, R, R, 4) float32 RGBA flat-lays in [0, 1]."""
         spatial, tokens = self.conditions(conds, drop, noretrieval)
         uncond = None
         if guidance != 1.0:
             uncond = self.conditions(conds, drop | {"soft", "hard"}, noretrieval)
-        latents = self.sample(spatial, tokens, seeds, steps, guidance, uncond)
+        if "pattern" in drop:
+            strength = 1.0  # no W to start from: the pattern level is off
+        latents = self.sample(spatial, tokens, seeds, steps, guidance, uncond, strength)
         return self.decode(latents, conds, aligned and not noretrieval)
