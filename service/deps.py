@@ -12,6 +12,7 @@ from fastapi import Depends, Header
 from service.auth import Principal, current_key
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
+from service.ratelimit import RateLimiterUnavailable
 from service.rows import Idempotency
 from service.settings import Settings
 from service.webhooks import webhook_target
@@ -20,9 +21,18 @@ Ctx = Annotated[ServiceContext, Depends(get_context)]
 
 
 def limited_key(ctx: Ctx, key: Annotated[Principal, Depends(current_key)]) -> Principal:
-    """The caller, once it has a token left; 429 `rate_limited` otherwise."""
+    """The caller, once it has a token left; 429 `rate_limited` otherwise, 503
+    `rate_limiter_unavailable` when the limiter cannot tell and must not allow."""
     if ctx.limiter is not None:
-        wait = ctx.limiter.take(key.bucket)
+        try:
+            wait = ctx.limiter.take(key.bucket)
+        except RateLimiterUnavailable as exc:
+            raise ApiError(
+                "rate_limiter_unavailable",
+                # The cause (addresses included) goes to the log, not to the caller.
+                f"the rate limiter is unreachable; retry in {exc.retry_after_s} s",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
         if wait > 0:
             raise ApiError(
                 "rate_limited",

@@ -37,6 +37,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         409, "this Idempotency-Key was used with a different request body"
     ),
     "rate_limited": (429, "the API key's rate limit is reached; `Retry-After` says when to retry"),
+    "rate_limiter_unavailable": (
+        503, "the rate limiter (Redis) is unreachable and FLATLAY_RATE_LIMIT_ON_ERROR is deny; "
+        "`Retry-After` says when to retry"
+    ),
     "batch_not_found": (404, "no batch with this id"),
     "corrupt_archive": (422, "the archive is not a readable ZIP"),
     "invalid_manifest": (422, "the manifest is not a JSON list of items or a CSV with a header"),
@@ -82,6 +86,9 @@ def error_response(
 
 def error_responses(*codes: str) -> dict[int | str, dict]:
     """OpenAPI `responses` entries for the given codes, grouped by status."""
+    if "rate_limited" in codes and "rate_limiter_unavailable" not in codes:
+        # The limit's dependency answers both: routes list only the first.
+        codes = (*codes, "rate_limiter_unavailable")
     by_status: dict[int, list[str]] = {}
     for code in codes:
         by_status.setdefault(ERROR_CODES[code][0], []).append(code)

@@ -4,8 +4,10 @@ into the private network.
 Every hop, redirects included, must be http(s) to a host whose every address is public,
 unless `fetch_allow_hosts` names the host, the address or its network. Limits on time,
 size, redirects and content type; each refusal is a FetchError with a code.
-Caveat: the check resolves the name and the request resolves it again, so a name that
-changes its answer in between (DNS rebinding) is checked only at the first resolution.
+Against DNS rebinding, a name is resolved once per hop and the connection goes to the address
+that was checked (`pinned_send`: the URL carries the address, the Host header and TLS SNI and
+certificate check the name), and a name whose answers mix public and private addresses is
+refused outright.
 """
 
 from __future__ import annotations
@@ -68,22 +70,73 @@ def check_url(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-def check_address(host: str, port: int, allow: AllowList) -> None:
-    """FetchError `url_refused` unless every address of `host` is public or allowed."""
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _address(text: str) -> Address:
+    address = ipaddress.ip_address(text.split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def resolve_addresses(host: str, port: int, allow: AllowList) -> list[Address]:
+    """The addresses `host` may be reached at, in the resolver's order: FetchError
+    `url_refused` when one is private and not allowed, or when the answers mix public and
+    private addresses (a rebinding name answers with both, hoping a connection picks the
+    private one)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise FetchError("url_fetch_failed", f"cannot resolve {host!r}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
+    addresses = list(dict.fromkeys(_address(info[4][0]) for info in infos))
+    if not addresses:
+        raise FetchError("url_fetch_failed", f"cannot resolve {host!r}: no address")
+    public = [str(a) for a in addresses if a.is_global]
+    private = [str(a) for a in addresses if not a.is_global]
+    if public and private:
+        raise FetchError(
+            "url_refused",
+            f"{host} resolves to both public ({', '.join(public)}) and private "
+            f"({', '.join(private)}) addresses; refused as a DNS rebinding risk",
+        )
+    for address in addresses:
         if not address.is_global and not allow.allows(host, address):
             raise FetchError(
                 "url_refused",
                 f"{host} resolves to {address}, a private, loopback, link-local or reserved "
                 "address (FLATLAY_FETCH_ALLOW_HOSTS can allow it)",
             )
+    return addresses
+
+
+def pinned_send(http: httpx.Client, method: str, url: str, allow: AllowList, *,
+                headers: dict[str, str], content: bytes | None = None,
+                stream: bool = False) -> httpx.Response:
+    """Check `url` and send one request (no redirects followed) to the addresses checked,
+    not to whatever the name resolves to when connecting: each in turn while the connection
+    is refused, as a connect by name would. FetchError from `check_url` and
+    `resolve_addresses`; httpx errors from the request itself."""
+    _, port = check_url(url)
+    target = httpx.URL(url)
+    name = target.raw_host.decode("ascii")  # IDNA-encoded, as httpx would send it
+    addresses = resolve_addresses(name, port, allow)
+
+    def send(address: Address) -> httpx.Response:
+        request = http.build_request(
+            method, target.copy_with(host=str(address)), content=content,
+            headers={**headers, "Host": target.netloc.decode("ascii")},
+            # SNI and the certificate check use the name; only the TCP connect uses the address.
+            extensions={"sni_hostname": name},
+        )
+        return http.send(request, stream=stream, follow_redirects=False)
+
+    for address in addresses[:-1]:
+        try:
+            return send(address)
+        except httpx.ConnectError:
+            continue  # nothing sent yet: the next checked address
+    return send(addresses[-1])
 
 
 @dataclass(frozen=True)
@@ -99,11 +152,12 @@ def fetch_image(url: str, limits: FetchLimits) -> tuple[bytes, str]:
     `url_fetch_failed`, `url_too_many_redirects`, `url_bad_content_type` or `url_too_large`."""
     deadline = time.monotonic() + limits.timeout_s
     with httpx.Client(follow_redirects=False, timeout=limits.timeout_s, trust_env=False) as http:
+        # Redirects by hand: each hop is checked and pinned like the first.
         for _ in range(limits.max_redirects + 1):
-            host, port = check_url(url)
-            check_address(host, port, limits.allow)
             try:
-                with http.stream("GET", url, headers={"Accept": "image/*"}) as response:
+                response = pinned_send(http, "GET", url, limits.allow,
+                                       headers={"Accept": "image/*"}, stream=True)
+                try:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
@@ -111,6 +165,8 @@ def fetch_image(url: str, limits: FetchLimits) -> tuple[bytes, str]:
                         raise FetchError("url_fetch_failed",
                                          f"the server answered {response.status_code}")
                     return _read_image(response, limits, deadline), _content_type(response)
+                finally:
+                    response.close()
             except httpx.HTTPError as exc:
                 raise FetchError("url_fetch_failed", f"{type(exc).__name__}: {exc}") from None
     raise FetchError("url_too_many_redirects", f"more than {limits.max_redirects} redirects")

@@ -55,6 +55,20 @@ MODEL_LOAD_SECONDS = Gauge(
     "flatlay_model_load_seconds", "Seconds the latest load of a pipeline's models took",
     ["pipeline"], multiprocess_mode="mostrecent", registry=REGISTRY,
 )
+RATE_LIMITER_UP = Gauge(
+    "flatlay_rate_limiter_up", "1 while the shared rate limiter (Redis) answers, 0 during an "
+    "outage (the lowest of the live API processes)",
+    ["backend"], multiprocess_mode="livemin", registry=REGISTRY,
+)
+RATE_LIMITER_OUTAGES = Counter(
+    "flatlay_rate_limiter_outages", "Times the shared rate limiter became unreachable",
+    ["backend"], registry=REGISTRY,
+)
+RATE_LIMITER_UNCHECKED = Counter(
+    "flatlay_rate_limiter_unchecked_requests", "Requests decided without the rate limiter "
+    "during an outage: allowed or denied, as FLATLAY_RATE_LIMIT_ON_ERROR says",
+    ["decision"], registry=REGISTRY,
+)
 WEBHOOK_DELIVERIES = Counter(
     "flatlay_webhook_deliveries", "Webhook delivery attempts by event and outcome",
     ["event", "outcome"], registry=REGISTRY,

@@ -3,7 +3,10 @@ API processes), in this process otherwise (embedded mode has one API process).
 
 A bucket holds up to `burst` tokens and refills at `rate` per second; each request takes one.
 An empty bucket answers 429 `rate_limited` with `Retry-After` (whole seconds until a token):
-the route dependency that does so is `service.deps.limited_key`.
+the route dependency that does so is `service.deps.limited_key`. While Redis is unreachable,
+`rate_limit_on_error` decides: "deny" raises RateLimiterUnavailable (503
+`rate_limiter_unavailable`), "allow" serves the request unlimited. Each outage logs one line
+when it starts and one when it ends, and counts in `flatlay_rate_limiter_outages_total`.
 """
 
 from __future__ import annotations
@@ -11,16 +14,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
+from typing import Literal, Protocol
 
+from service.metrics import RATE_LIMITER_OUTAGES, RATE_LIMITER_UNCHECKED, RATE_LIMITER_UP
 from service.settings import Settings
 
 log = logging.getLogger("flatlay.ratelimit")
 
 
+# What a denied request's Retry-After says during an outage: a Redis restart takes seconds.
+OUTAGE_RETRY_AFTER_S = 5
+
+
+class RateLimiterUnavailable(Exception):
+    """The limiter cannot answer and `rate_limit_on_error` is "deny"."""
+
+    def __init__(self, reason: str, retry_after_s: int = OUTAGE_RETRY_AFTER_S) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
 class TokenBucket(Protocol):
     def take(self, bucket: str) -> float:
-        """Take a token from `bucket`: 0.0 when allowed, else seconds until one is there."""
+        """Take a token from `bucket`: 0.0 when allowed, else seconds until one is there.
+        RateLimiterUnavailable when it cannot tell and must not allow."""
 
 
 class LocalTokenBucket:
@@ -62,23 +80,55 @@ return tostring(wait)
 
 
 class RedisTokenBucket:
-    def __init__(self, url: str, rate: float, burst: int) -> None:
+    def __init__(self, url: str, rate: float, burst: int,
+                 on_error: Literal["allow", "deny"] = "deny") -> None:
         import redis
 
-        self.rate, self.burst = rate, burst
+        self.rate, self.burst, self.on_error = rate, burst, on_error
         self._client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._script = self._client.register_script(_TAKE_SCRIPT)
+        self._lock = threading.Lock()
+        self._down_since: float | None = None  # monotonic start of the current outage
+        RATE_LIMITER_UP.labels("redis").set(1)
 
     def take(self, bucket: str) -> float:
         import redis
 
         try:
-            return float(self._script(keys=[f"flatlay:ratelimit:{bucket}"],
+            wait = float(self._script(keys=[f"flatlay:ratelimit:{bucket}"],
                                       args=[self.rate, self.burst]))
         except redis.RedisError as exc:
-            # Redis down: serve rather than refuse everyone (the job store is the truth).
-            log.warning("rate limiter unavailable, request allowed: %s", exc)
-            return 0.0
+            reason = f"{type(exc).__name__}: {exc}"
+            self._outage(reason)
+            decision = "allowed" if self.on_error == "allow" else "denied"
+            RATE_LIMITER_UNCHECKED.labels(decision).inc()
+            if self.on_error == "allow":
+                return 0.0
+            raise RateLimiterUnavailable(reason) from None
+        if self._down_since is not None:
+            self._recovered()
+        return wait
+
+    def _outage(self, reason: str) -> None:
+        # One log line per outage, not per request: only the request that finds it starts it.
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        RATE_LIMITER_OUTAGES.labels("redis").inc()
+        RATE_LIMITER_UP.labels("redis").set(0)
+        log.warning("rate limiter unavailable (%s); until Redis answers, requests are %s "
+                    "(FLATLAY_RATE_LIMIT_ON_ERROR=%s)", reason,
+                    "served unlimited" if self.on_error == "allow" else "refused with 503",
+                    self.on_error)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        if since is None:
+            return  # another request logged it
+        RATE_LIMITER_UP.labels("redis").set(1)
+        log.info("rate limiter available again after %.1f s", time.monotonic() - since)
 
 
 def make_token_bucket(settings: Settings) -> TokenBucket | None:
@@ -87,6 +137,6 @@ def make_token_bucket(settings: Settings) -> TokenBucket | None:
         return None
     if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
         return RedisTokenBucket(settings.resolved_broker_url, settings.rate_limit_per_s,
-                                settings.rate_limit_burst)
+                                settings.rate_limit_burst, settings.resolved_rate_limit_on_error)
     return LocalTokenBucket(settings.rate_limit_per_s, settings.rate_limit_burst)
 

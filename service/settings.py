@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # Token bucket per API key: refill rate (requests/s; 0 turns limits off) and capacity.
     rate_limit_per_s: float = Field(default=20.0, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
+    # While the shared limiter (Redis) is unreachable: "deny" answers 503
+    # `rate_limiter_unavailable`, "allow" serves requests unlimited. Default (None): deny
+    # with API keys on, allow for the key-less loopback demo.
+    rate_limit_on_error: Literal["allow", "deny"] | None = None
     # Finished jobs' blobs (input and result) are removed this long after they finish
     # (0: kept forever); the job row stays, its result answers 410 `asset_expired`.
     result_retention_s: float = Field(default=7 * 86400.0, ge=0)
@@ -144,6 +148,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'jobs.sqlite3').resolve()}"
+
+    @property
+    def resolved_rate_limit_on_error(self) -> Literal["allow", "deny"]:
+        if self.rate_limit_on_error is not None:
+            return self.rate_limit_on_error
+        return "deny" if self.auth_enabled else "allow"
 
     @property
     def resolved_broker_url(self) -> str:

@@ -18,10 +18,15 @@ class LocalHTTP:
     received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     # Status codes the receiver answers POSTs with, in turn (then 200).
     post_statuses: list[int] = field(default_factory=list)
+    # The GETs it answered: (path, Host header).
+    fetched: list[tuple[str, str]] = field(default_factory=list)
 
 
 @contextmanager
-def local_http(files: dict[str, tuple[str, bytes]]) -> Iterator[LocalHTTP]:
+def local_http(files: dict[str, tuple[str, bytes]], host: str = "127.0.0.1",
+               port: int = 0) -> Iterator[LocalHTTP]:
+    """The server on `host`:`port` (0: a free port); another loopback address such as
+    127.0.0.2 stands for a private network the fetcher must not reach."""
     state = LocalHTTP(url="", files=files)
 
     class Handler(BaseHTTPRequestHandler):
@@ -30,10 +35,13 @@ def local_http(files: dict[str, tuple[str, bytes]]) -> Iterator[LocalHTTP]:
 
         def do_GET(self) -> None:  # noqa: N802
             path = self.path
+            state.fetched.append((path, self.headers.get("Host", "")))
             if path == "/redirect-loop":
                 return self._answer(302, "", b"", location="/redirect-loop")
             if path == "/redirect-private":
                 return self._answer(302, "", b"", location="http://169.254.169.254/latest")
+            if path.startswith("/redirect-to?"):  # Location: the URL after the "?"
+                return self._answer(302, "", b"", location=path.split("?", 1)[1])
             if path == "/redirect-ok":
                 return self._answer(301, "", b"", location="/shirt.jpg")
             if path == "/slow":
@@ -70,9 +78,9 @@ def local_http(files: dict[str, tuple[str, bytes]]) -> Iterator[LocalHTTP]:
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    state.url = f"http://{host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -176,7 +176,10 @@ def test_readyz_reports_a_broken_store(tmp_path: Path) -> None:
 
 def test_broker_outage_loses_no_job(tmp_path: Path, photo: bytes) -> None:
     # A Redis URL where nothing listens: the job is stored and stays queued for the reconciler.
-    s = Settings(data_dir=tmp_path / "d", broker_url="redis://127.0.0.1:1/0")
+    # The rate limiter shares that Redis; "allow" lets the request through to the broker
+    # (the default with keys, deny, is tested in test_ratelimit_outage).
+    s = Settings(data_dir=tmp_path / "d", broker_url="redis://127.0.0.1:1/0",
+                 rate_limit_on_error="allow")
     s.ensure_dirs()
     migrate(s.resolved_database_url)
     with TestClient(create_app(s)) as c:
