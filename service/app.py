@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from models.pipeline import SIDE_OUTPUTS, pipeline_names
 from models.presets import DEFAULT_PRESET, PRESETS
 from service.auth import Principal
 from service.batches import router as batches_router
+from service.body_guard import BodyGuard, body_bound
 from service.context import ServiceContext, register_extra_pipelines
 from service.deps import (
     Ctx,
@@ -160,11 +162,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Added first, so it runs inside the observability middleware (its refusals are logged).
+    app.add_middleware(BodyGuard, bound=body_bound(settings), timeout_s=settings.body_timeout_s,
+                       min_rate=settings.body_min_rate)
     app.add_middleware(RequestObservability)
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
     store_registry = CollectorRegistry(auto_describe=False)
     store_registry.register(JobStoreCollector(lambda: app.state.ctx))
     limits = ImageLimits(settings.max_upload_bytes, settings.max_pixels, settings.min_image_side)
+    ingest_slots = threading.BoundedSemaphore(settings.ingest_concurrency)
     app.include_router(batches_router)
     app.include_router(structures_router)
 
@@ -189,6 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "corrupt_image",
             "image_too_small",
             "file_too_large",
+            "payload_too_large",
+            "request_timeout",
             "image_too_many_pixels",
             "unsupported_media_type",
             "idempotency_key_reused",
@@ -208,23 +216,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pipeline, options = resolve_options(fields.pipeline, fields.given,
                                             settings.default_pipeline)
         hook = request_webhook_target(webhook_url, key, settings)
-        data = _read_upload(file, settings.max_upload_bytes)
-        idem = None
-        if idempotency_key is not None:
-            idem = Idempotency(idempotency_key, request_fingerprint(
-                "assets", {"pipeline": pipeline, "filename": file.filename, "webhook_url": hook,
-                           **options}, [data]))
-            if (earlier := replayed_or_conflict(ctx, key, idem)) is not None:
-                return _created(response, _job_or_404(ctx, key, earlier), replayed=True)
-        try:
-            info = validate_image(data, limits)
-        except IngestError as exc:
-            raise ApiError(exc.code, exc.message, "file") from None
+        # At most FLATLAY_INGEST_CONCURRENCY uploads are in memory at once (bytes and a full
+        # decode, up to max_upload_bytes + 4 x max_pixels each); the rest wait on their
+        # spooled files, so many large uploads cannot add up.
+        with ingest_slots:
+            data = _read_upload(file, settings.max_upload_bytes)
+            idem = None
+            if idempotency_key is not None:
+                idem = Idempotency(idempotency_key, request_fingerprint(
+                    "assets", {"pipeline": pipeline, "filename": file.filename,
+                               "webhook_url": hook, **options}, [data]))
+                if (earlier := replayed_or_conflict(ctx, key, idem)) is not None:
+                    return _created(response, _job_or_404(ctx, key, earlier), replayed=True)
+            try:
+                info = validate_image(data, limits)
+            except IngestError as exc:
+                raise ApiError(exc.code, exc.message, "file") from None
 
-        job_id = new_job_id()
-        ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[info.format]
-        input_blob = f"assets/{job_id}/input.{ext}"
-        ctx.blobs.put(input_blob, data)
+            job_id = new_job_id()
+            ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[info.format]
+            input_blob = f"assets/{job_id}/input.{ext}"
+            ctx.blobs.put(input_blob, data)
+        del data  # stored: not held through the job store's write
         input_meta = {"filename": file.filename, "content_type": info.content_type,
                       "width": info.width, "height": info.height, "bytes": info.bytes}
         with log_context(job_id=job_id):

@@ -440,7 +440,8 @@ def _digest(f: IO[bytes]) -> bytes:
     "that cannot be taken are listed in `rejected` with a code; the rest go on.",
     responses=error_responses("unauthorized", "validation_error", "unknown_pipeline",
                               "invalid_structure", "corrupt_archive", "invalid_manifest",
-                              "batch_too_large", "idempotency_key_reused", "rate_limited"),
+                              "batch_too_large", "payload_too_large", "request_timeout",
+                              "idempotency_key_reused", "rate_limited"),
 )
 def create_batch(
     ctx: Ctx,

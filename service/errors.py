@@ -19,6 +19,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "corrupt_image": (422, "the image data is damaged or truncated"),
     "image_too_small": (422, "the image is smaller than the minimum side"),
     "file_too_large": (413, "the upload exceeds the byte limit"),
+    "payload_too_large": (413, "the request body is over the route's byte bound (by its "
+                          "Content-Length, or by the bytes sent); refused before it is read"),
+    "request_timeout": (408, "the request body arrived too slowly (FLATLAY_BODY_TIMEOUT_S, "
+                        "FLATLAY_BODY_MIN_RATE)"),
     "image_too_many_pixels": (413, "the image exceeds the pixel limit (decompression bombs)"),
     "unsupported_media_type": (415, "not a JPEG, PNG or WebP image"),
     "unauthorized": (401, "no API key, or an unknown or revoked one"),

@@ -68,10 +68,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=50_000_000, ge=1)
     min_image_side: int = Field(default=32, ge=1)
+    # Uploads held in memory (bytes and decode) at once by one API process; the rest wait.
+    ingest_concurrency: int = Field(default=4, ge=1)
     # Batches: items per batch, bytes of one request (files or a ZIP), of a manifest.
     batch_max_items: int = Field(default=1000, ge=1)
     max_batch_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_manifest_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    # Request bodies at the edge (service.body_guard): every other route's (JSON) bound; a
+    # body must be complete within body_timeout_s plus one second per body_min_rate bytes
+    # received (slower: 408); idle keep-alive connections close after keep_alive_timeout_s.
+    max_json_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_min_rate: float = Field(default=50_000.0, gt=0)
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
     # Fetching manifest images and delivering webhooks: per-request time, redirects, and the
     # hosts or networks (comma-separated names, addresses, CIDRs) that may be private.
     fetch_timeout_s: float = Field(default=15.0, gt=0)
