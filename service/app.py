@@ -20,6 +20,7 @@ from models.pipeline import SIDE_OUTPUTS, pipeline_names
 from models.presets import DEFAULT_PRESET, PRESETS
 from service.auth import Principal
 from service.batches import router as batches_router
+from service.blobs import probe_write
 from service.body_guard import BodyGuard, body_bound
 from service.context import ServiceContext, register_extra_pipelines
 from service.deps import (
@@ -201,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "unsupported_media_type",
             "idempotency_key_reused",
             "rate_limited",
+            "storage_unavailable",
         ),
     )
     def create_asset(
@@ -269,13 +271,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/assets/{asset_id}/cancel",
         response_model=AssetStatus,
-        summary="Cancel a queued or running asset (a running one's result is dropped)",
+        summary="Cancel a queued or running asset: a running one stops at its next stage "
+        "boundary and keeps no result; its progress says the stage it stopped at",
         responses=error_responses("unauthorized", "asset_not_found", "asset_not_cancelable",
                                   "rate_limited"),
     )
     def cancel_asset(asset_id: str, ctx: Ctx, key: Key) -> AssetStatus:
         job = _job_or_404(ctx, key, asset_id)
-        if not ctx.store.cancel(job.id):
+        if ctx.store.cancel(job.id):
+            # The worker running it stops by itself (its next progress update finds the
+            # row canceled); a message still waiting is dropped by the workers.
+            ctx.revoke(job.id)
+        else:
             job = _job_or_404(ctx, key, asset_id)
             if job.status != "canceled":
                 raise ApiError("asset_not_cancelable", f"asset {job.id} already {job.status}")
@@ -294,7 +301,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     def delete_asset(asset_id: str, ctx: Ctx, key: Key) -> Response:
         job = _job_or_404(ctx, key, asset_id)
-        ctx.store.cancel(job.id)
+        if ctx.store.cancel(job.id):  # a running one stops at its next stage boundary
+            ctx.revoke(job.id)
         for blob in job_blob_keys(job):
             ctx.blobs.delete(blob)
         ctx.store.delete_job(job.id)
@@ -457,7 +465,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/readyz",
         response_model=Readiness,
-        summary="Job store, blob store and broker are reachable",
+        summary="Job store, blob store and broker are reachable, and the blob store takes "
+        "writes (`blob_store_write`: a probe blob written, read back and deleted)",
         responses={503: {"model": Readiness, "description": "a dependency is unreachable"}},
     )
     def readyz(ctx: Ctx) -> Response:
@@ -465,6 +474,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for name, check in (
             ("job_store", ctx.store.ping),
             ("blob_store", ctx.blobs.ping),
+            ("blob_store_write", lambda: probe_write(ctx.blobs)),
             ("broker", lambda: ping_broker(ctx.celery, settings)),
         ):
             try:

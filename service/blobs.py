@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
@@ -19,6 +20,14 @@ if TYPE_CHECKING:
 
 class BlobNotFound(KeyError):
     pass
+
+
+class StorageError(OSError):
+    """The blob store failed a write or a read (disk full, read-only, an S3 5xx or an
+    unreachable endpoint): the store is at fault, not the request or the job. The worker
+    retries the attempt; the API answers 503 `storage_unavailable`."""
+
+    code = "storage_unavailable"
 
 
 class BlobStore(Protocol):
@@ -48,6 +57,15 @@ class LocalBlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
+        try:
+            self._write(path, data)
+        except StorageError:
+            raise
+        except OSError as exc:  # ENOSPC, EROFS, EDQUOT, EACCES, EIO...
+            raise StorageError(f"could not write blob {key}: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
         for _ in range(3):  # a delete may prune the folder between mkdir and mkstemp
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -56,7 +74,7 @@ class LocalBlobStore:
             except FileNotFoundError:
                 continue
         else:
-            raise OSError(f"could not create a file in {path.parent}")
+            raise StorageError(f"could not create a file in {path.parent}")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -72,6 +90,8 @@ class LocalBlobStore:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise BlobNotFound(key) from None
+        except OSError as exc:
+            raise StorageError(f"could not read blob {key}: {exc.strerror or exc}") from exc
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -119,17 +139,25 @@ class S3BlobStore:
         return f"{self.prefix}/{checked}" if self.prefix else checked
 
     def put(self, key: str, data: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        s3_key = self._key(key)
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=s3_key, Body=data)
+        except (ClientError, BotoCoreError) as exc:  # after botocore's own retries
+            raise StorageError(f"could not write blob {key}: {exc}") from exc
 
     def get(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise BlobNotFound(key) from None
-            raise
+            raise StorageError(f"could not read blob {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"could not read blob {key}: {exc}") from exc
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -147,6 +175,23 @@ class S3BlobStore:
 
     def ping(self) -> None:
         self._s3.head_bucket(Bucket=self.bucket)
+
+
+# Where /readyz writes its probe blobs (deleted at once; not an asset key).
+PROBE_PREFIX = ".probe"
+
+
+def probe_write(store: BlobStore) -> None:
+    """Write, read back and delete a small blob; raises StorageError (or what the store
+    raised) when it cannot. `ping` only says the store is there: a full disk or an S3
+    endpoint that fails every PUT passes it."""
+    key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}"
+    store.put(key, b"flatlay readiness probe")
+    try:
+        if store.get(key) != b"flatlay readiness probe":
+            raise StorageError("the probe blob read back different bytes")
+    finally:
+        store.delete(key)
 
 
 def make_blob_store(settings: Settings) -> BlobStore:

@@ -11,7 +11,7 @@ from fastapi import Request
 
 from service.blobs import BlobStore, make_blob_store
 from service.logs import TASK_REQUEST_ID_HEADER, request_id_var
-from service.queue import PROCESS_ASSET_TASK, make_celery, send_webhook
+from service.queue import make_celery, revoke_job, send_job, send_webhook
 from service.settings import Settings
 from service.store import JobStore
 
@@ -56,19 +56,17 @@ class ServiceContext:
         is one, rides in the message headers so that the worker's logs carry it."""
         request_id = request_id_var.get()
         try:
-            self.celery.send_task(
-                PROCESS_ASSET_TASK,
-                args=[job_id],
-                headers={TASK_REQUEST_ID_HEADER: request_id} if request_id else None,
-                queue=self.settings.queue_name,
-                retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
-            )
+            send_job(self.celery, self.settings, job_id,
+                     headers={TASK_REQUEST_ID_HEADER: request_id} if request_id else None)
         except Exception as exc:  # broker errors come in many types (kombu, redis, OS)
             log.warning("enqueue of job %s failed, the reconciler will retry: %s", job_id, exc)
             return False
         self.store.mark_enqueued(job_id)
         return True
+
+    def revoke(self, job_id: str) -> bool:
+        """After a cancel: tell the workers to drop the job's waiting messages."""
+        return revoke_job(self.celery, self.settings, job_id)
 
     def send_webhook(self, delivery_id: str) -> None:
         send_webhook(self.celery, self.settings, delivery_id)

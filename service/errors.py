@@ -5,11 +5,17 @@ Codes are stable and listed in the OpenAPI document, so catalog tooling can bran
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.blobs import StorageError
+
+log = logging.getLogger("flatlay.api")
 
 # code → (HTTP status, what it means)
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -53,6 +59,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_found": (404, "no such route"),
     "method_not_allowed": (405, "the route exists but not with this method"),
     "service_unavailable": (503, "a dependency (job store, broker, blob store) is unreachable"),
+    "storage_unavailable": (
+        503, "the blob store failed a write or read (disk full, read-only, S3 error): a "
+        "request is refused with `Retry-After` and keeps nothing; a job's attempt is retried, "
+        "and after FLATLAY_MAX_ATTEMPTS the job fails with this code"
+    ),
     "internal_error": (500, "an unexpected error; the request id is in the logs"),
 }
 
@@ -134,6 +145,15 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response("not_found", str(exc.detail or "not found"))
         detail = {"code": "http_error", "message": str(exc.detail)}
         return JSONResponse({"error": detail}, status_code=exc.status_code)
+
+    @app.exception_handler(StorageError)
+    async def _storage(_: Request, exc: StorageError) -> JSONResponse:
+        # The message names no server path; the cause is in the logs.
+        log.warning("blob store failure: %s", exc)
+        return error_response("storage_unavailable",
+                              "the blob store failed (full, read-only or unreachable); "
+                              "retry later",
+                              headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

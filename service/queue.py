@@ -67,6 +67,33 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def send_job(app: Celery, settings: Settings, job_id: str, *, countdown: float | None = None,
+             headers: dict[str, str] | None = None) -> None:
+    """Send asset job `job_id` to the workers (raises on broker errors). The task id is the
+    job id, so that a cancel can revoke every message of the job without keeping ids."""
+    app.send_task(PROCESS_ASSET_TASK, args=[job_id], task_id=job_id, headers=headers,
+                  queue=settings.queue_name, countdown=countdown, retry=True,
+                  retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5})
+
+
+def revoke_job(app: Celery, settings: Settings, job_id: str, timeout_s: float = 2.0) -> bool:
+    """Ask the workers to discard the job's messages still waiting (Celery's revoke, by the
+    task id `send_job` gave it). Distributed mode only: the file transport has no broadcast.
+    Best effort, and bounded: a worker that takes the message anyway finds the job not
+    queued and skips it. False when nothing was sent."""
+    if settings.embedded_broker:
+        return False
+    try:
+        with app.connection_for_write() as conn:
+            # Bounded here, because the broadcast itself retries a dead broker forever.
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+            app.control.revoke(job_id, connection=conn)
+    except Exception as exc:  # broker errors come in many types (kombu, redis, OS)
+        log.warning("could not revoke job %s: %s", job_id, exc)
+        return False
+    return True
+
+
 def send_webhook(app: Celery, settings: Settings, delivery_id: str,
                  countdown: float | None = None) -> bool:
     """Queue a delivery attempt on the CPU queue; False when the broker is down (the

@@ -52,7 +52,9 @@ class Compliance(BaseModel):
 
 
 class Progress(BaseModel):
-    stage: str | None = Field(description="current stage (stage names of the pipeline)")
+    stage: str | None = Field(description="current stage (stage names of the pipeline); "
+                              "for an asset canceled while running, the stage it stopped "
+                              "before; `retrying` while a failed attempt waits to be re-run")
     percent: int = Field(ge=0, le=100)
 
 

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15.0, gt=0)
     requeue_queued_after_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    # An attempt that the blob store failed (disk full, S3 5xx) is sent again after this many
+    # seconds, doubling per attempt (at most a minute), until max_attempts.
+    storage_retry_s: float = Field(default=5.0, gt=0)
 
     log_level: str = "info"
     # One JSON object per line (ts, level, logger, message, request_id, job_id) or plain text.

@@ -220,9 +220,30 @@ class JobStore(ApiKeyQueries, BatchQueries, DeliveryQueries):
 
     def set_progress(
         self, job_id: str, stage: str, percent: int, worker: str | None = None
-    ) -> None:
-        self._update(job_id, Job.status == "running", *self._held_by(worker), stage=stage,
-                     percent=int(percent))
+    ) -> bool:
+        """Record the stage a running job enters; False when the job is no longer this
+        worker's running job (canceled, deleted, or released to another worker): the
+        worker's cue to stop (workers.jobs.JobCanceled)."""
+        return self._update(job_id, Job.status == "running", *self._held_by(worker),
+                            stage=stage, percent=int(percent))
+
+    def record_stop(
+        self, job_id: str, *, stage: str, percent: int, timings: dict[str, float], worker: str
+    ) -> bool:
+        """A job canceled while running: where its worker stopped (the stage it did not
+        start) and what it had measured. False when there is no such canceled job."""
+        return self._update(job_id, Job.status == "canceled", Job.worker == worker,
+                            stage=stage, percent=int(percent), timings=timings)
+
+    def retry_later(self, job_id: str, *, code: str, message: str, worker: str) -> bool:
+        """running → queued after an attempt failed for a reason outside the job (the blob
+        store): the error stays visible until the next attempt claims it; `attempts`
+        counts on. False when the job is no longer this worker's."""
+        return self._update(
+            job_id, Job.status == "running", Job.worker == worker, status="queued",
+            stage="retrying", percent=0, error_code=code, error_message=message[:2000],
+            enqueued_at=utcnow(),
+        )
 
     def succeed(
         self, job_id: str, *, result_blob: str, content_type: str, timings: dict[str, float],

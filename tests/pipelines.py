@@ -5,7 +5,8 @@ They are real pipelines run by the real worker, not mocks: `test-slow` is the cu
 baseline that takes its time (so that a test can kill or stop a worker in the middle of a
 job), `test-crash` kills the worker process that runs it (as an out-of-memory kill or a
 segfault in native code would), `test-structured` is the cutout baseline that returns the
-structure it was given as its landmarks.
+structure it was given as its landmarks, `test-staged` is the cutout baseline after four
+timed stages that write down each stage they begin (so that a test sees which ran).
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ import time
 
 import numpy as np
 
-from models.pipeline import CutoutPipeline, FlatLayResult, PipelineOptions, ProgressFn
+from models.pipeline import (
+    CutoutPipeline,
+    FlatLayResult,
+    PipelineOptions,
+    ProgressFn,
+    StageClock,
+)
 
 # Seconds `test-slow` spends before its cutout (the tests' environment may set it).
 SLOW_SECONDS_ENV = "FLATLAY_TEST_SLOW_SECONDS"
+# `test-staged`: seconds per stage, and the file each begun stage is appended to.
+STAGE_SECONDS_ENV = "FLATLAY_TEST_STAGE_SECONDS"
+STAGE_LOG_ENV = "FLATLAY_TEST_STAGE_LOG"
 
 
 class SlowCutoutPipeline(CutoutPipeline):
@@ -66,6 +76,51 @@ class StructuredCutoutPipeline(CutoutPipeline):
             result.frame = "canonical"
         return result
 
+
+class StagedCutoutPipeline(CutoutPipeline):
+    """Stages one to four (each sleeps), then the cutout's parse and compose. Every stage,
+    once begun (its progress report returned), appends "<seed> <stage>" to the file named
+    by FLATLAY_TEST_STAGE_LOG: the seed tells the jobs apart."""
+
+    name = "test-staged"
+    stages = ["one", "two", "three", "four", "parse", "compose"]
+
+    def __call__(
+        self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
+    ) -> FlatLayResult:
+        seconds = float(os.environ.get(STAGE_SECONDS_ENV, "1"))
+        log = os.environ.get(STAGE_LOG_ENV)
+
+        def begun(stage: str) -> None:
+            if log:
+                with open(log, "a") as fh:
+                    fh.write(f"{options.seed} {stage}\n")
+
+        clock = StageClock(self.stages, progress)
+        for stage in self.stages[:4]:
+            with clock.stage(stage):
+                begun(stage)
+                time.sleep(seconds)
+
+        def rest(stage: str, percent: int) -> None:
+            if progress is not None:
+                progress(stage, 67 + percent // 3)  # the cutout's stages are the last third
+            begun(stage)
+
+        return super().__call__(rgb, options, rest)
+
+
+def stages_begun(log: str | os.PathLike, seed: int) -> list[str]:
+    """The stages `test-staged` began for the job with this seed, in order."""
+    try:
+        with open(log) as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return []
+    return [stage for s, _, stage in (line.partition(" ") for line in lines) if s == str(seed)]
+
+
+STAGED_PIPELINE = "test-staged=tests.pipelines:StagedCutoutPipeline"
 
 TEST_PIPELINES = ("test-slow=tests.pipelines:SlowCutoutPipeline,"
                   "test-crash=tests.pipelines:CrashingPipeline")

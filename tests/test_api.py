@@ -156,7 +156,8 @@ def test_health_readiness_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"job_store": "ok", "blob_store": "ok", "broker": "ok"}
+    assert ready.json()["checks"] == {"job_store": "ok", "blob_store": "ok",
+                                      "blob_store_write": "ok", "broker": "ok"}
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/assets"]["post"]

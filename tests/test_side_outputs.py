@@ -261,11 +261,12 @@ def test_failed_and_dropped_attempts_leave_no_outputs(
     assert client.get(f"/assets/{r.json()['id']}/outputs/mask").status_code == 409
     assert _files(settings, r.json()["id"]) == ["input.png"]
 
-    # Canceled while the worker ran it: its outputs are dropped, none left behind.
+    # Canceled while the worker ran it: it stops at its first stage boundary, and no output
+    # is left behind.
     job_id = _post(client, photo, output_size="256").json()["id"]
     job = worker.store.claim(job_id, worker.name)
     assert client.post(f"/assets/{job_id}/cancel").json()["status"] == "canceled"
-    assert _run_claimed(worker, job, {}) == "dropped"
+    assert _run_claimed(worker, job, {}) == "canceled"
     assert _files(settings, job_id) == ["input.jpg"]
     assert not (settings.resolved_blob_dir / "assets" / job_id / "outputs-a1").exists()
     r = client.get(f"/assets/{job_id}/outputs/mask")

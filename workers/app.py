@@ -20,6 +20,7 @@ from service.queue import (
     DELIVER_WEBHOOK_TASK,
     PROCESS_ASSET_TASK,
     make_celery,
+    send_job,
     send_webhook,
 )
 from service.settings import get_settings
@@ -43,6 +44,8 @@ def worker_context() -> WorkerContext:
     if _context is None or _context.pid != os.getpid():
         _context = WorkerContext.build(settings, name=f"{socket.gethostname()}:{os.getpid()}")
         _context.send_webhook = lambda delivery_id: send_webhook(app, settings, delivery_id)
+        _context.send_job = lambda job_id, countdown: send_job(app, settings, job_id,
+                                                               countdown=countdown)
     return _context
 
 

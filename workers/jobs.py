@@ -2,7 +2,10 @@
 
 Idempotent by construction: a job is taken only by the conditional queued → running update,
 and its result is recorded only while it is still `running` (a canceled job's result is
-dropped). Errors end the job `failed` with a code, never kill the worker.
+dropped). A job canceled while running stops at its next stage boundary: each stage's
+progress update is conditional on the job still being this worker's running job, and its
+refusal raises JobCanceled. Errors end the job `failed` with a code, never kill the worker;
+an attempt the blob store failed (StorageError) is sent again until `max_attempts`.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models.io import ImageLimits, IngestError, validate_image
-from models.pipeline import PipelineError, load_pipelines
+from models.pipeline import PipelineError, ProgressFn, load_pipelines
 from models.pipeline import configure as configure_pipelines
-from service.blobs import BlobStore, make_blob_store
+from service.blobs import BlobStore, StorageError, make_blob_store
 from service.context import register_extra_pipelines
 from service.fetch import FetchError, fetch_image
 from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
@@ -32,6 +36,25 @@ from service.webhooks import SendFn, job_ended
 from workers.flatten import FlatLayOutput, flatten_photo
 
 log = logging.getLogger("flatlay.worker")
+
+# Sends job `job_id` to the workers again after `countdown` seconds (raises on broker errors).
+SendJobFn = Callable[[str, float], None]
+
+
+class JobCanceled(Exception):
+    """The job stopped being this worker's running job (canceled, deleted, or released to
+    another worker) before stage `stage` (at `percent`); raised from the progress callback,
+    so the work stops at that stage boundary."""
+
+    def __init__(self, stage: str, percent: int) -> None:
+        super().__init__(f"stopped before {stage}")
+        self.stage = stage
+        self.percent = percent
+
+
+def _no_send(job_id: str, countdown: float) -> None:
+    # Without a broker (tests, tools) the reconciler re-sends the queued job later.
+    log.warning("no broker to send job %s again; the reconciler will", job_id)
 
 
 @dataclass
@@ -45,6 +68,8 @@ class WorkerContext:
     current_job: str | None = None
     # Queues a webhook delivery attempt (the worker's Celery app sets it).
     send_webhook: SendFn = field(default=lambda delivery_id: None)
+    # Sends a job again after an attempt the blob store failed (the worker's Celery app sets it).
+    send_job: SendJobFn = field(default=_no_send)
 
     @classmethod
     def build(cls, settings: Settings, name: str) -> WorkerContext:
@@ -84,7 +109,8 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         outcome = _run_claimed(ctx, job, timings)
     finally:
         ctx.current_job = None
-    job_ended(ctx.store, ctx.send_webhook, job_id)
+    if outcome != "retried":  # a job sent again has not ended
+        job_ended(ctx.store, ctx.send_webhook, job_id)
     for stage, seconds in timings.items():
         STAGE_SECONDS.labels(job.pipeline, stage).observe(seconds)
     JOBS_PROCESSED.labels(job.pipeline, outcome).inc()
@@ -92,14 +118,15 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
     return outcome
 
 
-def _input_of(ctx: WorkerContext, job: JobView, timings: dict[str, float]) -> bytes:
+def _input_of(ctx: WorkerContext, job: JobView, timings: dict[str, float],
+              progress: ProgressFn) -> bytes:
     """The job's photo; a manifest item's is fetched from its URL first (once: a retry
     finds it stored)."""
     url = job.input_meta.get("source_url")
     if not url or "content_type" in job.input_meta:
         return ctx.blobs.get(job.input_blob)
     s = ctx.settings
-    ctx.store.set_progress(job.id, "fetch", 0, worker=ctx.name)
+    progress("fetch", 0)
     start = time.perf_counter()
     data, _ = fetch_image(url, s.fetch_limits())
     info = validate_image(data, ImageLimits(s.max_upload_bytes, s.max_pixels, s.min_image_side))
@@ -144,20 +171,34 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
     job_id, me = job.id, ctx.name
 
     def progress(stage: str, percent: int) -> None:
-        ctx.store.set_progress(job_id, stage, percent, worker=me)
+        # The cancel flag costs nothing extra: the update that records the stage is
+        # conditional on the job still being ours and running.
+        if not ctx.store.set_progress(job_id, stage, percent, worker=me):
+            raise JobCanceled(stage, percent)
 
     s = ctx.settings
     try:
         out = flatten_photo(
-            _input_of(ctx, job, timings), job.pipeline, job.options,
+            _input_of(ctx, job, timings, progress), job.pipeline, job.options,
             ImageLimits(s.max_upload_bytes, s.max_pixels, 1), timings, progress,
         )
+        progress("store", 98)
         # One name per attempt: a worker presumed dead that wakes up and drops its outputs
         # never deletes the outputs of the attempt that replaced it.
         result_blob, side_blobs = _store_outputs(ctx, job, out)
+    except JobCanceled as stop:
+        if ctx.store.record_stop(job_id, stage=stop.stage, percent=stop.percent,
+                                 timings=timings, worker=me):
+            log.info("job %s canceled; stopped before %s", job_id, stop.stage)
+            return "canceled"
+        log.info("job %s taken away (deleted or released); stopped before %s", job_id,
+                 stop.stage)
+        return "dropped"
     except (IngestError, PipelineError, FetchError) as exc:
         ctx.store.fail(job_id, code=exc.code, message=exc.message, timings=timings, worker=me)
         return "failed"
+    except StorageError as exc:
+        return _storage_failed(ctx, job, exc, timings)
     except SoftTimeLimitExceeded:
         ctx.store.fail(
             job_id,
@@ -182,6 +223,29 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
     # Canceled, deleted or otherwise taken away while running: keep nothing.
     _delete_blobs(ctx, [result_blob, *side_blobs.values()])
     return "dropped"
+
+
+def _storage_failed(ctx: WorkerContext, job: JobView, exc: StorageError,
+                    timings: dict[str, float]) -> str:
+    """An attempt the blob store failed (what it wrote is already deleted): back to `queued`
+    and sent again after a doubling delay, or `failed` with `storage_unavailable` once
+    `max_attempts` attempts have been made. Never `succeeded`: the result is not stored."""
+    s = ctx.settings
+    if job.attempts < s.max_attempts:
+        delay = min(s.storage_retry_s * 2 ** (job.attempts - 1), 60.0)
+        message = (f"attempt {job.attempts} of {s.max_attempts}: {exc}; "
+                   f"retrying in {delay:g} s")
+        if ctx.store.retry_later(job.id, code=exc.code, message=message, worker=ctx.name):
+            log.warning("job %s: blob store failed (%s); retrying in %g s", job.id, exc, delay)
+            try:
+                ctx.send_job(job.id, delay)
+            except Exception as send_exc:  # the job is queued: the reconciler sends it
+                log.warning("could not send job %s again: %s", job.id, send_exc)
+            return "retried"
+        return "dropped"  # canceled or taken away meanwhile
+    ctx.store.fail(job.id, code=exc.code, timings=timings, worker=ctx.name,
+                   message=f"the blob store failed {job.attempts} attempts; last: {exc}")
+    return "failed"
 
 
 class Heartbeat:
