@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,7 +23,16 @@ from service.queue import broker_queue_depth
 from service.rows import JOB_STATES
 
 if TYPE_CHECKING:
-    from service.context import ServiceContext
+    from service.settings import Settings
+    from service.store import JobStore
+
+
+class _Context(Protocol):
+    """What the collector reads of a `service.context.ServiceContext` (named by shape:
+    the context imports the rate limiter, which imports these metrics)."""
+
+    store: JobStore
+    settings: Settings
 
 log = logging.getLogger("flatlay.metrics")
 
@@ -87,7 +96,7 @@ def process_registry() -> CollectorRegistry:
 class JobStoreCollector:
     """Jobs by state, queue depths and live workers, read when Prometheus scrapes."""
 
-    def __init__(self, get_context: Callable[[], ServiceContext]) -> None:
+    def __init__(self, get_context: Callable[[], _Context]) -> None:
         self.get_context = get_context
 
     def collect(self) -> Iterator[Metric]:
