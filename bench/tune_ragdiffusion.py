@@ -2,10 +2,10 @@
 
     python bench/tune_ragdiffusion.py [--n 40] [--size 1024]
 
-Each row sets one knob of `RAGDiffusionPipeline` (DETAIL, ALPHA, GUIDANCE, the step count)
-away from the shipped values and scores the first n validation photos with the quality
-benchmark's own metrics (`models.eval.quality.score`). Prints a table and writes
-bench/results/ragdiffusion-val.{md,json}.
+Each row sets knobs of `RAGDiffusionPipeline` (DETAIL, ALPHA, GUIDANCE, STRENGTH, the step
+count) away from the shipped values (`flatten` is the reference row) and scores the first n
+validation photos with the quality benchmark's own metrics (`models.eval.quality.score`).
+Prints a table and writes bench/results/ragdiffusion-val.{md,json}.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ sys.path.insert(0, str(REPO))
 from models.eval.quality import load_truth, score  # noqa: E402
 from models.garments import SPLITS  # noqa: E402
 from models.generator.pipeline_ragdiffusion import RAGDiffusionPipeline  # noqa: E402
-from models.pipeline import PipelineError, PipelineOptions  # noqa: E402
+from models.pipeline import PipelineError, PipelineOptions, get_pipeline  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 VARIANTS: list[tuple[str, dict]] = [
+    ("flatten (reference)", {"pipeline": "flatten"}),
     ("shipped", {}),
     ("detail 0", {"DETAIL": 0.0}),
     ("detail 0.5", {"DETAIL": 0.5}),
@@ -41,6 +42,11 @@ VARIANTS: list[tuple[str, dict]] = [
     ("strength 0.7", {"STRENGTH": 0.7}),
     ("strength 0.5", {"STRENGTH": 0.5}),
     ("strength 0.3", {"STRENGTH": 0.3}),
+    ("strength 1", {"STRENGTH": 1.0}),
+    ("strength 0.5, 4 steps", {"STRENGTH": 0.5, "steps": 4}),
+    ("strength 0.5, 12 steps", {"STRENGTH": 0.5, "steps": 12}),
+    ("strength 0.5, detail 0.5", {"STRENGTH": 0.5, "DETAIL": 0.5}),
+    ("strength 0.5, guidance 2", {"STRENGTH": 0.5, "GUIDANCE": 2.0}),
 ]
 METRICS = ("silhouette_iou", "ssim_garment", "delta_e", "psnr")
 
@@ -58,6 +64,8 @@ def main() -> None:
         ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
     pipe = RAGDiffusionPipeline()
     pipe.load()
+    reference = get_pipeline("flatten")
+    reference.load()
     shipped = {k: getattr(pipe, k) for k in ("DETAIL", "ALPHA", "GUIDANCE", "STRENGTH")}
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
@@ -65,8 +73,10 @@ def main() -> None:
     for label, knobs in VARIANTS:
         if only and label not in only:
             continue
-        for k, v in {**shipped, **{k: v for k, v in knobs.items() if k != "steps"}}.items():
+        for k, v in {**shipped, **{k: v for k, v in knobs.items()
+                                   if k not in ("steps", "pipeline")}}.items():
             setattr(pipe, k, v)
+        run = reference if knobs.get("pipeline") == "flatten" else pipe
         per: dict[str, list[float]] = {m: [] for m in METRICS}
         seconds = []
         for t in tqdm(truths, desc=label):
@@ -74,7 +84,7 @@ def main() -> None:
                                       steps=knobs.get("steps"))
             t0 = time.perf_counter()
             try:
-                result = pipe(t.photo, options)
+                result = run(t.photo, options)
             except PipelineError:
                 continue
             seconds.append(time.perf_counter() - t0)
