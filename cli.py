@@ -286,6 +286,39 @@ def _cmd_bench_retrieval_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_attributes(args: argparse.Namespace) -> int:
+    import json
+
+    from models.garments import SPLITS
+    from models.pipeline import pipeline_names
+
+    split = args.split or ("heldout" if args.heldout else "test")
+    if args.heldout and split != "heldout":
+        raise CLIError(f"--heldout contradicts --split {split}")
+    if split not in SPLITS:
+        raise CLIError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+    start, stop = SPLITS[split]
+    if not 1 <= args.n <= stop - start:
+        raise CLIError(f"--n must be in 1..{stop - start}, got {args.n}")
+    if not 256 <= args.size <= 2048:
+        raise CLIError(f"--size must be within 256–2048, got {args.size}")
+    if args.pipeline not in pipeline_names():
+        raise CLIError(f"unknown pipeline {args.pipeline!r}; available: "
+                       f"{', '.join(pipeline_names())}")
+
+    from models.eval.attributes import benchmark_attributes, format_table, write_report
+
+    result = benchmark_attributes(split=split, n=args.n, pipeline=args.pipeline,
+                                  size=args.size)
+    paths = write_report(result, args.out_dir)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "assets"}))
+    else:
+        print(format_table(result))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
     import json
 
@@ -418,6 +451,19 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the summary as one JSON line instead of a table")
     p.set_defaults(func=_cmd_bench_quality)
+    p = bnsub.add_parser("attributes",
+                         help="catalog attributes of the flat-lays against the world's truth")
+    p.add_argument("--split", default=None, help="train, val, test (default) or heldout")
+    p.add_argument("--heldout", action="store_true", help="the held-out split (shape families)")
+    p.add_argument("--n", type=int, default=200, help="assets: the split's first n seeds")
+    p.add_argument("--pipeline", default="flatten", help="the pipeline (default: flatten, "
+                   "the service's default)")
+    p.add_argument("--size", type=int, default=1024, help="photo and output canvas side, px")
+    p.add_argument("--out-dir", type=Path, default=Path("bench/results"),
+                   help="where attributes-SPLIT.{json,md} go (default bench/results)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON line instead of a table")
+    p.set_defaults(func=_cmd_bench_attributes)
     p = bnsub.add_parser("parser", help="learned parser vs ground truth and the classical mask")
     p.add_argument("--split", choices=["val", "test", "heldout"], default="test")
     p.add_argument("--n", type=int, default=200)

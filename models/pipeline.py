@@ -117,6 +117,9 @@ class FlatLayResult:
     # "canonical"; "canvas" where a pipeline has no canonical frame (cutout: the parsed
     # landmarks carried onto its canvas).
     frame: str = "canonical"
+    # The pipeline's belief in `category` (0–1), where it has one (None: given by the
+    # request's structure, or a pipeline that does not say).
+    category_confidence: float | None = None
 
     def structure_json(self) -> dict[str, Any] | None:
         if self.category is None or self.landmarks is None:
@@ -139,6 +142,8 @@ SIDE_OUTPUTS: dict[str, tuple[str, str]] = {
     "neighbours": ("json", "application/json"),
     "overlay": ("png", "image/png"),
     "coarse": ("png", "image/png"),
+    # Catalog attributes (models.attributes), computed by the worker after the pipeline.
+    "attributes": ("json", "application/json"),
 }
 
 
@@ -250,14 +255,16 @@ class CutoutPipeline:
             placed = place_garment(rgb, alpha, options.output_size,
                                    preset_fill(options, self.FILL))
             canvas = over_background(placed.layer, parse_background(options.background))
-            category = landmarks = None
+            category = landmarks = confidence = None
             if parsed is not None:
                 category = parsed.category
+                confidence = parsed.category_probs.get(category)
                 landmarks = placed.to_canvas(parsed.landmarks, rgb.shape[:2])
             overlay = draw_overlay(canvas, placed.alpha, landmarks, category)
         return FlatLayResult(image=canvas, alpha=placed.alpha, category=category,
                              landmarks=landmarks, canvas_landmarks=landmarks, overlay=overlay,
-                             timings=clock.timings, frame="canvas")
+                             timings=clock.timings, frame="canvas",
+                             category_confidence=confidence)
 
 
 # Where the retrieval pipelines find their structure bank (the worker points it at the
@@ -297,6 +304,8 @@ class CoarseAlignment:
     fused: Any
     warped: Any
     crop: np.ndarray
+    # The posterior of the category decided (None where the request gave the structure).
+    category_confidence: float | None = None
 
 
 class FlattenPipeline:
@@ -363,11 +372,9 @@ class FlattenPipeline:
         return fuse_with_landmarks(bank, query, iso, parsed.visibility, category, k=self.K)
 
     @staticmethod
-    def decide_category(parsed, bank, query: np.ndarray) -> str:  # noqa: ANN001
+    def category_posterior(parsed, bank, query: np.ndarray) -> dict[str, float]:  # noqa: ANN001
         """The parser's category belief times the vote of the query's top global hits
-        (add-half smoothed). Chosen on the validation split: the parser alone and this tie
-        on category accuracy (0.74), this gives the better silhouettes; StructureNet's
-        category head lowered both."""
+        (add-half smoothed), normalised over the categories."""
         from collections import Counter
 
         from models.garments import CATEGORIES
@@ -376,7 +383,16 @@ class FlattenPipeline:
         votes = Counter(h.category for h in bank.search(query, CATEGORY_VOTERS))
         log_p = np.log(np.array([parsed.category_probs[c] for c in CATEGORIES]) + 1e-6)
         log_p += np.log(np.array([votes.get(c, 0) for c in CATEGORIES]) + 0.5)
-        return CATEGORIES[int(np.argmax(log_p))]
+        p = np.exp(log_p - log_p.max())
+        return dict(zip(CATEGORIES, (p / p.sum()).tolist(), strict=True))
+
+    @classmethod
+    def decide_category(cls, parsed, bank, query: np.ndarray) -> str:  # noqa: ANN001
+        """The most probable category of `category_posterior`. Chosen on the validation
+        split: the parser alone and this tie on category accuracy (0.74), this gives the
+        better silhouettes; StructureNet's category head lowered both."""
+        posterior = cls.category_posterior(parsed, bank, query)
+        return max(posterior, key=posterior.__getitem__)
 
     def align(self, rgb: np.ndarray, given: StructureSpec | None, size: int,
               clock: StageClock) -> CoarseAlignment:
@@ -407,8 +423,11 @@ class FlattenPipeline:
                 query = embed_photos(self.structurenet, normalise_photos(crop[None]))[0]
         with clock.stage("retrieve"):
             bank = self._fresh_bank()
+            confidence = None
             if given is None:
-                category = self.decide_category(parsed, bank, query)
+                posterior = self.category_posterior(parsed, bank, query)
+                category = max(posterior, key=posterior.__getitem__)
+                confidence = posterior[category]
                 if category != parsed.category:
                     parsed = self.parser.read_as(parsed, category)
             try:
@@ -423,7 +442,7 @@ class FlattenPipeline:
             src, dst = self._correspondences(parsed, fused, garment)
             warped = warp_photo(rgb, parsed.mask, src, dst, size, self.TPS_SMOOTHING)
         return CoarseAlignment(parsed=parsed, query=query, fused=fused, warped=warped,
-                               crop=crop)
+                               crop=crop, category_confidence=confidence)
 
     def __call__(
         self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
@@ -459,7 +478,8 @@ class FlattenPipeline:
         return FlatLayResult(
             image=canvas, alpha=out_alpha, category=fused.category,
             landmarks=fused.landmarks, canvas_landmarks=canvas_landmarks,
-            neighbours=fused.neighbours, overlay=overlay, timings=clock.timings)
+            neighbours=fused.neighbours, overlay=overlay, timings=clock.timings,
+            category_confidence=coarse.category_confidence)
 
     def _correspondences(self, parsed, fused, garment: np.ndarray  # noqa: ANN001
                          ) -> tuple[np.ndarray, np.ndarray]:

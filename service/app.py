@@ -90,6 +90,7 @@ def _status_of(job: JobView) -> AssetStatus:
         side_outputs=({name: side_output_url(job.id, name) for name in job.side_outputs}
                       if job.status == "succeeded" and job.side_outputs else {}),
         compliance=job.compliance if job.status == "succeeded" else None,
+        attributes=job.attributes if job.status == "succeeded" else None,
         expired_at=job.expired_at,
         created_at=job.created_at,
         started_at=job.started_at,

@@ -369,10 +369,30 @@ def _file_name(sku: str, ext: str, used: set[str]) -> str:
     return name
 
 
+# manifest.csv's attribute columns (a succeeded job's `attributes`; empty otherwise).
+# Colours as Merchant Center's `color` writes several: names joined by "/", largest first.
+ATTRIBUTE_COLUMNS = ("category", "category_confidence", "sleeve_length", "length",
+                     "neckline", "color", "color_hex", "color_share")
+
+
+def attribute_cells(attributes: dict[str, Any] | None) -> tuple[str, ...]:
+    """One job's attributes as the cells of ATTRIBUTE_COLUMNS."""
+    a = attributes or {}
+    category = a.get("category") or {}
+    confidence = category.get("confidence")
+    colors = a.get("colors") or []
+    return (category.get("value") or "", "" if confidence is None else f"{confidence:.4f}",
+            a.get("sleeve_length") or "", a.get("length") or "", a.get("neckline") or "",
+            "/".join(c["name"] for c in colors), "/".join(c["hex"] for c in colors),
+            "/".join(f"{c['share']:.3f}" for c in colors))
+
+
 def stream_results(ctx: ServiceContext, batch: BatchView, jobs: list[JobView]) -> Iterator[bytes]:
-    """The finished outputs named by SKU, and manifest.csv (sku, status, error_code, file)."""
+    """The finished outputs named by SKU, and manifest.csv (sku, status, error_code, file,
+    then ATTRIBUTE_COLUMNS)."""
     sink = _Chunks()
-    rows: list[tuple[str, str, str, str]] = []
+    blank = attribute_cells(None)
+    rows: list[tuple[str, ...]] = []
     used: set[str] = {"manifest.csv"}
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:
         for job in sorted(jobs, key=lambda j: j.sku or j.id):
@@ -382,17 +402,18 @@ def stream_results(ctx: ServiceContext, batch: BatchView, jobs: list[JobView]) -
                 try:
                     data = ctx.blobs.get(job.result_blob)
                 except KeyError:  # deleted under us: say so in the manifest
-                    rows.append((sku, "expired", "asset_expired", ""))
+                    rows.append((sku, "expired", "asset_expired", "", *blank))
                     continue
                 file = _file_name(sku, job.options["format"].replace("jpeg", "jpg"), used)
                 zf.writestr(file, data)
                 yield sink.take()
-            rows.append((sku, job.status, job.error_code or "", file))
+            cells = attribute_cells(job.attributes) if job.status == "succeeded" else blank
+            rows.append((sku, job.status, job.error_code or "", file, *cells))
         for r in batch.rejected:
-            rows.append((r.get("sku") or r["name"], "rejected", r["code"], ""))
+            rows.append((r.get("sku") or r["name"], "rejected", r["code"], "", *blank))
         text = io.StringIO()
         writer = csv.writer(text)
-        writer.writerow(("sku", "status", "error_code", "file"))
+        writer.writerow(("sku", "status", "error_code", "file", *ATTRIBUTE_COLUMNS))
         writer.writerows(rows)
         zf.writestr("manifest.csv", text.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
     yield sink.take()
@@ -556,7 +577,9 @@ def get_batch(batch_id: str, ctx: Ctx, key: Key) -> BatchStatus:
     response_class=StreamingResponse,
     responses={200: {"content": {"application/zip": {}},
                      "description": "outputs named <sku>.<ext>; manifest.csv lists every "
-                     "item: sku, status, error_code, file"},
+                     "item: sku, status, error_code, file, then a succeeded item's "
+                     "attributes: category, category_confidence, sleeve_length, length, "
+                     "neckline, color, color_hex, color_share (colours joined by /)"},
                **error_responses("unauthorized", "batch_not_found", "rate_limited")},
 )
 def get_batch_results(batch_id: str, ctx: Ctx, key: Key) -> StreamingResponse:

@@ -42,6 +42,8 @@ class Job(Base):
     side_outputs: Mapped[dict[str, str] | None] = mapped_column(JSON)
     # The delivered image checked against its preset (models.presets.check_compliance).
     compliance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Catalog attributes of the result (models.attributes.garment_attributes).
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     stage: Mapped[str | None] = mapped_column(String(32))
     percent: Mapped[int] = mapped_column(Integer, default=0)
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
@@ -258,6 +260,7 @@ class JobView:
     result_content_type: str | None
     side_outputs: dict[str, str] | None
     compliance: dict[str, Any] | None
+    attributes: dict[str, Any] | None
     stage: str | None
     percent: int
     timings: dict[str, float]

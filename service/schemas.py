@@ -51,6 +51,44 @@ class Compliance(BaseModel):
     checks: list[ComplianceCheck]
 
 
+class CategoryAttribute(BaseModel):
+    value: str = Field(description="the garment category (`GET /structures` lists them); "
+                       "Google Merchant Center's `product_type`")
+    confidence: float | None = Field(
+        ge=0, le=1, description="the pipeline's probability of this category; null where "
+        "the request gave the structure or the pipeline does not say")
+
+
+class ColorAttribute(BaseModel):
+    name: str = Field(description="the nearest (CIEDE2000) of 38 retail colour names "
+                      "(models/attributes.py COLOR_NAMES): what Merchant Center's `color` "
+                      "takes")
+    hex: str = Field(pattern=r"^#[0-9a-f]{6}$",
+                     description="the cluster's mean colour, sRGB #rrggbb")
+    share: float = Field(ge=0, le=1, description="share of the garment's pixels")
+
+
+class Attributes(BaseModel):
+    """Catalog attributes of the delivered garment, read from the structure the pipeline
+    fused and from the delivered pixels (models/attributes.py). A field is null where it
+    does not apply (no `length` for a top), the structure cannot tell (no `neckline` for
+    a jacket) or the pipeline names no category (`cutout` without parser weights)."""
+
+    category: CategoryAttribute | None = None
+    sleeve_length: str | None = Field(
+        default=None, description="tops and dresses: none, cap, short, elbow, "
+        "three-quarter or long")
+    length: str | None = Field(
+        default=None, description="skirts and dresses: mini, knee, midi or maxi; trousers, "
+        "jeans and shorts: shorts, cropped or full")
+    neckline: str | None = Field(
+        default=None, description="crew, scoop, v, turtleneck (t-shirts, long-sleeve tops, "
+        "sweaters, tank tops, dresses), collar (shirts) or hood (hoodies)")
+    colors: list[ColorAttribute] = Field(
+        default_factory=list, description="up to 3 dominant colours of the delivered "
+        "garment, clustered in CIELAB, largest share first")
+
+
 class Progress(BaseModel):
     stage: str | None = Field(description="current stage (stage names of the pipeline); "
                               "for an asset canceled while running, the stage it stopped "
@@ -92,6 +130,9 @@ class AssetStatus(BaseModel):
     compliance: Compliance | None = Field(
         default=None, description="the result checked against its preset; null until the "
         "asset has succeeded")
+    attributes: Attributes | None = Field(
+        default=None, description="catalog attributes of the result (category, sleeve "
+        "length, length, neckline, colours); null until the asset has succeeded")
     expired_at: dt.datetime | None = Field(
         default=None, description="when the retention period removed its input and outputs")
     created_at: dt.datetime

@@ -248,10 +248,11 @@ class JobStore(ApiKeyQueries, BatchQueries, DeliveryQueries):
     def succeed(
         self, job_id: str, *, result_blob: str, content_type: str, timings: dict[str, float],
         worker: str | None = None, side_outputs: dict[str, str] | None = None,
-        compliance: dict[str, Any] | None = None,
+        compliance: dict[str, Any] | None = None, attributes: dict[str, Any] | None = None,
     ) -> bool:
-        """running → succeeded with the result, its side outputs (name → blob key) and its
-        compliance check; False when the job is no longer this worker's to finish."""
+        """running → succeeded with the result, its side outputs (name → blob key), its
+        compliance check and its catalog attributes; False when the job is no longer this
+        worker's to finish."""
         return self._update(
             job_id,
             Job.status == "running",
@@ -261,6 +262,7 @@ class JobStore(ApiKeyQueries, BatchQueries, DeliveryQueries):
             result_content_type=content_type,
             side_outputs=side_outputs or {},
             compliance=compliance,
+            attributes=attributes,
             timings=timings,
             stage="done",
             percent=100,

@@ -101,6 +101,7 @@ def job_ended(store: JobStore, send: SendFn, job_id: str) -> None:
                data={"id": job.id, "status": job.status, "sku": job.sku,
                      "batch_id": job.batch_id, "error": error,
                      "compliance": job.compliance if job.status == "succeeded" else None,
+                     "attributes": job.attributes if job.status == "succeeded" else None,
                      "links": {"self": f"/assets/{job.id}",
                                "result": f"/assets/{job.id}/result"}})
     if job.batch_id is not None:

@@ -89,8 +89,10 @@ def test_side_outputs_are_stored_listed_and_served(
 
     assert run_job(worker, job_id) == "succeeded"
     status = client.get(f"/assets/{job_id}").json()
-    # cutout gives the mask and the overlay (landmarks too once parser weights are there).
-    assert {"mask", "overlay"} <= set(status["side_outputs"]) <= {"mask", "overlay", "landmarks"}
+    # cutout gives the mask, the overlay and the attributes (landmarks too once parser
+    # weights are there).
+    assert {"mask", "overlay", "attributes"} <= set(status["side_outputs"]) <= {
+        "mask", "overlay", "landmarks", "attributes"}
     assert status["side_outputs"]["mask"] == f"/assets/{job_id}/outputs/mask"
     assert {"check", "encode"} <= set(status["timings"])
     compliance = status["compliance"]
@@ -99,7 +101,7 @@ def test_side_outputs_are_stored_listed_and_served(
     assert {c["name"] for c in compliance["checks"]} >= {"size", "format", "background_purity"}
     assert _files(settings, job_id) == sorted(
         ["input.jpg", "result-a1.png",
-         *(f"outputs-a1/{n}.{'json' if n == 'landmarks' else 'png'}"
+         *(f"outputs-a1/{n}.{'json' if n in ('landmarks', 'attributes') else 'png'}"
            for n in status["side_outputs"])])
 
     mask = client.get(status["side_outputs"]["mask"])
@@ -349,13 +351,14 @@ def test_openapi_documents_presets_outputs_and_structure(client: TestClient) -> 
 def test_flatten_round_trip_through_the_service(
     client: TestClient, worker: WorkerContext
 ) -> None:
-    """`flatten` (the service's default) gives all four side outputs; its landmarks, edited
+    """`flatten` (the service's default) gives all five side outputs; its landmarks, edited
     (hem moved down), come back as `structure` and the new result follows them."""
     s = generate(1_100_002, size=512)
     photo = encode(s.wild_image, "JPEG", quality=92)
     first = _done(client, worker, photo, output_size="512", pipeline="flatten")
     assert first["pipeline"] == "flatten"
-    assert set(first["side_outputs"]) == {"mask", "landmarks", "neighbours", "overlay"}
+    assert set(first["side_outputs"]) == {"mask", "landmarks", "neighbours", "overlay",
+                                          "attributes"}
     landmarks = client.get(first["side_outputs"]["landmarks"]).json()
     neighbours = client.get(first["side_outputs"]["neighbours"]).json()
     assert neighbours["category"] == landmarks["category"]

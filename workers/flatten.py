@@ -8,6 +8,7 @@ The worker's job (workers.jobs), `flatlay generate` (workers.local) and the stag
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from models.attributes import garment_attributes
 from models.io import ImageLimits, decode_image, encode_image
 from models.pipeline import (
     PipelineError,
@@ -35,12 +37,14 @@ class FlatLayOutput:
     data, content_type: the encoded image. side_outputs: name → encoded file (see
     models.pipeline.SIDE_OUTPUTS; only those the pipeline produced). compliance: the
     delivered image checked against the job's preset (models.presets.check_compliance).
+    attributes: the catalog attributes of the delivered garment (models.attributes).
     """
 
     data: bytes
     content_type: str
     side_outputs: dict[str, bytes]
     compliance: dict[str, Any]
+    attributes: dict[str, Any]
 
 
 def pipeline_options(options: dict[str, Any]) -> PipelineOptions:
@@ -78,7 +82,7 @@ def flatten_photo(
     options: output_size, background, format, seed, preset, structure (as stored on the job
     row). `timings` fills with seconds per stage as each one ends, so a failure still says
     where time went. progress(stage, percent) spans the whole job: decode 0, the pipeline's
-    stages 5–90, encode 90, check 95.
+    stages 5–90, encode 90, check 95 (and the attributes, timed as `attributes`).
     """
     report = progress or (lambda stage, percent: None)
     try:
@@ -108,4 +112,12 @@ def flatten_photo(
                                   get_preset(pipeline_opts.preset), options["format"],
                                   pipeline_opts.background)
     timings["check"] = round(time.perf_counter() - start, 6)
-    return FlatLayOutput(encoded, content_type, side, compliance)
+
+    start = time.perf_counter()
+    # From the canvas the pipeline composed (the garment's own pixels, before JPEG/WebP).
+    attributes = garment_attributes(result.category, result.landmarks, result.image,
+                                    result.alpha, category_confidence=result.category_confidence,
+                                    frame=result.frame)
+    side["attributes"] = json.dumps(attributes).encode()
+    timings["attributes"] = round(time.perf_counter() - start, 6)
+    return FlatLayOutput(encoded, content_type, side, compliance, attributes)

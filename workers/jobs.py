@@ -218,7 +218,7 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
 
     if ctx.store.succeed(job_id, result_blob=result_blob, content_type=out.content_type,
                          timings=timings, worker=me, side_outputs=side_blobs,
-                         compliance=out.compliance):
+                         compliance=out.compliance, attributes=out.attributes):
         return "succeeded"
     # Canceled, deleted or otherwise taken away while running: keep nothing.
     _delete_blobs(ctx, [result_blob, *side_blobs.values()])
