@@ -723,7 +723,15 @@ def _job_store(data_dir: Path | None, migrated: bool = False) -> Iterator:
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     from service.auth import create_key
+    from service.fetch import AllowList, FetchError, check_public_url
+    from service.settings import get_settings
 
+    if args.webhook_url:
+        allow = AllowList.parse(get_settings(data_dir=args.data_dir).fetch_allow_hosts)
+        try:
+            check_public_url(args.webhook_url, allow)
+        except FetchError as exc:
+            raise CLIError(f"--webhook-url: {exc.message}") from None
     with _job_store(args.data_dir, migrated=True) as store:
         try:
             new = create_key(store, args.tenant, name=args.name, webhook_url=args.webhook_url)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import ipaddress
 import json
 import logging
 import re
@@ -36,7 +35,7 @@ from service.deps import (
     request_webhook_target,
 )
 from service.errors import ApiError, error_responses
-from service.fetch import AllowList, FetchError, check_url
+from service.fetch import AllowList, FetchError, check_public_url
 from service.options import (
     OptionForm,
     override_options,
@@ -273,8 +272,7 @@ def unpack_manifest(data: bytes, filename: str, max_items: int, allow: AllowList
             out.reject(name, "url_invalid", "image_url must be a string", sku)
             continue
         try:
-            host, _ = check_url(url)
-            _refuse_private_literal(host, allow)
+            check_public_url(url, allow)
             item_pipeline, item_options = override_options(pipeline, given,
                                                            row.get("options"), default_pipeline)
         except FetchError as exc:
@@ -286,17 +284,6 @@ def unpack_manifest(data: bytes, filename: str, max_items: int, allow: AllowList
         out.members.append(Member(name=name, sku=out.unique_sku(sku), pipeline=item_pipeline,
                                   options=item_options, url=url))
     return out
-
-
-def _refuse_private_literal(host: str, allow: AllowList) -> None:
-    """An address written in the URL is checked now; names are checked when fetched."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return
-    if not address.is_global and not allow.allows(host, address):
-        raise FetchError("url_refused", f"{address} is a private, loopback, link-local or "
-                         "reserved address (FLATLAY_FETCH_ALLOW_HOSTS can allow it)")
 
 
 # --- Views ------------------------------------------------------------------------------------

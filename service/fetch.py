@@ -13,6 +13,7 @@ refused outright.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -67,7 +68,26 @@ def check_url(url: str) -> tuple[str, int]:
         raise FetchError("url_invalid", "URLs with credentials are not accepted")
     if any(c in url for c in "\r\n\t\0 "):
         raise FetchError("url_invalid", "the URL contains whitespace or control characters")
+    try:
+        # What the sender will parse: a URL it cannot (an octal or hex IPv4 spelling) is
+        # refused here, not as an exception on every delivery attempt.
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise FetchError("url_invalid", f"not a valid URL: {exc}") from None
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def check_public_url(url: str, allow: AllowList) -> tuple[str, int]:
+    """`check_url`, and an address written in the URL refused now when it is private (names
+    are checked when connecting): what a submitted manifest or webhook URL must pass."""
+    if len(url) <= MAX_URL_LENGTH:
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            host = None
+        if host:
+            refuse_private_literal(host, allow)
+    return check_url(url)
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -78,6 +98,36 @@ def _address(text: str) -> Address:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
     return address
+
+
+# IPv4 spellings a resolver reads without DNS (inet_aton): 127.1, 0177.0.0.1, 0x7f.1, 2130706433
+_IPV4_NUMERIC = re.compile(r"[0-9][0-9a-fx.]*", re.IGNORECASE)
+
+
+def literal_address(host: str) -> Address | None:
+    """The address a host written as an IP literal stands for, in any spelling a resolver
+    takes without DNS (dotted, short, octal, hex, one number, bracketed IPv6); None for a
+    name."""
+    text = host.strip("[]").rstrip(".")
+    try:
+        return _address(text)
+    except ValueError:
+        pass
+    if _IPV4_NUMERIC.fullmatch(text):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return None
+    return None
+
+
+def refuse_private_literal(host: str, allow: AllowList) -> None:
+    """FetchError `url_refused` when `host` is a literal private, loopback, link-local or
+    reserved address that `allow` does not name."""
+    address = literal_address(host)
+    if address is not None and not address.is_global and not allow.allows(host, address):
+        raise FetchError("url_refused", f"{host} is {address}, a private, loopback, link-local "
+                         "or reserved address (FLATLAY_FETCH_ALLOW_HOSTS can allow it)")
 
 
 def resolve_addresses(host: str, port: int, allow: AllowList) -> list[Address]:

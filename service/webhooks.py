@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from service.fetch import AllowList, FetchError, check_url, pinned_send
+from service.fetch import AllowList, FetchError, check_public_url, pinned_send
 from service.metrics import WEBHOOK_DELIVERIES
 from service.rows import utcnow
 from service.settings import Settings
@@ -32,6 +32,8 @@ log = logging.getLogger("flatlay.webhooks")
 
 EVENTS = ("asset.succeeded", "asset.failed", "batch.completed")
 SendFn = Callable[[str], object]  # queue one attempt of a delivery, by id
+# Failures that no later attempt can cure: the delivery ends at once instead of backing off.
+FINAL_ERRORS = frozenset({"url_invalid", "url_refused", "webhook_unsigned"})
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -64,12 +66,13 @@ def backoff_s(settings: Settings, attempts: int) -> float:
 def webhook_target(url: str | None, key_url: str | None, key_id: str | None,
                    settings: Settings) -> str | None:
     """The URL a request's events go to (its own, else its key's default); ValueError when
-    it is not an http(s) URL or nothing could sign its events."""
+    it is not an http(s) URL, is a literal private address, or nothing could sign its
+    events."""
     url = url or key_url
     if not url:
         return None
     try:
-        check_url(url)
+        check_public_url(url, AllowList.parse(settings.fetch_allow_hosts))
     except FetchError as exc:
         raise ValueError(exc.message) from None
     if key_id is None and not settings.local_webhook_secret:
@@ -137,6 +140,7 @@ def attempt_delivery(store: JobStore, settings: Settings, delivery_id: str) -> f
     attempt: dict[str, Any] = {"at": utcnow().isoformat(), "status_code": None, "error": None}
     start = time.perf_counter()
     secret = _secret(store, settings, delivery.key_id)
+    final = False
     try:
         if secret is None:
             raise FetchError("webhook_unsigned", "no signing secret: the key was removed")
@@ -156,13 +160,14 @@ def attempt_delivery(store: JobStore, settings: Settings, delivery_id: str) -> f
             attempt["error"] = f"the receiver answered {response.status_code}"
     except FetchError as exc:
         ok, attempt["error"] = False, f"{exc.code}: {exc.message}"
+        final = exc.code in FINAL_ERRORS
     except httpx.HTTPError as exc:
         ok, attempt["error"] = False, f"{type(exc).__name__}: {exc}"[:500]
     attempt["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
     made = len(delivery.attempts) + 1
     if ok:
         outcome, wait = "succeeded", None
-    elif made >= settings.webhook_max_attempts:
+    elif final or made >= settings.webhook_max_attempts:
         outcome, wait = "failed", None
     else:
         outcome, wait = "pending", backoff_s(settings, made)

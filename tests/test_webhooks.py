@@ -132,9 +132,106 @@ def test_webhook_url_needs_a_secret_without_auth(tmp_path: Path) -> None:
     migrate(s.resolved_database_url)
     photo = encode(garment_photo(320, 240)[0], "JPEG", quality=90)
     with TestClient(create_app(s)) as c:
-        for url, needle in (("http://127.0.0.1:9/x", "FLATLAY_LOCAL_WEBHOOK_SECRET"),
+        for url, needle in (("http://hooks.example:9/x", "FLATLAY_LOCAL_WEBHOOK_SECRET"),
                             ("file:///etc/passwd", "http")):
             r = c.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")},
                        data={"webhook_url": url})
             assert r.status_code == 422 and r.json()["error"]["field"] == "webhook_url"
             assert needle in r.json()["error"]["message"]
+
+
+# --- Hostile webhook URLs ---------------------------------------------------------------------
+
+# Literal private, loopback, link-local and metadata addresses in the spellings a resolver
+# reads without DNS: refused at submission, as manifest URLs are.
+PRIVATE_LITERALS = ("http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://127.1/",
+                    "http://0x7f.1/", "http://0177.0.0.1/", "http://2130706433/",
+                    "http://10.0.0.1:8080/hook", "http://[::ffff:192.168.0.1]/")
+
+
+@pytest.fixture
+def keyed_client(tmp_path: Path) -> Iterator:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.auth import create_key
+    from service.settings import Settings
+    from service.store import migrate
+
+    s = Settings(data_dir=tmp_path / "d", default_pipeline="cutout")
+    s.ensure_dirs()
+    migrate(s.resolved_database_url)
+    with TestClient(create_app(s)) as c:
+        c.headers["Authorization"] = f"Bearer {create_key(c.app.state.ctx.store, 'acme').key}"
+        yield c
+
+
+@pytest.mark.parametrize("url", PRIVATE_LITERALS)
+def test_a_literal_private_webhook_url_is_refused_at_submission(keyed_client, url: str) -> None:  # noqa: ANN001
+    photo = encode(garment_photo(160, 120)[0], "JPEG", quality=85)
+    r = keyed_client.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")},
+                          data={"webhook_url": url})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] == "webhook_url" and "private" in error["message"]
+    r = keyed_client.post("/batches", files=[("files", ("a.jpg", photo, "image/jpeg"))],
+                          data={"webhook_url": url})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "webhook_url"
+    assert sum(keyed_client.app.state.ctx.store.count_by_status().values()) == 0
+
+
+def test_a_public_webhook_url_by_name_or_address_is_accepted(keyed_client) -> None:  # noqa: ANN001
+    photo = encode(garment_photo(160, 120)[0], "JPEG", quality=85)
+    for url in ("http://hooks.example/x", "https://93.184.215.14/hook"):
+        r = keyed_client.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")},
+                              data={"webhook_url": url})
+        assert r.status_code == 202, r.text
+
+
+def _stored_delivery(tmp_path: Path, url: str, max_attempts: int = 8):  # noqa: ANN202
+    """A delivery row to `url` as an older server (or a key made before the check) left it."""
+    from service.settings import Settings
+    from service.store import JobStore, migrate
+
+    settings = Settings(data_dir=tmp_path / "d", webhook_max_attempts=max_attempts,
+                        local_webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    settings.ensure_dirs()
+    migrate(settings.resolved_database_url)
+    store = JobStore(settings.resolved_database_url)
+    delivery = store.add_delivery(delivery_id="msg_hostile", tenant_id="local", key_id=None,
+                                  event="asset.succeeded", url=url, payload={"type": "x"})
+    return store, settings, delivery.id
+
+
+@pytest.mark.parametrize(("url", "code"), [("http://0177.0.0.1/", "url_invalid"),
+                                           ("http://169.254.169.254/", "url_refused"),
+                                           ("http://127.1/", "url_refused")])
+def test_a_delivery_that_can_never_succeed_fails_at_once_with_its_attempt_recorded(
+    tmp_path: Path, url: str, code: str
+) -> None:
+    from service.webhooks import attempt_delivery
+
+    store, settings, delivery_id = _stored_delivery(tmp_path, url)
+    try:
+        # No retry is scheduled although 7 of the 8 attempts are left.
+        assert attempt_delivery(store, settings, delivery_id) is None
+        delivery = store.get_delivery(delivery_id)
+    finally:
+        store.dispose()
+    assert delivery.status == "failed"
+    assert len(delivery.attempts) == 1
+    assert delivery.attempts[0]["error"].startswith(f"{code}: ")
+
+
+def test_keys_create_refuses_a_private_default_webhook_url(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import REPO, _python_env
+
+    r = subprocess.run([sys.executable, "-m", "cli", "keys", "create", "--tenant", "acme",
+                        "--webhook-url", "http://0x7f.1/"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120,
+                       env=_python_env({"FLATLAY_DATA_DIR": str(tmp_path / "d")}))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--webhook-url" in r.stderr and "127.0.0.1" in r.stderr
