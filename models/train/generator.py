@@ -351,7 +351,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     ema_unet, ema_cond = copy.deepcopy(unet).eval(), copy.deepcopy(cond).eval()
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, history = 0, []
+    step, history, lineage = 0, [], []
     state = load_checkpoint(run, cfg.device)
     if state is not None:
         unet.load_state_dict(state["unet"])
@@ -362,6 +362,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         rng.bit_generator.state = state["rng"]
         gen.set_state(state["gen"])
         step, history = state["step"], state["history"]
+        lineage = state.get("lineage", [])
     elif (Path(cfg.out) / "unet" / "config.json").is_file():
         # No checkpoint (a fresh machine: runs/ does not travel), but shipped weights: a
         # longer schedule continues from them instead of from noise.
@@ -373,6 +374,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
             Path(cfg.out) / "conditioner", low_cpu_mem_usage=False).state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         ema_cond.load_state_dict(cond.state_dict())
+        lineage = previous_runs(Path(cfg.out))
         tqdm.write(f"no checkpoint in {run}: starting from the weights in {cfg.out}")
     started = time.time()
     b = t["batch"]
@@ -417,7 +419,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
                                   "ema_unet": ema_unet.state_dict(),
                                   "ema_cond": ema_cond.state_dict(), "opt": opt.state_dict(),
                                   "rng": rng.bit_generator.state, "gen": gen.get_state(),
-                                  "step": step, "history": history})
+                                  "step": step, "history": history, "lineage": lineage})
     bar.close()
     out = Path(cfg.out)
     ema_unet.cpu().save_pretrained(out / "unet")
@@ -429,8 +431,8 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     (out / "generator.json").write_text(json.dumps(
         {"architecture": "FlatLayGenerator", "config": cfg.config,
          "resolution": m["resolution"], "sampling": m["sampling"], "training": training,
-         "metrics": final}, indent=2) + "\n")
-    write_generator_card(out, training, final, history)
+         "metrics": final, "history": history, "lineage": lineage}, indent=2) + "\n")
+    write_generator_card(out, training, final, history, lineage)
     return final
 
 
@@ -525,8 +527,41 @@ and V (SSIM inside the true mask, ΔE2000 inside it).
     (folder / "MODEL_CARD.md").write_text(text)
 
 
+def previous_runs(folder: Path) -> list[dict]:
+    """The runs behind the weights in `folder`, oldest first, so a warm start keeps them."""
+    record = folder / "generator.json"
+    if not record.is_file():
+        return []
+    before = json.loads(record.read_text())
+    run = {"steps": before["training"]["config"]["steps"],
+           "seconds": before["training"].get("seconds_this_run"),
+           "command": before["training"]["command"], "metrics": before.get("metrics", {}),
+           "history": before.get("history", [])}
+    return [*before.get("lineage", []), run]
+
+
+def _lineage_text(lineage: list[dict]) -> str:
+    if not lineage:
+        return ""
+    total = sum(r["steps"] for r in lineage)
+    rows = "\n".join(
+        f"| {i + 1} | `{r['command']} --steps {r['steps']}` | {r['steps']} | "
+        f"{r['metrics'].get('ssim_garment', '')} | {r['metrics'].get('delta_e', '')} |"
+        for i, r in enumerate(lineage))
+    return f"""
+## Earlier runs these weights started from ({total} steps before this run)
+
+Each run warm-started from the weights the previous one shipped (no checkpoint travels
+with the repo), with its own cosine schedule; this run's step numbers count from its start.
+
+| run | command | steps | ssim_garment | delta_e |
+|---|---|---|---|---|
+{rows}
+"""
+
+
 def write_generator_card(folder: Path, training: dict, metrics: dict,
-                         history: list[dict]) -> None:
+                         history: list[dict], lineage: list[dict] | None = None) -> None:
     text = f"""# Flat-lay generator ({folder.name})
 
 Stage 6 of DESIGN.md: a diffusers `UNet2DConditionModel` (v-prediction, DDPM training
@@ -545,7 +580,7 @@ level switched off. Config: `{training['model_config']}`.
 ## Validation (32 validation pairs, working resolution, default step count)
 
 {_history_table(history)}
-
+{_lineage_text(lineage or [])}
 The pipeline numbers (full resolution, every baseline and ablation) are in
 `bench/results/quality-*.md` and `docs/generator.md`.
 """
