@@ -24,20 +24,19 @@ sys.path.insert(0, str(REPO))
 
 from models.garments import SPLITS, generate  # noqa: E402
 from models.generator.conditioning import coarse_conditions  # noqa: E402
-from models.generator.pipeline_ragdiffusion import RAGDiffusionPipeline  # noqa: E402
 from models.io import decode_image  # noqa: E402
-from models.pipeline import StageClock  # noqa: E402
+from models.pipeline import StageClock, get_pipeline  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
 
 def conditions(n: int, size: int = 1024) -> list:
-    pipe = RAGDiffusionPipeline()
+    pipe = get_pipeline("ragdiffusion")
     pipe.load()
     out = []
     for i in tqdm(range(n), desc="stages 1–5", unit="photo"):
         photo = decode_image(generate(SPLITS["test"][0] + i, size=size).wild_jpeg)
-        coarse = pipe.align(photo, None, size, StageClock(pipe.stages, None))
+        coarse = pipe.aligner.align(photo, None, size, StageClock(pipe.stages, None))
         out.append(coarse_conditions(coarse, photo, pipe.generator.resolution,
                                      pipe.generator.latent_size))
     return pipe.generator, out

@@ -17,7 +17,7 @@ from fastapi import Depends, Form
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.compose import parse_background
-from models.pipeline import StructureSpec, pipeline_names
+from models.pipeline import MAX_STEPS, StructureSpec, pipeline_names
 from models.presets import DEFAULT_PRESET, PRESETS
 from service.errors import ApiError
 from service.schemas import OutputFormat
@@ -45,8 +45,8 @@ FormatForm = Annotated[OutputFormat | None, Form(
     "preset does not allow is accepted and fails its format check)")]
 SeedForm = Annotated[int | None, Form(ge=0, le=2**32 - 1)]
 StepsForm = Annotated[int | None, Form(
-    ge=1, le=50, description="sampling steps of the generative pipelines (default: the "
-    "generator's, 8); more steps cost time, the other pipelines ignore it")]
+    ge=1, le=MAX_STEPS, description="sampling steps of the generative pipelines (default: "
+    "the generator's); more steps cost time, the other pipelines ignore it")]
 StructureForm = Annotated[str | None, Form(
     description='JSON text {"category": ..., "landmarks": [[x, y], ...]} in the canonical '
     "unit square: the structure to lay the garment out in, instead of the retrieved one "
@@ -98,7 +98,7 @@ class ItemOptions(BaseModel):
     background: str | None = None
     format: OutputFormat | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    steps: int | None = Field(default=None, ge=1, le=50)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     # A JSON object, or its JSON text (a CSV manifest's column).
     structure: dict[str, Any] | str | None = None
 

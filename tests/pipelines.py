@@ -17,13 +17,8 @@ import time
 
 import numpy as np
 
-from models.pipeline import (
-    CutoutPipeline,
-    FlatLayResult,
-    PipelineOptions,
-    ProgressFn,
-    StageClock,
-)
+from models.pipeline import FlatLayResult, PipelineOptions, ProgressFn, StageClock
+from models.pipelines.cutout import CutoutPipeline
 
 # Seconds `test-slow` spends before its cutout (the tests' environment may set it).
 SLOW_SECONDS_ENV = "FLATLAY_TEST_SLOW_SECONDS"

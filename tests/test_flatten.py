@@ -42,7 +42,7 @@ def test_flatten_gives_the_structure_it_used(flatten) -> None:  # noqa: ANN001
     assert r.landmarks.shape == (num_landmarks(r.category), 2)
     # square-white keeps the canonical frame: the canvas is the canonical canvas.
     assert np.allclose(r.canvas_landmarks, r.landmarks)
-    assert len(r.neighbours) == flatten.K
+    assert len(r.neighbours) == flatten.aligner.K
     assert sum(n["weight"] for n in r.neighbours) == pytest.approx(1.0, abs=1e-3)
     assert set(side_output_files(r)) == {"mask", "landmarks", "neighbours", "overlay"}
     assert list(r.timings) == flatten.stages

@@ -20,12 +20,13 @@ from models.generator.autoencoder import (
     decoder_targets,
     encode_mean,
 )
-from models.generator.conditioning import coarse_conditions
+from models.generator.bridge import BridgeSchedule
+from models.generator.conditioning import Conditioner
+from models.generator.denoiser import build_denoiser
 from models.generator.detail import generated_alpha, transfer_detail
-from models.generator.sampling import FlatLayGenerator
+from models.generator.sampling import DenoiserInputs, FlatLayGenerator, predict_x0
 from models.pipeline import (
     PipelineOptions,
-    StageClock,
     StructureSpec,
     get_pipeline,
     pipeline_names,
@@ -154,25 +155,6 @@ def test_an_edited_structure_yields_a_garment_of_that_shape(ragdiffusion,  # noq
 
 
 @pytest.mark.slow
-def test_strength_starts_the_sampler_from_the_warp(ragdiffusion, sample) -> None:  # noqa: ANN001
-    gen = ragdiffusion.generator
-    coarse = ragdiffusion.align(sample.wild_image, None, 256,
-                                StageClock(ragdiffusion.stages, None))
-    cond = coarse_conditions(coarse, sample.wild_image, gen.resolution, gen.latent_size)
-    spatial, _ = gen.conditions([cond])
-    warp = gen.decode(spatial[:, 3:7], [cond])[0]  # W's own latent, decoded
-
-    def distance(strength: float) -> float:
-        out = gen([cond], [0], strength=strength)[0]
-        return float(np.abs(out[..., :3] - warp[..., :3]).mean())
-
-    # A short tail of the schedule from W's noised latent stays near W; pure noise does not.
-    assert distance(0.1) < 0.5 * distance(1.0)
-    with pytest.raises(ValueError, match="strength"):
-        gen([cond], [0], strength=0.0)
-
-
-@pytest.mark.slow
 def test_ablations_and_noretrieval_run_on_the_same_weights(sample) -> None:  # noqa: ANN001
     options = PipelineOptions(output_size=256, seed=1)
     outs = {}
@@ -196,7 +178,7 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     model = generator_config("tiny")
     model["pairs"].update(n_train=6, n_val=3)
     model["train_vae"].update(steps=2, adapter_steps=1, batch=2)
-    model["train_generator"].update(steps=2, batch=2)
+    model["train_generator"].update(steps=2, batch=2, pixel_batch=1, eval_minutes=0)
     cfg = GeneratorTrainConfig(run_dir=str(tmp_path / "run"), vae_out=str(tmp_path / "vae"),
                                out=str(tmp_path / "gen"), model=model, workers=1,
                                eval_every=2, ckpt_every=1)
@@ -216,3 +198,126 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
                                                        ).read_text()
     gen = FlatLayGenerator.from_pretrained(tmp_path / "vae", tmp_path / "gen")
     assert gen.resolution == model["resolution"]
+
+
+# --- The bridge ------------------------------------------------------------------------------
+
+TINY_UNET = {**generator_config("tiny")["unet"], "block_out_channels": [16, 32, 32],
+             "attention_head_dim": 8, "norm_num_groups": 8, "cross_attention_dim": 32,
+             "sample_size": 8}
+TINY_COND = {"embed_dim": 16, "token_dim": 32, "soft_tokens": 2, "reference_size": 16,
+             "reference_channels": [8, 16]}
+
+
+def _batch(n: int = 3, seed: int = 0) -> tuple[torch.Tensor, DenoiserInputs, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(n, 4, 8, 8, generator=g)
+    coarse = x0 + 0.5 * torch.randn(n, 4, 8, 8, generator=g)  # a corrupted flat-lay
+    validity = (torch.rand(n, 1, 8, 8, generator=g) > 0.3).float()
+    cond = Conditioner(**TINY_COND)
+    tokens = cond(torch.randn(n, 16, generator=g), torch.rand(n, 3, 16, 16, generator=g))
+    inputs = DenoiserInputs(torch.rand(n, 3, 8, 8, generator=g), coarse, validity,
+                            tokens.detach())
+    return x0, inputs, validity
+
+
+def test_the_forward_process_runs_from_the_flat_lay_to_the_coarse_latent() -> None:
+    schedule = BridgeSchedule()
+    x0, inputs, validity = _batch()
+    zero = torch.zeros_like(x0)
+    kappa = schedule.kappa(validity)
+    start = schedule.noised(x0, inputs.coarse, torch.zeros(3), zero, kappa)
+    end = schedule.noised(x0, inputs.coarse, torch.ones(3), zero, kappa)
+    assert torch.allclose(start, x0 + 0.04 * (inputs.coarse - x0))
+    assert torch.allclose(end, x0 + 0.99 * (inputs.coarse - x0))
+    # More noise where the photo does not know the garment.
+    assert torch.equal(kappa[validity == 1], torch.full_like(kappa[validity == 1], 0.25))
+    assert torch.equal(kappa[validity == 0], torch.full_like(kappa[validity == 0], 1.0))
+    assert schedule.taus(4) == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+    assert schedule.taus(1) == [1.0]
+    with pytest.raises(ValueError, match="steps"):
+        schedule.taus(51)
+
+
+def test_an_untrained_bridge_returns_the_coarse_latent() -> None:
+    schedule = BridgeSchedule()
+    unet = build_denoiser(TINY_UNET).eval()
+    _, inputs, validity = _batch()
+    with torch.no_grad():
+        for steps in (1, 4):
+            out = schedule.sample(lambda x, t: predict_x0(unet, x, t, inputs), inputs.coarse,
+                                  schedule.kappa(validity), [0, 1, 2], steps)
+            assert torch.equal(out, inputs.coarse)
+
+
+def test_bridge_sampling_is_seeded_per_asset() -> None:
+    schedule = BridgeSchedule()
+    unet = build_denoiser(TINY_UNET).eval()
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)  # as if trained: it corrects
+    _, inputs, validity = _batch()
+    kappa = schedule.kappa(validity)
+
+    def run(seeds: list[int], rows: slice = slice(None)) -> torch.Tensor:
+        part = DenoiserInputs(inputs.structure[rows], inputs.coarse[rows],
+                              inputs.validity[rows], inputs.tokens[rows])
+        with torch.no_grad():
+            return schedule.sample(lambda x, t: predict_x0(unet, x, t, part), part.coarse,
+                                   kappa[rows], seeds, 4)
+
+    a = run([5, 6, 7])
+    assert torch.equal(a, run([5, 6, 7]))
+    assert not torch.equal(a[0], run([9, 6, 7])[0])
+    assert torch.allclose(a[1:2], run([6], slice(1, 2)), atol=1e-5)  # alone as in a batch
+    assert not torch.equal(a, inputs.coarse)
+
+
+def test_a_few_training_steps_lower_the_bridge_loss_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    schedule = BridgeSchedule()
+    unet = build_denoiser(TINY_UNET)
+    x0, inputs, validity = _batch(4)
+    g = torch.Generator().manual_seed(1)
+    noise, tau = torch.randn(x0.shape, generator=g), torch.rand(4, generator=g)
+    state = schedule.noised(x0, inputs.coarse, tau, noise, schedule.kappa(validity))
+    opt = torch.optim.AdamW(unet.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(25):
+        loss = torch.nn.functional.mse_loss(predict_x0(unet, state, tau * 1000, inputs), x0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # Step 0 is the coarse latent's own error; training corrects it.
+    assert losses[0] == pytest.approx(float(((inputs.coarse - x0) ** 2).mean()), rel=1e-5)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_the_generator_round_trips_through_its_folders(tmp_path: Path) -> None:
+    vae = build_vae({**generator_config("tiny")["vae"], "block_out_channels": [8, 16, 16],
+                     "norm_num_groups": 8, "sample_size": 32}).eval()
+    unet = build_denoiser(TINY_UNET).eval()
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    cond = Conditioner(**TINY_COND).eval()
+    meta = {"resolution": 32, "sampling": {"steps": 3}, "bridge": BridgeSchedule().to_dict()}
+    vae.save_pretrained(tmp_path / "vae" / "vae")
+    unet.save_pretrained(tmp_path / "gen" / "unet")
+    cond.save_pretrained(tmp_path / "gen" / "conditioner")
+    (tmp_path / "gen" / "generator.json").write_text(json.dumps(meta))
+    from models.generator.conditioning import CoarseConditions
+
+    rng = np.random.default_rng(0)
+    conds = [CoarseConditions(
+        warp=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+        validity=rng.random((32, 32)) > 0.2, structure=rng.random((3, 8, 8), np.float32),
+        embedding=rng.standard_normal(16).astype(np.float32),
+        crop=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+        cutout=rng.integers(0, 255, (32, 32, 4), dtype=np.uint8))]
+    built = FlatLayGenerator(vae, None, unet, cond, BridgeSchedule(), meta)
+    loaded = FlatLayGenerator.from_pretrained(tmp_path / "vae", tmp_path / "gen")
+    assert loaded.default_steps == 3 and loaded.schedule == BridgeSchedule()
+    assert np.allclose(built(conds, [4]), loaded(conds, [4]), atol=1e-5)
+    # A noise-start model's folder (no bridge) is refused with what makes a bridge.
+    (tmp_path / "gen" / "generator.json").write_text(json.dumps(
+        {"resolution": 32, "sampling": {"steps": 8}}))
+    with pytest.raises(FileNotFoundError, match="flatlay train generator"):
+        FlatLayGenerator.from_pretrained(tmp_path / "vae", tmp_path / "gen")

@@ -205,6 +205,22 @@ def test_no_layer_imports_one_above_it() -> None:
     assert layer_violations(GRAPH) == []
 
 
+def implementation_imports(graph: dict[str, list[Import]]) -> list[str]:
+    """Imports of a pipeline implementation from outside models/: everything else builds
+    pipelines by name through the registry (`models.pipeline.get_pipeline`)."""
+    return [f"{m}:{i.line} imports {i.target}" for m, imps in graph.items()
+            if wing(m) != "models" for i in imps
+            if i.target.startswith(IMPLEMENTATIONS)]
+
+
+# Where the pipelines themselves live (the registry's targets).
+IMPLEMENTATIONS = ("models.pipelines", "models.generator.pipeline_ragdiffusion")
+
+
+def test_only_models_imports_a_pipeline_implementation() -> None:
+    assert implementation_imports(GRAPH) == []
+
+
 def test_the_service_the_vocabulary_and_the_bank_load_no_torch() -> None:
     service = [m for m in GRAPH if wing(m) == "service"]
     bank = [m for m in GRAPH if wing(m) == "structure_bank"]
@@ -231,7 +247,12 @@ def test_the_walker_sees_loops_layers_and_lazy_torch(tmp_path: Path) -> None:
     write("service/app.py", "from models.pipeline import names\nfrom models import warp\n")
     write("models/pipeline.py", "import numpy\nfrom models import warp\n")
     write("models/warp.py", "import torch\n")
+    write("models/pipelines/__init__.py", "")
+    write("models/pipelines/flatten.py", "from models.pipeline import names\n")
+    write("bench/bench_flatten.py", "def main():\n    from models.pipelines.flatten import F\n")
     graph = import_graph(tmp_path)
+    assert implementation_imports(graph) == [
+        "bench.bench_flatten:2 imports models.pipelines.flatten"]
     assert import_cycles(graph) == [["cli", "workers.runner"]]
     assert layer_violations(graph) == [
         "service.app:2 imports models.warp, which is not the torch-free vocabulary "

@@ -13,10 +13,13 @@ from PIL import Image
 import models.pipeline as pipeline_module
 from cli import main
 from models.eval.quality import (
+    CEILINGS,
     EVAL_SIZE,
     PSNR_CAP,
+    Truth,
     _summary,
     benchmark_quality,
+    ceiling_images,
     delta_e,
     downsample_mask,
     landmark_nme,
@@ -26,7 +29,8 @@ from models.eval.quality import (
     ssim_scores,
     write_report,
 )
-from models.pipeline import CutoutPipeline, FlatLayResult, PipelineError, PipelineOptions
+from models.pipeline import FlatLayResult, PipelineError, PipelineOptions
+from models.pipelines.cutout import CutoutPipeline
 
 
 class OddSeedsFail(CutoutPipeline):
@@ -130,6 +134,28 @@ def test_alpha_and_composite_at_the_eval_size() -> None:
     assert on_white(rgba)[1, 1].tolist() == [255, 255, 255]
 
 
+def test_ceilings_undo_a_colour_cast_and_rank_the_truth_by_resolution() -> None:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:EVAL_SIZE, :EVAL_SIZE]
+    mask = (np.abs(yy - 128) < 90) & (np.abs(xx - 128) < 70)
+    stripes = (np.sin(xx / 2.5) > 0)[..., None] * np.array([200, 40, 60]) + 30
+    flat = np.where(mask[..., None], stripes + rng.integers(0, 20, (256, 256, 3)), 255)
+    flat = flat.astype(np.uint8)
+    truth = Truth(seed=0, category="tshirt", difficulty=0.0, scene="", photo=flat, flat=flat,
+                  mask=mask, landmarks=np.zeros((2, 2), np.float32))
+    alpha = mask.astype(np.float32)
+    # A pipeline output with a colour cast (an affine map of the truth) in the true silhouette.
+    cast = np.where(mask[..., None], flat * np.array([0.7, 0.9, 1.1]) + 12, 255)
+    images = ceiling_images(np.clip(cast, 0, 255).astype(np.uint8), alpha, truth)
+    assert tuple(images) == CEILINGS
+    assert delta_e(images["ceiling: oracle colour"], flat, mask) < 1.0
+    assert delta_e(cast.clip(0, 255).astype(np.uint8), flat, mask) > 5.0
+    ssim = {k: ssim_scores(v, flat, mask)[0] for k, v in images.items()}
+    assert ssim["ceiling: truth 64²"] < ssim["ceiling: truth 128²"] < ssim["ceiling: truth"]
+    assert ssim["ceiling: truth"] == pytest.approx(1.0)
+    assert (images["ceiling: truth"][~mask] == 255).all()  # white outside the silhouette
+
+
 # ---- the run ------------------------------------------------------------------------------
 
 
@@ -186,13 +212,13 @@ def test_heldout_shorthand_and_no_grid(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--n", "0"], "--n must be in"),
+    (["--n", "0"], "n must be in"),
     (["--pipelines", "cutout,nope"], "unknown pipeline(s) nope"),
     (["--pipelines", ","], "unknown pipeline(s) (none given)"),
     (["--split", "dev"], "unknown split 'dev'"),
     (["--split", "val", "--heldout"], "--heldout contradicts --split val"),
-    (["--size", "100"], "--size must be within"),
-    (["--grid-rows", "-1"], "--grid-rows must be non-negative"),
+    (["--size", "100"], "size must be within"),
+    (["--grid-rows", "-1"], "grid rows must be non-negative"),
 ])
 def test_bad_arguments_exit_2(argv: list[str], message: str, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:

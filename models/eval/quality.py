@@ -74,12 +74,17 @@ def downsample_rgb(rgb: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def downsample_mask(mask: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
-    """A bool mask or float alpha in [0, 1] → (size, size) bool: area average > 0.5."""
-    img = Image.fromarray(np.asarray(mask, dtype=np.float32), "F")
+def downsample_alpha(alpha: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+    """A bool mask or float alpha in [0, 1] → (size, size) float32, area averaged."""
+    img = Image.fromarray(np.asarray(alpha, dtype=np.float32), "F")
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BOX)
-    return np.asarray(img) > 0.5
+    return np.asarray(img, dtype=np.float32)
+
+
+def downsample_mask(mask: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+    """A bool mask or float alpha in [0, 1] → (size, size) bool: area average > 0.5."""
+    return downsample_alpha(mask, size) > 0.5
 
 
 def on_white(rgba: np.ndarray) -> np.ndarray:
@@ -173,10 +178,17 @@ def score(result: Any, truth: Truth) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of one FlatLayResult against its truth, and the 256² output on white."""
     out = downsample_rgb(on_white(result.image))
     pred_mask = downsample_mask(np.clip(result.alpha, 0.0, 1.0))
+    return score_image(out, pred_mask, result.category, result.canvas_landmarks, truth), out
+
+
+def score_image(out: np.ndarray, pred_mask: np.ndarray, category: str | None,
+                canvas_landmarks: np.ndarray | None, truth: Truth) -> dict[str, Any]:
+    """Metrics of a 256² output on white and its 256² garment mask (see the module
+    docstring)."""
     ssim_g, ssim_c = ssim_scores(out, truth.flat, truth.mask)
     metrics: dict[str, Any] = {
-        "category": result.category,
-        "category_ok": result.category == truth.category,
+        "category": category,
+        "category_ok": category == truth.category,
         "silhouette_iou": silhouette_iou(pred_mask, truth.mask),
         "landmark_nme": None,
         "ssim_garment": ssim_g,
@@ -184,14 +196,43 @@ def score(result: Any, truth: Truth) -> tuple[dict[str, Any], np.ndarray]:
         "psnr": psnr(out, truth.flat),
         "delta_e": delta_e(out, truth.flat, truth.mask),
     }
-    lm = result.canvas_landmarks
+    lm = canvas_landmarks
     if lm is not None and metrics["category_ok"]:
         lm = np.asarray(lm, dtype=np.float32)
         if lm.shape == truth.landmarks.shape and np.isfinite(lm).all():
             metrics["landmark_nme"] = landmark_nme(lm, truth.landmarks)
         else:
             metrics["landmark_invalid"] = True
-    return metrics, out
+    return metrics
+
+
+# What a perfect generator behind `flatten`'s structure would score: rows of the benchmark
+# built from flatten's own output and silhouette (`--ceilings`).
+CEILINGS = ("ceiling: oracle colour", "ceiling: truth 64²", "ceiling: truth 128²",
+            "ceiling: truth")
+
+
+def ceiling_images(out: np.ndarray, alpha: np.ndarray, truth: Truth) -> dict[str, np.ndarray]:
+    """`out`: flatten's 256² output on white, `alpha` its 256² alpha in [0, 1] → each
+    ceiling's 256² image on white inside that silhouette: flatten with the one affine RGB map
+    that best fits the truth (least squares on the garment), and the true flat-lay at 64²,
+    128² (bicubic back up) and as it is."""
+    a = alpha[..., None]
+    fit = truth.mask & (alpha > 0.5)
+    x = np.c_[out.reshape(-1, 3).astype(np.float64), np.ones(out.shape[0] * out.shape[1])]
+    if fit.sum() >= 4:
+        m, *_ = np.linalg.lstsq(x[fit.ravel()], truth.flat[fit].astype(np.float64), rcond=None)
+        colour = (x @ m).reshape(out.shape)
+    else:
+        colour = out.astype(np.float64)
+    images = {"ceiling: oracle colour": colour}
+    for side in (64, 128):
+        small = Image.fromarray(truth.flat).resize((side, side), Image.Resampling.BOX)
+        images[f"ceiling: truth {side}²"] = np.asarray(
+            small.resize(out.shape[:2][::-1], Image.Resampling.BICUBIC), np.float64)
+    images["ceiling: truth"] = truth.flat.astype(np.float64)
+    return {name: np.clip(img * a + 255.0 * (1 - a) + 0.5, 0, 255).astype(np.uint8)
+            for name, img in images.items()}
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -241,11 +282,12 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str] | None = None,
-                      size: int = 1024, grid_rows: int = 8,
-                      progress: bool = True) -> tuple[dict[str, Any], Image.Image | None]:
+                      size: int = 1024, grid_rows: int = 8, progress: bool = True,
+                      ceilings: bool = False) -> tuple[dict[str, Any], Image.Image | None]:
     """Run every pipeline in `pipelines` (default: the registry) on the first n seeds of
-    `split`. Returns the JSON-ready result and the before/after grid (None if grid_rows is 0).
-    Raises ValueError for a bad split, n, size or pipeline name."""
+    `split`; with `ceilings`, add the CEILINGS rows (flatten is run for them). Returns the
+    JSON-ready result and the before/after grid (None if grid_rows is 0). Raises ValueError
+    for a bad split, n, size or pipeline name."""
     from tqdm import tqdm
 
     from models.garments import GENERATOR_VERSION, SPLITS
@@ -265,11 +307,14 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
         raise ValueError(f"size must be within 256–2048, got {size}")
     if grid_rows < 0:
         raise ValueError(f"grid rows must be non-negative, got {grid_rows}")
-    names = list(dict.fromkeys(pipelines)) if pipelines else pipeline_names()
+    names = list(dict.fromkeys(pipelines)) if pipelines is not None else pipeline_names()
     unknown = [p for p in names if p not in pipeline_names()]
     if unknown or not names:
         raise ValueError(f"unknown pipeline(s) {', '.join(unknown) or '(none given)'}; "
                          f"available: {', '.join(pipeline_names())}")
+    if ceilings and "flatten" not in names:
+        names.append("flatten")
+    rows_of = [*names, *(CEILINGS if ceilings else ())]
 
     load_seconds: dict[str, float] = {}
     for name in names:
@@ -281,7 +326,7 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
                                     "with --pipelines") from exc
         load_seconds[name] = round(time.perf_counter() - start_load, 3)
     runners = {name: get_pipeline(name) for name in names}
-    records: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    records: dict[str, list[dict[str, Any]]] = {name: [] for name in rows_of}
     per_category: dict[str, dict[str, list[dict[str, Any]]]] = {}
     assets: list[dict[str, Any]] = []
     grid: list[tuple[Truth, np.ndarray, dict[str, tuple[np.ndarray | None, dict]]]] = []
@@ -312,9 +357,17 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
                 metrics, out = score(result, truth)
                 rec = {"failure": None, "seconds": seconds, **metrics}
             records[name].append(rec)
-            per_category.setdefault(truth.category, {p: [] for p in names})[name].append(rec)
+            per_category.setdefault(truth.category, {p: [] for p in rows_of})[name].append(rec)
             row["pipelines"][name] = _round(dict(rec))
             cells[name] = (out, rec)
+            if ceilings and name == "flatten" and out is not None:
+                alpha = downsample_alpha(np.clip(result.alpha, 0.0, 1.0))
+                for ceiling, image in ceiling_images(out, alpha, truth).items():
+                    crec = {"failure": None, "seconds": 0.0, **score_image(
+                        image, alpha > 0.5, result.category, result.canvas_landmarks, truth)}
+                    records[ceiling].append(crec)
+                    per_category[truth.category][ceiling].append(crec)
+                    row["pipelines"][ceiling] = _round(dict(crec))
         assets.append(row)
         if len(grid) < grid_rows:
             grid.append((truth, downsample_rgb(truth.photo), cells))
@@ -333,13 +386,13 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
         "wall_seconds": round(time.perf_counter() - wall, 2),
         "assets": assets,
     }
-    for name in names:
+    for name in rows_of:
         summary = _summary(records[name])
         summary["load_seconds"] = load_seconds.get(name)
         result["pipelines"][name] = _round(summary)
     for cat in sorted(per_category):
         result["per_category"][cat] = {}
-        for name in names:
+        for name in rows_of:
             s = _summary(per_category[cat][name])
             result["per_category"][cat][name] = _round(
                 {k: s[k] for k in ("n", "n_ok", "silhouette_iou", "landmark_nme",

@@ -51,16 +51,16 @@ def _area(image: np.ndarray, size: int) -> np.ndarray:
 
 def coarse_conditions(coarse, photo: np.ndarray, resolution: int,  # noqa: ANN001
                       latent_size: int) -> CoarseConditions:
-    """`coarse` (models.pipeline.CoarseAlignment, its warp at any canvas size ≥ resolution)
+    """`coarse` (models.pipelines.stages.CoarseAlignment, its warp at any canvas size ≥ resolution)
     and the photo (H, W, 3) uint8 → the generator's conditions at `resolution`."""
-    from models.compose import place_garment
+    from models.compose import CATALOG_FILL, place_garment
     from models.structurenet import structure_map
 
     warped = coarse.warped
     valid = _area((warped.validity * 255).astype(np.uint8), resolution) > 127
     fused = coarse.fused
     structure = structure_map(fused.landmarks, fused.silhouette, latent_size)
-    placed = place_garment(photo, coarse.parsed.mask, resolution, 0.84)
+    placed = place_garment(photo, coarse.parsed.mask, resolution, CATALOG_FILL)
     return CoarseConditions(
         warp=_area(warped.image, resolution), validity=valid,
         structure=structure.astype(np.float32),

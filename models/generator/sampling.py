@@ -1,28 +1,30 @@
 """`FlatLayGenerator`: the trained parts of stage 6 together, from conditions to a flat-lay at
 the working resolution. Batched: N assets go through the denoiser in one forward pass.
 
+The diffusion is a bridge from the coarse latent ŷ (W through the VAE encoder) to the
+flat-lay's latent (`bridge`): sampling starts at ŷ plus a little noise, more where V says the
+photo does not know the garment, and an untrained denoiser returns ŷ.
+
 Weights are two local folders: the latent space (`vae-tiny/`: `vae/` and `decoder_adapter/`,
 from `flatlay train vae`) and the generator (`generator-tiny/`: `unet/`, `conditioner/`,
-`scheduler/`, `generator.json`, from `flatlay train generator`).
+`generator.json` with the bridge's schedule and the default step count, from `flatlay train
+generator`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from models.generator.autoencoder import DecoderAdapter, decode_aligned, encode_mean
+from models.generator.bridge import BridgeSchedule, check_steps
 from models.generator.conditioning import (
     CoarseConditions,
     Conditioner,
@@ -33,7 +35,6 @@ from models.generator.conditioning import (
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 VAE_WEIGHTS = WEIGHTS_DIR / "vae-tiny"
 GENERATOR_WEIGHTS = WEIGHTS_DIR / "generator-tiny"
-DEFAULT_STEPS = 8
 
 
 def validity_map(validity: torch.Tensor, latent_size: int) -> torch.Tensor:
@@ -43,7 +44,7 @@ def validity_map(validity: torch.Tensor, latent_size: int) -> torch.Tensor:
 
 def pattern_inputs(vae: AutoencoderKL, rgb: np.ndarray, alpha: np.ndarray,
                    latent_size: int) -> torch.Tensor:
-    """The pattern channels of the denoiser, (N, 5, r, r): W (on white where V is 0) through
+    """The pattern channels of the denoiser, (N, C + 1, r, r): W (on white where V is 0) through
     the VAE encoder, then V's share per latent cell. rgb (N, R, R, 3) uint8; alpha (N, R, R)
     in [0, 1] (V, or the cutout's alpha for `noretrieval`)."""
     images = images_to_tensor(rgb, alpha).to(vae.device, vae.dtype)
@@ -52,17 +53,50 @@ def pattern_inputs(vae: AutoencoderKL, rgb: np.ndarray, alpha: np.ndarray,
     return torch.cat([latent, validity_map(images[:, 3:] > 0, latent_size)], 1)
 
 
+def blank_pattern(vae: AutoencoderKL, n: int, resolution: int,
+                  latent_size: int) -> torch.Tensor:
+    """The pattern channels of "the photo knows nothing" (N, C + 1, r, r): an empty white
+    canvas through the encoder and V = 0. What the bridge starts from when the pattern level
+    is switched off."""
+    rgb = np.full((1, resolution, resolution, 3), 255, np.uint8)
+    alpha = np.zeros((1, resolution, resolution), np.float32)
+    return pattern_inputs(vae, rgb, alpha, latent_size).expand(n, -1, -1, -1)
+
+
+@dataclass
+class DenoiserInputs:
+    """One batch's inputs besides x_τ: structure (N, 3, r, r), the coarse latent ŷ (N, C, r, r)
+    the bridge starts from, V's share per latent cell (N, 1, r, r), tokens (N, T, d)."""
+
+    structure: torch.Tensor
+    coarse: torch.Tensor
+    validity: torch.Tensor
+    tokens: torch.Tensor
+
+    def spatial(self) -> torch.Tensor:
+        """The condition channels in `denoiser.input_layout` order."""
+        return torch.cat([self.structure, self.coarse, self.validity], 1)
+
+
+def predict_x0(unet: UNet2DConditionModel, state: torch.Tensor, t: torch.Tensor,
+               inputs: DenoiserInputs) -> torch.Tensor:
+    """x̂₀ = ŷ + the denoiser's correction (its output layer starts at zero)."""
+    x = torch.cat([state, inputs.spatial()], 1)
+    return inputs.coarse + unet(x, t, encoder_hidden_states=inputs.tokens).sample
+
+
 class FlatLayGenerator:
     """Conditions (soft ê, hard Ŝ/L̂, pattern W/V/crop) → RGBA flat-lays at resolution R."""
 
     def __init__(self, vae: AutoencoderKL, adapter: DecoderAdapter | None,
                  unet: UNet2DConditionModel, conditioner: Conditioner,
-                 scheduler: DDPMScheduler, meta: dict) -> None:
+                 schedule: BridgeSchedule, meta: dict) -> None:
         self.vae, self.adapter, self.unet, self.conditioner = vae, adapter, unet, conditioner
-        self.train_scheduler = scheduler
+        self.schedule = schedule
         self.meta = meta
         self.resolution = int(meta["resolution"])
         self.latent_size = int(unet.config.sample_size)
+        self.default_steps = check_steps(int(meta["sampling"]["steps"]))
 
     @classmethod
     def from_pretrained(cls, vae_dir: Path = VAE_WEIGHTS, generator_dir: Path = GENERATOR_WEIGHTS,
@@ -72,6 +106,10 @@ class FlatLayGenerator:
                              (generator_dir / "unet", "flatlay train generator")):
             if not (folder / "config.json").is_file():
                 raise FileNotFoundError(f"{folder} holds no weights; `{what}` makes them")
+        meta = json.loads((generator_dir / "generator.json").read_text())
+        if "bridge" not in meta:
+            raise FileNotFoundError(f"{generator_dir} holds no bridge generator (a noise-start "
+                                    "model); `flatlay train generator` makes one")
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         # Local folders only; accelerate's low-memory loading is not needed at this size.
         kw = {"torch_dtype": dtype, "low_cpu_mem_usage": False}
@@ -84,19 +122,17 @@ class FlatLayGenerator:
             device).eval()
         conditioner = Conditioner.from_pretrained(generator_dir / "conditioner", **kw).to(
             device).eval()
-        scheduler = DDPMScheduler.from_pretrained(generator_dir / "scheduler")
-        meta = json.loads((generator_dir / "generator.json").read_text())
-        return cls(vae, adapter, unet, conditioner, scheduler, meta)
+        return cls(vae, adapter, unet, conditioner, BridgeSchedule(**meta["bridge"]), meta)
 
     @property
     def device(self) -> torch.device:
         return self.unet.device
 
     def conditions(self, conds: Sequence[CoarseConditions], drop: frozenset[str] = frozenset(),
-                   noretrieval: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(spatial (N, 8, r, r), tokens (N, T, d)) for a batch; `drop` switches levels off
-        (zeros, as in training); `noretrieval` takes the pattern from the cutout placement
-        and drops soft and hard guidance."""
+                   noretrieval: bool = False) -> DenoiserInputs:
+        """The denoiser's inputs for a batch; `drop` switches levels off (zeros; the pattern
+        level becomes the blank canvas, as in training); `noretrieval` takes the pattern from
+        the cutout placement and drops soft and hard guidance."""
         dev, dtype = self.device, self.unet.dtype
         if noretrieval:
             drop = drop | {"soft", "hard"}
@@ -105,7 +141,11 @@ class FlatLayGenerator:
         else:
             rgb = np.stack([c.warp for c in conds])
             alpha = np.stack([c.validity.astype(np.float32) for c in conds])
-        pattern = pattern_inputs(self.vae, rgb, alpha, self.latent_size).to(dtype)
+        if "pattern" in drop:
+            pattern = blank_pattern(self.vae, len(conds), self.resolution, self.latent_size)
+        else:
+            pattern = pattern_inputs(self.vae, rgb, alpha, self.latent_size)
+        pattern = pattern.to(dtype)
         structure = torch.from_numpy(np.stack([c.structure for c in conds])).to(dev, dtype)
         embedding = torch.from_numpy(np.stack([c.embedding for c in conds])).to(dev, dtype)
         crop = crop_tensor(np.stack([c.crop for c in conds])).to(dev, dtype)
@@ -114,50 +154,19 @@ class FlatLayGenerator:
         if "soft" in drop:
             embedding = torch.zeros_like(embedding)
         if "pattern" in drop:
-            pattern, crop = torch.zeros_like(pattern), torch.zeros_like(crop)
+            crop = torch.zeros_like(crop)
         with torch.no_grad():
             tokens = self.conditioner(embedding, crop)
-        return torch.cat([structure, pattern], 1), tokens
+        return DenoiserInputs(structure, pattern[:, :-1], pattern[:, -1:], tokens)
 
     @torch.no_grad()
-    def sample(self, spatial: torch.Tensor, tokens: torch.Tensor, seeds: Sequence[int],
-               steps: int = DEFAULT_STEPS, guidance: float = 1.0,
-               uncond: tuple[torch.Tensor, torch.Tensor] | None = None,
-               strength: float = 1.0) -> torch.Tensor:
-        """Latents (N, 4, r, r) by DPM-Solver++ in `steps` steps from per-asset seeded noise.
-        With guidance > 1 and `uncond` (the conditions without structure), classifier-free
-        guidance on the structure. With strength < 1 the sampler starts from W's latent
-        noised to that share of the schedule and runs only the rest of it (SDEdit): the
-        photo's known colours are the starting point instead of pure noise."""
-        if not 1 <= steps <= 100:
-            raise ValueError(f"steps must be within 1–100, got {steps}")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be within (0, 1], got {strength}")
-        scheduler = DPMSolverMultistepScheduler.from_config(
-            self.train_scheduler.config, algorithm_type="dpmsolver++")
-        scheduler.set_timesteps(steps, device=self.device)
-        shape = (4, self.latent_size, self.latent_size)
-        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
-                 for s in seeds]
-        latents = torch.stack(noise).to(self.device, self.unet.dtype)
-        timesteps = scheduler.timesteps
-        if strength < 1.0:
-            skip = steps - max(1, round(steps * strength))
-            timesteps = timesteps[skip:]
-            scheduler.set_begin_index(skip)
-            init = spatial[:, 3:7]  # W through the VAE encoder (see `conditions`)
-            latents = scheduler.add_noise(init, latents, timesteps[:1].repeat(len(seeds)))
-        else:
-            latents = latents * scheduler.init_noise_sigma
-        for t in timesteps:
-            x = torch.cat([latents, spatial], 1)
-            out = self.unet(x, t, encoder_hidden_states=tokens).sample
-            if guidance != 1.0 and uncond is not None:
-                x0 = torch.cat([latents, uncond[0]], 1)
-                base = self.unet(x0, t, encoder_hidden_states=uncond[1]).sample
-                out = base + guidance * (out - base)
-            latents = scheduler.step(out, t, latents).prev_sample
-        return latents
+    def sample(self, inputs: DenoiserInputs, seeds: Sequence[int],
+               steps: int | None = None) -> torch.Tensor:
+        """Latents (N, C, r, r) by the bridge in `steps` steps (default: the generator's)
+        from ŷ plus per-asset seeded noise."""
+        return self.schedule.sample(
+            lambda x, t: predict_x0(self.unet, x, t, inputs), inputs.coarse,
+            self.schedule.kappa(inputs.validity), seeds, steps or self.default_steps)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, conds: Sequence[CoarseConditions] | None = None,
@@ -174,15 +183,9 @@ class FlatLayGenerator:
         return ((out.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
 
     def __call__(self, conds: Sequence[CoarseConditions], seeds: Sequence[int],
-                 steps: int = DEFAULT_STEPS, drop: frozenset[str] = frozenset(),
-                 noretrieval: bool = False, aligned: bool = True,
-                 guidance: float = 1.0, strength: float = 1.0) -> np.ndarray:
+                 steps: int | None = None, drop: frozenset[str] = frozenset(),
+                 noretrieval: bool = False, aligned: bool = True) -> np.ndarray:
         """Conditions of N assets → (N, R, R, 4) float32 RGBA flat-lays in [0, 1]."""
-        spatial, tokens = self.conditions(conds, drop, noretrieval)
-        uncond = None
-        if guidance != 1.0:
-            uncond = self.conditions(conds, drop | {"soft", "hard"}, noretrieval)
-        if "pattern" in drop:
-            strength = 1.0  # no W to start from: the pattern level is off
-        latents = self.sample(spatial, tokens, seeds, steps, guidance, uncond, strength)
+        inputs = self.conditions(conds, drop, noretrieval)
+        latents = self.sample(inputs, seeds, steps)
         return self.decode(latents, conds, aligned and not noretrieval)

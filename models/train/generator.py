@@ -33,13 +33,17 @@ from models.generator.autoencoder import (
     decoder_targets,
     encode_mean,
 )
+from models.generator.bridge import BridgeSchedule
 from models.generator.conditioning import Conditioner, crop_tensor, images_to_tensor
 from models.generator.denoiser import build_denoiser
 from models.generator.sampling import (
     GENERATOR_WEIGHTS,
     VAE_WEIGHTS,
+    DenoiserInputs,
     FlatLayGenerator,
+    blank_pattern,
     pattern_inputs,
+    predict_x0,
 )
 from models.train.common import cosine_lr, load_checkpoint, record_eval, save_checkpoint
 from models.train.generator_pairs import cache_pairs
@@ -63,6 +67,7 @@ class GeneratorTrainConfig:
     vae_out: str = str(VAE_WEIGHTS)
     out: str = str(GENERATOR_WEIGHTS)
     steps: int | None = None
+    minutes: float | None = None
     n_train: int | None = None
     device: str = "cpu"
     workers: int = 2
@@ -304,10 +309,11 @@ def _latents(run: Path, vae, pairs: dict, name: str, latent: int) -> dict:  # no
     return out
 
 
-def _conditions(pairs: dict, lat: dict, idx: np.ndarray, drop: dict[str, np.ndarray],
-                device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(spatial, embedding, crop) of a batch with the drops applied, as FlatLayGenerator
-    builds them at inference."""
+def _conditions(pairs: dict, lat: dict, blank: torch.Tensor, idx: np.ndarray,
+                drop: dict[str, np.ndarray], device: str
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(structure, pattern, embedding, crop) of a batch with the drops applied, as
+    FlatLayGenerator.conditions builds them at inference."""
     structure = torch.from_numpy(pairs["structure"][idx]).float() / 255.0
     pattern = lat["warp"][idx].clone()
     noret = torch.from_numpy(drop["noretrieval"])
@@ -319,15 +325,63 @@ def _conditions(pairs: dict, lat: dict, idx: np.ndarray, drop: dict[str, np.ndar
     pat = torch.from_numpy(drop["pattern"])
     structure[hard] = 0
     embedding[soft] = 0
-    pattern[pat] = 0
+    pattern[pat] = blank[: int(pat.sum())]
     crop[pat] = 0
-    spatial = torch.cat([structure, pattern], 1)
-    return spatial.to(device), embedding.to(device), crop.to(device)
+    return structure.to(device), pattern.to(device), embedding.to(device), crop.to(device)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) sRGB in [0, 1] → CIELAB (D65), differentiable."""
+    lin = torch.where(rgb > 0.04045, ((rgb.clamp(min=0) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    m = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                      [0.0193, 0.1192, 0.9505]], device=rgb.device, dtype=rgb.dtype)
+    xyz = torch.einsum("ij,njhw->nihw", m, lin)
+    xyz = xyz / torch.tensor([0.95047, 1.0, 1.08883], device=rgb.device,
+                             dtype=rgb.dtype).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-6) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]),
+                        200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def pixel_loss(decoded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1 on the garment's RGB, mean Lab distance on it / 100) of decoded images against
+    their targets, both (N, 4, R, R) in [-1, 1], inside the true alpha: what the benchmark's
+    garment SSIM and ΔE look at."""
+    mask = (target[:, 3:] > 0).float()
+    area = mask.sum().clamp(min=1.0)
+    rgb_out = ((decoded[:, :3].clamp(-1, 1) + 1) / 2)
+    rgb_true = (target[:, :3] + 1) / 2
+    l1 = ((rgb_out - rgb_true).abs() * mask).sum() / (3 * area)
+    lab = ((rgb_to_lab(rgb_out) - rgb_to_lab(rgb_true)).pow(2).sum(1, keepdim=True)
+           + 1e-6).sqrt()
+    return l1, (lab * mask).sum() / area / 100.0
+
+
+@dataclass
+class Budget:
+    """When a run stops and how far along its schedule it is: a step count, or a wall-clock
+    budget (`--minutes`), whichever is given (minutes win)."""
+
+    steps: int
+    minutes: float | None
+    started: float = field(default_factory=time.time)
+    first_step: int = 0
+
+    def progress(self, step: int) -> float:
+        if self.minutes is not None:
+            return (time.time() - self.started) / (60 * self.minutes)
+        return step / max(1, self.steps)
+
+    def done(self, step: int) -> bool:
+        return self.progress(step) >= 1.0
 
 
 def train_generator(cfg: GeneratorTrainConfig) -> dict:
-    from diffusers import DDPMScheduler
-
+    """The bridge's denoiser and conditioner on the frozen VAE's latents (`bridge`): x̂₀ from
+    x_τ with a latent MSE, plus L1 and Lab losses on decoded garments for `pixel_batch` of
+    each batch. Validation every `eval_minutes` and at the end; the EMA weights go to
+    `cfg.out` whenever they beat what is there (garment SSIM up and ΔE down, or both level
+    with one better)."""
     torch.manual_seed(cfg.seed)
     m, t = cfg.model, cfg.model["train_generator"]
     run = Path(cfg.run_dir) / "generator"
@@ -340,18 +394,22 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
 
     vae = AutoencoderKL.from_pretrained(vae_dir / "vae", low_cpu_mem_usage=False).to(
         cfg.device).eval()
+    vae.requires_grad_(False)
+    adapter = _adapter(vae_dir, cfg.device)
     latent = m["unet"]["sample_size"]
     lat_train = _latents(run, vae, train, "train", latent)
-    steps = cfg.steps or t["steps"]
+    blank = blank_pattern(vae, t["batch"], m["resolution"], latent).cpu()
+    schedule = BridgeSchedule(**m["bridge"])
     unet = build_denoiser(m["unet"]).to(cfg.device)
     cond = Conditioner(**m["conditioner"]).to(cfg.device)
-    scheduler = DDPMScheduler(**m["scheduler"])
     params = list(unet.parameters()) + list(cond.parameters())
     opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=1e-4)
     ema_unet, ema_cond = copy.deepcopy(unet).eval(), copy.deepcopy(cond).eval()
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, history, lineage = 0, [], []
+    step, history, lineage, seconds = 0, [], [], 0.0
+    out = Path(cfg.out)
+    shipped = _shipped_bridge(out)
     state = load_checkpoint(run, cfg.device)
     if state is not None:
         unet.load_state_dict(state["unet"])
@@ -362,44 +420,53 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         rng.bit_generator.state = state["rng"]
         gen.set_state(state["gen"])
         step, history = state["step"], state["history"]
-        lineage = state.get("lineage", [])
-    elif (Path(cfg.out) / "unet" / "config.json").is_file():
-        # No checkpoint (a fresh machine: runs/ does not travel), but shipped weights: a
-        # longer schedule continues from them instead of from noise.
+        lineage, seconds = state.get("lineage", []), state.get("seconds", 0.0)
+    elif shipped is not None:
+        # No checkpoint (a fresh machine: runs/ does not travel), but a shipped bridge: this
+        # run continues from it instead of from zero.
         from diffusers import UNet2DConditionModel
 
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(
-            Path(cfg.out) / "unet", low_cpu_mem_usage=False).state_dict())
+            out / "unet", low_cpu_mem_usage=False).state_dict())
         cond.load_state_dict(Conditioner.from_pretrained(
-            Path(cfg.out) / "conditioner", low_cpu_mem_usage=False).state_dict())
+            out / "conditioner", low_cpu_mem_usage=False).state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         ema_cond.load_state_dict(cond.state_dict())
-        lineage = previous_runs(Path(cfg.out))
-        tqdm.write(f"no checkpoint in {run}: starting from the weights in {cfg.out}")
-    started = time.time()
-    b = t["batch"]
-    alphas = scheduler.alphas_cumprod
-    bar = tqdm(total=steps, initial=step, desc="train generator")
-    while step < steps:
+        lineage = previous_runs(out)
+        tqdm.write(f"no checkpoint in {run}: starting from the bridge in {out}")
+    best = dict(shipped["metrics"]) if shipped is not None else None
+    budget = Budget(cfg.steps or t["steps"], cfg.minutes, first_step=step)
+    b, k = t["batch"], t.get("pixel_batch", 0)
+    next_eval = time.time() + 60 * t["eval_minutes"]
+    bar = tqdm(total=None if cfg.minutes else budget.steps, initial=step,
+               desc="train generator")
+    run_started, exported = time.time(), False
+    while not budget.done(step):
         unet.train()
         cond.train()
         idx = rng.integers(len(train["seed"]), size=b)
-        drop = {k: rng.random(b) < p for k, p in t["drop"].items()}
-        spatial, embedding, crop = _conditions(train, lat_train, idx, drop, cfg.device)
+        drop = {key: rng.random(b) < p for key, p in t["drop"].items()}
+        structure, pattern, embedding, crop = _conditions(train, lat_train, blank, idx, drop,
+                                                          cfg.device)
+        coarse, validity = pattern[:, :-1], pattern[:, -1:]
         x0 = lat_train["target"][idx].to(cfg.device)
         noise = torch.randn(x0.shape, generator=gen).to(cfg.device)
-        ts = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen)
-        noisy = scheduler.add_noise(x0, noise, ts)
-        target = scheduler.get_velocity(x0, noise, ts)
+        tau = torch.rand(b, generator=gen).to(cfg.device)
+        state_t = schedule.noised(x0, coarse, tau, noise, schedule.kappa(validity))
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, t["lr"], 100, steps)
-        tokens = cond(embedding, crop)
-        pred = unet(torch.cat([noisy, spatial], 1), ts.to(cfg.device),
-                    encoder_hidden_states=tokens).sample
-        # Min-SNR-5 weighting (v-prediction): no timestep dominates the few-step sampler.
-        snr = alphas[ts] / (1 - alphas[ts])
-        weight = (torch.clamp(snr, max=5.0) / (snr + 1)).to(cfg.device)
-        loss = (weight * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
+            group["lr"] = cosine_lr(int(1000 * budget.progress(step)), t["lr"], 20, 1000)
+        inputs = DenoiserInputs(structure, coarse, validity, cond(embedding, crop))
+        pred = predict_x0(unet, state_t, tau * 1000, inputs)
+        loss = latent_loss = F.mse_loss(pred, x0)
+        logs = {"latent": latent_loss.item()}
+        if k:
+            # The benchmark's view on a share of the batch: decoded through the frozen
+            # decoder and adapter (with W and V, as the pipeline decodes).
+            sel = idx[:k]
+            decoded = decode_aligned(vae, pred[:k], adapter, _photos(train, sel).to(cfg.device))
+            l1, lab = pixel_loss(decoded, _targets(train, sel).to(cfg.device))
+            loss = loss + t["pixel_weight"] * l1 + t["lab_weight"] * lab
+            logs.update(l1=l1.item(), lab=lab.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -409,40 +476,88 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         _ema_update(ema_cond, cond, decay)
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % cfg.eval_every == 0 or step == steps:
-            generator = _assemble(vae_dir, vae, ema_unet, ema_cond, scheduler, m)
+        bar.set_postfix({key: f"{v:.4f}" for key, v in logs.items()})
+        last = budget.done(step)
+        if time.time() >= next_eval or last:
+            next_eval = time.time() + 60 * t["eval_minutes"]
+            generator = FlatLayGenerator(vae, adapter, ema_unet.eval(), ema_cond.eval(),
+                                         schedule, _meta(m))
             metrics = _generator_eval(generator, val, run / f"val-{step:06d}.png")
-            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4), **metrics})
-        if step % cfg.ckpt_every == 0 or step == steps:
+            record_eval(run, history, {"step": step, "minutes": round(
+                (seconds + time.time() - run_started) / 60, 1), "loss": round(loss.item(), 4),
+                **metrics})
+            if _beats(metrics, best):
+                best = {key: metrics[key] for key in ("ssim_garment", "delta_e")}
+                training = _training_record(cfg, "generator", seconds + time.time()
+                                            - run_started, len(train["seed"]), len(val["seed"]))
+                training["steps_this_run"] = step
+                _export_generator(out, ema_unet, ema_cond, schedule, m, cfg, training,
+                                  history, lineage)
+                exported = True
+        if step % cfg.ckpt_every == 0 or last:
             save_checkpoint(run, {"unet": unet.state_dict(), "cond": cond.state_dict(),
                                   "ema_unet": ema_unet.state_dict(),
                                   "ema_cond": ema_cond.state_dict(), "opt": opt.state_dict(),
                                   "rng": rng.bit_generator.state, "gen": gen.get_state(),
-                                  "step": step, "history": history, "lineage": lineage})
+                                  "step": step, "history": history, "lineage": lineage,
+                                  "seconds": seconds + time.time() - run_started})
     bar.close()
-    out = Path(cfg.out)
-    ema_unet.cpu().save_pretrained(out / "unet")
-    ema_cond.cpu().save_pretrained(out / "conditioner")
-    scheduler.save_pretrained(out / "scheduler")
-    training = _training_record(cfg, "generator", time.time() - started, len(train["seed"]),
-                                len(val["seed"]))
     final = history[-1] if history else {}
-    (out / "generator.json").write_text(json.dumps(
-        {"architecture": "FlatLayGenerator", "config": cfg.config,
-         "resolution": m["resolution"], "sampling": m["sampling"], "training": training,
-         "metrics": final, "history": history, "lineage": lineage}, indent=2) + "\n")
-    write_generator_card(out, training, final, history, lineage)
+    if exported:
+        tqdm.write(f"exported to {out}: validation SSIM_g {best['ssim_garment']}, "
+                   f"ΔE {best['delta_e']} beat what was there")
+    else:
+        tqdm.write(f"not exported: no validation beat the weights in {out} ({best})")
     return final
 
 
-def _assemble(vae_dir: Path, vae, unet, cond, scheduler, m: dict) -> FlatLayGenerator:  # noqa: ANN001
-    adapter = None
-    if (vae_dir / "decoder_adapter" / "config.json").is_file():
-        adapter = DecoderAdapter.from_pretrained(vae_dir / "decoder_adapter",
-                                                 low_cpu_mem_usage=False).eval()
-    return FlatLayGenerator(vae, adapter, unet.eval(), cond.eval(), scheduler,
-                            {"resolution": m["resolution"], "sampling": m["sampling"]})
+def _beats(metrics: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    ssim, de = metrics["ssim_garment"], metrics["delta_e"]
+    return ssim >= best["ssim_garment"] and de <= best["delta_e"] and \
+        (ssim > best["ssim_garment"] or de < best["delta_e"])
+
+
+def _shipped_bridge(out: Path) -> dict | None:
+    """The record of the bridge generator in `out`, or None (nothing there, or a noise-start
+    model, which a bridge does not start from and is not compared with)."""
+    record = out / "generator.json"
+    if not (out / "unet" / "config.json").is_file() or not record.is_file():
+        return None
+    meta = json.loads(record.read_text())
+    return meta if "bridge" in meta and meta.get("metrics") else None
+
+
+def _meta(m: dict) -> dict:
+    return {"resolution": m["resolution"], "sampling": m["sampling"]}
+
+
+def _export_generator(out: Path, ema_unet, ema_cond, schedule: BridgeSchedule,  # noqa: ANN001
+                      m: dict, cfg: GeneratorTrainConfig, training: dict,
+                      history: list[dict], lineage: list[dict]) -> None:
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(ema_unet).cpu().save_pretrained(out / "unet")
+    copy.deepcopy(ema_cond).cpu().save_pretrained(out / "conditioner")
+    if (out / "scheduler").is_dir():  # a noise-start model's; the bridge has none
+        shutil.rmtree(out / "scheduler")
+    final = history[-1]
+    (out / "generator.json").write_text(json.dumps(
+        {"architecture": "FlatLayGenerator", "config": cfg.config, **_meta(m),
+         "bridge": schedule.to_dict(), "training": training, "metrics": final,
+         "history": history, "lineage": lineage}, indent=2) + "\n")
+    write_generator_card(out, training, final, history, lineage)
+
+
+def _adapter(vae_dir: Path, device: str) -> DecoderAdapter | None:
+    if not (vae_dir / "decoder_adapter" / "config.json").is_file():
+        return None
+    adapter = DecoderAdapter.from_pretrained(vae_dir / "decoder_adapter",
+                                             low_cpu_mem_usage=False).to(device).eval()
+    adapter.requires_grad_(False)
+    return adapter
 
 
 def _val_conditions(val: dict, idx: np.ndarray) -> list:
@@ -454,36 +569,50 @@ def _val_conditions(val: dict, idx: np.ndarray) -> list:
                              crop=val["crop"][i], cutout=val["cutout"][i]) for i in idx]
 
 
+def _on_white(x: np.ndarray) -> np.ndarray:
+    """(N, R, R, 4) float RGBA in [0, 1] → (N, R, R, 3) uint8 on white."""
+    return (np.clip(x[..., :3] * x[..., 3:] + (1 - x[..., 3:]), 0, 1) * 255 + 0.5
+            ).astype(np.uint8)
+
+
 def _generator_eval(generator: FlatLayGenerator, val: dict, grid: Path,
                     n: int = 32) -> dict[str, float]:
     """SSIM and ΔE at the working resolution on n validation pairs (full, and
-    `noretrieval`), and a grid of the first 8."""
+    `noretrieval`), beside W itself and the coarse image ŷ decoded (where the bridge
+    starts), and a grid of the first 8."""
     idx = np.arange(min(n, len(val["seed"])))
     conds = _val_conditions(val, idx)
     truth = val["target"][idx, ..., :3]
     mask = val["target"][idx, ..., 3] > 127
-    steps = generator.meta["sampling"]["steps"]
+    seeds = [int(s) for s in val["seed"][idx]]
 
     def run(**kw: object) -> np.ndarray:
-        outs = [generator(conds[i:i + 16], [int(s) for s in val["seed"][idx[i:i + 16]]],
-                          steps=steps, **kw) for i in range(0, len(conds), 16)]
-        x = np.concatenate(outs)
-        return (np.clip(x[..., :3] * x[..., 3:] + (1 - x[..., 3:]), 0, 1) * 255 + 0.5
-                ).astype(np.uint8)
+        return _on_white(np.concatenate([generator(conds[i:i + 16], seeds[i:i + 16], **kw)
+                                         for i in range(0, len(conds), 16)]))
 
     full = run()
     noret = run(noretrieval=True)
-    write_grid(grid, [("W", val["warp"][idx[:8]]), ("generated", full[:8]),
+    with torch.no_grad():
+        coarse = _on_white(np.concatenate([
+            generator.decode(generator.conditions(conds[i:i + 16]).coarse, conds[i:i + 16])
+            for i in range(0, len(conds), 16)]))
+    warp = val["warp"][idx].copy()
+    warp[~val["validity"][idx]] = 255
+    write_grid(grid, [("W", warp[:8]), ("coarse", coarse[:8]), ("generated", full[:8]),
                       ("noretrieval", noret[:8]), ("truth", truth[:8])])
     return {**image_scores(full, truth, mask),
-            **{f"noretrieval_{k}": v for k, v in image_scores(noret, truth, mask).items()}}
+            **{f"noretrieval_{k}": v for k, v in image_scores(noret, truth, mask).items()},
+            **{f"coarse_{k}": v for k, v in image_scores(coarse, truth, mask).items()},
+            **{f"warp_{k}": v for k, v in image_scores(warp, truth, mask).items()}}
 
 
 def _training_record(cfg: GeneratorTrainConfig, what: str, seconds: float, n_train: int,
                      n_val: int) -> dict:
     start = SPLITS["train"][0]
     return {
-        "command": f"flatlay train {what} --config {cfg.config}",
+        "command": f"flatlay train {what} --config {cfg.config}"
+                   + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "")
+                   + (f" --steps {cfg.steps}" if cfg.steps and not cfg.minutes else ""),
         "config": {k: v for k, v in asdict(cfg).items() if k != "model"},
         "model_config": f"models/configs/generator-{cfg.config}.json",
         "train_seeds": [start, start + n_train],
@@ -533,7 +662,8 @@ def previous_runs(folder: Path) -> list[dict]:
     if not record.is_file():
         return []
     before = json.loads(record.read_text())
-    run = {"steps": before["training"]["config"]["steps"],
+    training = before["training"]
+    run = {"steps": training.get("steps_this_run") or training["config"]["steps"],
            "seconds": before["training"].get("seconds_this_run"),
            "command": before["training"]["command"], "metrics": before.get("metrics", {}),
            "history": before.get("history", [])}
@@ -564,20 +694,28 @@ def write_generator_card(folder: Path, training: dict, metrics: dict,
                          history: list[dict], lineage: list[dict] | None = None) -> None:
     text = f"""# Flat-lay generator ({folder.name})
 
-Stage 6 of DESIGN.md: a diffusers `UNet2DConditionModel` (v-prediction, DDPM training
-schedule, DPM-Solver++ sampling) on the latent of `vae-tiny`, conditioned by Ŝ and landmark
-heatmaps of L̂ and by W (through the VAE encoder) and V as input channels, and by ê and the
-garment crop's reference tokens (`conditioner/`) in cross-attention. Each condition level was
-dropped at random in training, so the ablations and `noretrieval` are these weights with a
-level switched off. Config: `{training['model_config']}`.
+Stage 6 of DESIGN.md: a diffusers `UNet2DConditionModel` on the latent of `vae-tiny`,
+trained as a bridge from the coarse latent ŷ (W through the VAE encoder) to the flat-lay's
+(ResShift-style residual shifting, `models/generator/bridge.py`; schedule in `generator.json`),
+predicting x̂₀ = ŷ + a correction through a zero-initialised output layer. Conditioned by Ŝ and
+landmark heatmaps of L̂, ŷ and V as input channels, and by ê and the garment crop's reference
+tokens (`conditioner/`) in cross-attention. Loss: latent MSE, plus L1 and Lab distance on the
+garment pixels of a few decoded images per batch. Each condition level was dropped at random
+in training, so the ablations and `noretrieval` are these weights with a level switched off.
+Config: `{training['model_config']}`.
 
-- Training command: `{training['command']}` (after `flatlay train vae`; resumes from `runs/`)
+- Training command: `{training['command']}` (after `flatlay train vae`; resumes from
+  `runs/`, else continues from these weights); this run: {training.get('steps_this_run')}
+  steps in {training['seconds_this_run'] / 60:.0f} minutes
 - Data: garment-world train seeds {training['train_seeds'][0]}–{training['train_seeds'][1] - 1}
   through the shipped parser, StructureNet, SLLE and warp (never the true structure);
   validation seeds {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; model seed
   {training['config']['seed']}; on {training['machine']}.
 
 ## Validation (32 validation pairs, working resolution, default step count)
+
+`ssim_garment`/`delta_e`: the generated flat-lay; `noretrieval_*`: the same weights from the
+cutout; `coarse_*`: ŷ decoded, where the bridge starts; `warp_*`: W itself on white.
 
 {_history_table(history)}
 {_lineage_text(lineage or [])}

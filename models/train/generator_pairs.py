@@ -25,15 +25,15 @@ FIELDS = ("target", "warp", "validity", "structure", "embedding", "crop", "cutou
 
 
 @functools.cache
-def _flatten():  # noqa: ANN202 (torch is imported lazily)
+def _aligner():  # noqa: ANN202 (torch is imported lazily)
     import torch
 
-    from models.pipeline import FlattenPipeline
+    from models.pipelines.stages import StructureAligner
 
     torch.set_num_threads(1)  # one per render process
-    pipe = FlattenPipeline()
-    pipe.load()
-    return pipe
+    aligner = StructureAligner()
+    aligner.load()
+    return aligner
 
 
 def make_pair(seed: int, photo_size: int, resolution: int, latent_size: int) -> dict | None:
@@ -43,13 +43,14 @@ def make_pair(seed: int, photo_size: int, resolution: int, latent_size: int) -> 
     from models.generator.conditioning import coarse_conditions
     from models.io import decode_image
     from models.pipeline import PipelineError, StageClock
+    from models.pipelines.flatten import FlattenPipeline
 
     s = generate(int(seed), size=photo_size)
     photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
-    pipe = _flatten()
     try:
         # The warp at the photo's size, area-downsampled: as the service does at 1024².
-        coarse = pipe.align(photo, None, photo_size, StageClock(pipe.stages, None))
+        coarse = _aligner().align(photo, None, photo_size,
+                                  StageClock(FlattenPipeline.stages, None))
     except PipelineError:
         return None
     cond = coarse_conditions(coarse, photo, resolution, latent_size)
