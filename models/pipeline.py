@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.compose import parse_background
+from models.errors import TypedError
 from models.presets import DEFAULT_PRESET, get_preset
 
 ProgressFn = Callable[[str, int], None]
@@ -29,13 +30,8 @@ ProgressFn = Callable[[str, int], None]
 MAX_STEPS = 50
 
 
-class PipelineError(ValueError):
+class PipelineError(TypedError):
     """A photo the pipeline cannot turn into a flat-lay; `code` is machine-readable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

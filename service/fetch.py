@@ -21,15 +21,14 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from models.errors import TypedError
+
 IMAGE_CONTENT_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 MAX_URL_LENGTH = 2048
 
 
-class FetchError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class FetchError(TypedError):
+    """A URL we may not or could not fetch (url_invalid, url_refused, url_fetch_failed, …)."""
 
 
 @dataclass(frozen=True)

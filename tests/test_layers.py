@@ -34,7 +34,8 @@ MAY_IMPORT = {
     "structure_bank": set(),
 }
 # The torch-free vocabulary of models: all that service may import from there.
-VOCABULARY = {"models.io", "models.presets", "models.compose", "models.pipeline"}
+VOCABULARY = {"models.io", "models.presets", "models.compose", "models.pipeline",
+              "models.errors"}
 ML_PACKAGES = {"torch", "torchvision", "diffusers", "open_clip", "safetensors", "faiss",
                "transformers", "accelerate", "timm"}
 

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models.io import ImageLimits, IngestError, validate_image
-from models.pipeline import PipelineError, ProgressFn, load_pipelines
+from models.errors import TypedError
+from models.io import ImageLimits, validate_image
+from models.pipeline import ProgressFn, load_pipelines
 from models.pipeline import configure as configure_pipelines
 from service.blobs import BlobStore, StorageError, make_blob_store
 from service.context import register_extra_pipelines
-from service.fetch import FetchError, fetch_image
+from service.fetch import fetch_image
 from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
 from service.outputs import result_key, side_output_key
 from service.rows import JobView
@@ -194,7 +195,7 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
         log.info("job %s taken away (deleted or released); stopped before %s", job_id,
                  stop.stage)
         return "dropped"
-    except (IngestError, PipelineError, FetchError) as exc:
+    except TypedError as exc:  # ingest, pipeline and fetch failures alike
         ctx.store.fail(job_id, code=exc.code, message=exc.message, timings=timings, worker=me)
         return "failed"
     except StorageError as exc:

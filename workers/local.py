@@ -18,8 +18,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from models.io import ImageLimits, IngestError
-from models.pipeline import SIDE_OUTPUTS, PipelineError, load_pipelines
+from models.errors import TypedError
+from models.io import ImageLimits
+from models.pipeline import SIDE_OUTPUTS, load_pipelines
 from service.settings import Settings
 from workers.flatten import FlatLayOutput, flatten_photo
 
@@ -120,7 +121,7 @@ def generate(
         bar.set_postfix_str(photo.name[-30:])
         try:
             out = flatten_photo(photo.read_bytes(), pipeline, options, limits, {})
-        except (IngestError, PipelineError) as exc:
+        except TypedError as exc:
             run.failed[str(photo)] = f"{exc.code}: {exc.message}"
             bar.write(f"{photo}: {exc.code}: {exc.message}", file=sys.stderr)
             continue
