@@ -289,48 +289,37 @@ def _cmd_bench_retrieval_scale(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_attributes(args: argparse.Namespace) -> int:
-    import json
-
-    from models.garments import SPLITS
-    from models.pipeline import pipeline_names
-
+def _report_split(args: argparse.Namespace) -> str:
+    """The split a benchmark command names (`--split`, or `--heldout`)."""
     split = args.split or ("heldout" if args.heldout else "test")
     if args.heldout and split != "heldout":
         raise CLIError(f"--heldout contradicts --split {split}")
-    if split not in SPLITS:
-        raise CLIError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
-    start, stop = SPLITS[split]
-    if not 1 <= args.n <= stop - start:
-        raise CLIError(f"--n must be in 1..{stop - start}, got {args.n}")
-    if not 256 <= args.size <= 2048:
-        raise CLIError(f"--size must be within 256–2048, got {args.size}")
-    if args.pipeline not in pipeline_names():
-        raise CLIError(f"unknown pipeline {args.pipeline!r}; available: "
-                       f"{', '.join(pipeline_names())}")
+    return split
 
-    from models.eval.attributes import benchmark_attributes, format_table, write_report
 
-    result = benchmark_attributes(split=split, n=args.n, pipeline=args.pipeline,
-                                  size=args.size)
-    paths = write_report(result, args.out_dir)
-    if args.json:
+def _print_report(result: dict, paths: dict, format_table, as_json: bool) -> None:  # noqa: ANN001
+    import json
+
+    if as_json:
         print(json.dumps({k: v for k, v in result.items() if k != "assets"}))
     else:
         print(format_table(result))
         print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _cmd_bench_attributes(args: argparse.Namespace) -> int:
+    from models.eval.attributes import benchmark_attributes, format_table, write_report
+
+    try:
+        result = benchmark_attributes(split=_report_split(args), n=args.n,
+                                      pipeline=args.pipeline, size=args.size)
+    except (KeyError, ValueError) as exc:  # KeyError: an unknown pipeline
+        raise CLIError(str(exc).strip("'\"")) from None
+    _print_report(result, write_report(result, args.out_dir), format_table, args.json)
     return 0
 
 
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
-    import json
-
-    split = args.split or ("heldout" if args.heldout else "test")
-    if args.heldout and split != "heldout":
-        raise CLIError(f"--heldout contradicts --split {split}")
-    wanted = None if args.pipelines is None else [
-        p.strip() for p in args.pipelines.split(",") if p.strip()]
-
     from models.eval.quality import (
         PipelineLoadError,
         benchmark_quality,
@@ -338,18 +327,15 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
         write_report,
     )
 
+    wanted = None if args.pipelines is None else [
+        p.strip() for p in args.pipelines.split(",") if p.strip()]
     try:
-        result, grid = benchmark_quality(split=split, n=args.n, pipelines=wanted,
-                                         size=args.size, grid_rows=args.grid_rows,
-                                         ceilings=args.ceilings)
+        result, grid = benchmark_quality(split=_report_split(args), n=args.n,
+                                         pipelines=wanted, size=args.size,
+                                         grid_rows=args.grid_rows, ceilings=args.ceilings)
     except (PipelineLoadError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    paths = write_report(result, grid, args.out_dir)
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "assets"}))
-    else:
-        print(format_table(result))
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    _print_report(result, write_report(result, grid, args.out_dir), format_table, args.json)
     return 0
 
 
@@ -614,15 +600,16 @@ def _default_pipeline() -> str:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from models.pipeline import MAX_SIZE, MAX_STEPS, MIN_SIZE
     from service.settings import get_settings
     from workers.local import SUFFIX_FORMATS, failed_checks, find_photos, generate
 
-    if args.output_size is not None and not 256 <= args.output_size <= 2048:
-        raise CLIError(f"--size must be within 256–2048, got {args.output_size}")
+    if args.output_size is not None and not MIN_SIZE <= args.output_size <= MAX_SIZE:
+        raise CLIError(f"--size must be within {MIN_SIZE}–{MAX_SIZE}, got {args.output_size}")
     if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
         raise CLIError(f"--seed must be within 0–{2**32 - 1}, got {args.seed}")
-    if args.steps is not None and not 1 <= args.steps <= 50:
-        raise CLIError(f"--steps must be within 1–50, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise CLIError(f"--steps must be within 1–{MAX_STEPS}, got {args.steps}")
     try:
         photos = find_photos(args.inputs)
     except FileNotFoundError as exc:

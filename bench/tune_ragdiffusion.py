@@ -2,7 +2,7 @@
 
     python bench/tune_ragdiffusion.py [--n 40] [--size 1024]
 
-Each row sets knobs of `RAGDiffusionPipeline` (DETAIL, ALPHA, the bridge's step count) away
+Each row sets the `ragdiffusion` call options (detail, silhouette) or the step count away
 from the shipped values (`flatten` is the reference row) and scores the first n validation
 photos with the quality benchmark's own metrics (`models.eval.quality.score`).
 Prints a table and writes bench/results/ragdiffusion-val.{md,json}.
@@ -11,7 +11,6 @@ Prints a table and writes bench/results/ragdiffusion-val.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,19 +21,20 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.harness import write_variants  # noqa: E402
 from models.eval.quality import load_truth, score  # noqa: E402
 from models.garments import SPLITS  # noqa: E402
 from models.pipeline import PipelineError, PipelineOptions, get_pipeline  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
+# Each variant: the pipeline's call options (`detail`, `silhouette`) and request `steps`.
 VARIANTS: list[tuple[str, dict]] = [
     ("flatten (reference)", {"pipeline": "flatten"}),
     ("shipped", {}),
-    ("detail 0", {"DETAIL": 0.0}),
-    ("detail 0.5", {"DETAIL": 0.5}),
-    ("detail 1", {"DETAIL": 1.0}),
-    ("alpha generated", {"ALPHA": "generated"}),
-    ("alpha from Ŝ", {"ALPHA": "structure"}),
+    ("detail 0", {"detail": 0.0}),
+    ("detail 0.5", {"detail": 0.5}),
+    ("detail 1", {"detail": 1.0}),
+    ("silhouette generated", {"silhouette": "generated"}),
     ("1 step", {"steps": 1}),
     ("2 steps", {"steps": 2}),
     ("4 steps", {"steps": 4}),
@@ -58,17 +58,16 @@ def main() -> None:
     pipe.load()
     reference = get_pipeline("flatten")
     reference.load()
-    shipped = {k: getattr(pipe, k) for k in ("DETAIL", "ALPHA")}
+    shipped = {"detail": pipe.DETAIL, "silhouette": pipe.SILHOUETTE,
+               "steps": pipe.generator.default_steps}
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
     rows = []
     for label, knobs in VARIANTS:
         if only and label not in only:
             continue
-        for k, v in {**shipped, **{k: v for k, v in knobs.items()
-                                   if k not in ("steps", "pipeline")}}.items():
-            setattr(pipe, k, v)
-        run = reference if knobs.get("pipeline") == "flatten" else pipe
+        flatten = knobs.get("pipeline") == "flatten"
+        call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette")}
         per: dict[str, list[float]] = {m: [] for m in METRICS}
         seconds = []
         for t in tqdm(truths, desc=label):
@@ -76,7 +75,8 @@ def main() -> None:
                                       steps=knobs.get("steps"))
             t0 = time.perf_counter()
             try:
-                result = run(t.photo, options)
+                result = (reference(t.photo, options) if flatten
+                          else pipe(t.photo, options, **call))
             except PipelineError:
                 continue
             seconds.append(time.perf_counter() - t0)
@@ -87,20 +87,13 @@ def main() -> None:
                                           for m, v in per.items()},
                      "seconds_p50": round(float(np.median(seconds)), 3)})
         print(rows[-1])
-    lines = ["# ragdiffusion choices on the validation split", "",
+    intro = ["# ragdiffusion choices on the validation split", "",
              f"Validation seeds {start}–{start + args.n - 1}, {args.size}² photos and canvases; "
-             f"metrics as `flatlay bench quality` (256²). Shipped: {shipped}, "
-             "default steps.", "",
-             "| variant | IoU | SSIM garment | ΔE2000 | PSNR | s p50 |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['variant']} | {r['silhouette_iou']:.3f} | {r['ssim_garment']:.3f} | "
-              f"{r['delta_e']:.2f} | {r['psnr']:.2f} | {r['seconds_p50']:.3f} |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ragdiffusion-val.md").write_text(text)
-    (args.out / "ragdiffusion-val.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(text)
-
+             f"metrics as `flatlay bench quality` (256²). Shipped: {shipped}.", ""]
+    print(write_variants(args.out, "ragdiffusion-val", intro, rows,
+                         [("silhouette_iou", "IoU", ".3f"), ("ssim_garment", "SSIM garment", ".3f"),
+                          ("delta_e", "ΔE2000", ".2f"), ("psnr", "PSNR", ".2f"),
+                          ("seconds_p50", "s p50", ".3f")]))
 
 if __name__ == "__main__":
     main()

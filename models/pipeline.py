@@ -28,6 +28,15 @@ from models.presets import DEFAULT_PRESET, get_preset
 ProgressFn = Callable[[str, int], None]
 # The generator's sampling steps a request may ask for (its default is in its generator.json).
 MAX_STEPS = 50
+# The delivered canvas's side, px.
+MIN_SIZE, MAX_SIZE = 256, 2048
+
+
+def check_output_size(size: int, what: str = "output_size") -> int:
+    """`size` if it is a canvas side we deliver; ValueError naming `what` otherwise."""
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"{what} must be within {MIN_SIZE}–{MAX_SIZE}, got {size}")
+    return size
 
 
 class PipelineError(TypedError):
@@ -67,7 +76,7 @@ class StructureSpec:
 class PipelineOptions:
     """Per-request options shared by every pipeline.
 
-    output_size: canvas side in px (256–2048). background: 'transparent' or a hex colour.
+    output_size: canvas side in px (MIN_SIZE–MAX_SIZE). background: 'transparent' or a hex colour.
     seed: for pipelines that sample; deterministic pipelines ignore it. preset: the output
     preset (models.presets) whose placement rule applies. structure: replaces retrieval.
     steps: the generator's sampling steps (1–50; None: its default).
@@ -84,8 +93,7 @@ class PipelineOptions:
     def __post_init__(self) -> None:
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps {self.steps} is outside 1–{MAX_STEPS}")
-        if not 256 <= self.output_size <= 2048:
-            raise ValueError(f"output_size {self.output_size} is outside 256–2048")
+        check_output_size(self.output_size)
         parse_background(self.background)
         get_preset(self.preset)
 

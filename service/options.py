@@ -17,7 +17,7 @@ from fastapi import Depends, Form
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.compose import parse_background
-from models.pipeline import MAX_STEPS, StructureSpec, pipeline_names
+from models.pipeline import MAX_SIZE, MAX_STEPS, MIN_SIZE, StructureSpec, pipeline_names
 from models.presets import DEFAULT_PRESET, PRESETS
 from service.errors import ApiError
 from service.schemas import OutputFormat
@@ -36,7 +36,7 @@ PresetForm = Annotated[str | None, Form(
     f"background and format, and what the compliance check holds the result to. "
     f"{_PRESET_HELP}")]
 OutputSizeForm = Annotated[int | None, Form(
-    ge=256, le=2048, description="canvas side, px (default: the preset's; another size is "
+    ge=MIN_SIZE, le=MAX_SIZE, description="canvas side, px (default: the preset's; another size is "
     "accepted and fails the preset's size check)")]
 BackgroundForm = Annotated[str | None, Form(
     description="'transparent' or a hex colour (default: the preset's)")]
@@ -94,7 +94,7 @@ class ItemOptions(BaseModel):
 
     pipeline: str | None = None
     preset: str | None = None
-    output_size: int | None = Field(default=None, ge=256, le=2048)
+    output_size: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE)
     background: str | None = None
     format: OutputFormat | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from models.pipeline import MAX_SIZE, MIN_SIZE
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 
@@ -25,7 +27,7 @@ class AssetCreated(BaseModel):
 
 class AssetOptions(BaseModel):
     preset: str = Field(default="square-white", description="the output preset")
-    output_size: int = Field(ge=256, le=2048)
+    output_size: int = Field(ge=MIN_SIZE, le=MAX_SIZE)
     background: str
     format: OutputFormat
     seed: int | None = None

@@ -156,3 +156,23 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> d
             return status
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} not finished after {timeout} s: {status}")
+
+
+def stored_delivery(tmp_path: Path, url: str, **settings: object):  # noqa: ANN201
+    """(store, settings, delivery id): one pending webhook delivery to `url` in a fresh job
+    store, signed with the local secret; `settings` override the Settings fields."""
+    from service.settings import Settings
+    from service.store import JobStore, migrate
+
+    s = Settings(data_dir=tmp_path / "d", local_webhook_secret=WEBHOOK_TEST_SECRET,
+                 **settings)
+    s.ensure_dirs()
+    migrate(s.resolved_database_url)
+    store = JobStore(s.resolved_database_url)
+    delivery = store.add_delivery(delivery_id="msg_test", tenant_id="local", key_id=None,
+                                  event="asset.succeeded", url=url, payload={"type": "x"})
+    return store, s, delivery.id
+
+
+# The Standard Webhooks documentation's example secret.
+WEBHOOK_TEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

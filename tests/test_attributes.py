@@ -271,3 +271,34 @@ def test_openapi_documents_the_attributes(client: TestClient) -> None:
     for name in ("CategoryAttribute", "ColorAttribute"):
         assert all(p.get("description") for p in schemas[name]["properties"].values()), name
     assert json.dumps(schemas["ColorAttribute"]).count("share") >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["ragdiffusion", "noretrieval"])
+def test_generator_jobs_carry_the_category_confidence(client: TestClient, worker: WorkerContext,
+                                                      pipeline: str) -> None:
+    # Every pipeline returns through one helper (`models.pipelines.stages.deliver`): the
+    # generator's pipelines used to drop the confidence that `flatten` passed on.
+    sample = generate(1_000_011, size=384)
+    r = client.post("/assets", files={"file": ("a.jpg", sample.wild_jpeg, "image/jpeg")},
+                    data={"pipeline": pipeline, "output_size": "256"})
+    assert r.status_code == 202, r.text
+    assert run_job(worker, r.json()["id"]) == "succeeded"
+    status = client.get(f"/assets/{r.json()['id']}").json()
+    category = status["attributes"]["category"]
+    assert category["value"] and 0 < category["confidence"] <= 1, category
+    rows = client.get("/assets/" + r.json()["id"] + "/outputs/attributes").json()
+    assert rows["category"]["confidence"] == category["confidence"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--n", "0"], "n must be in"), (["--size", "100"], "size must be within 256–2048"),
+    (["--pipeline", "nope"], "unknown pipeline 'nope'"), (["--split", "nope"], "unknown split"),
+    (["--heldout", "--split", "val"], "--heldout contradicts"),
+])
+def test_bench_attributes_refuses_bad_arguments(argv: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from cli import main
+
+    assert main(["bench", "attributes", *argv]) == 2
+    assert message in capsys.readouterr().err

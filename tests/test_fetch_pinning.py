@@ -18,10 +18,10 @@ import pytest
 
 from service.fetch import AllowList, FetchError, FetchLimits, fetch_image, pinned_send
 from service.settings import Settings
-from service.store import JobStore, migrate
+from service.store import JobStore
 from service.webhooks import attempt_delivery
 from tests.http_fixtures import LocalHTTP, local_http
-from tests.support import encode, garment_photo
+from tests.support import encode, garment_photo, stored_delivery
 
 PRIVATE = "127.0.0.2"  # loopback, not allow-listed: what a rebinding name switches to
 
@@ -137,15 +137,8 @@ def test_answers_mixing_public_and_private_addresses_are_refused(
 
 
 def _delivery(tmp_path: Path, url: str) -> tuple[JobStore, Settings, str]:
-    settings = Settings(data_dir=tmp_path / "d", fetch_allow_hosts="127.0.0.1",
-                        local_webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-                        fetch_timeout_s=3.0, webhook_max_attempts=1)
-    settings.ensure_dirs()
-    migrate(settings.resolved_database_url)
-    store = JobStore(settings.resolved_database_url)
-    delivery = store.add_delivery(delivery_id="msg_pinned", tenant_id="local", key_id=None,
-                                  event="asset.succeeded", url=url, payload={"type": "x"})
-    return store, settings, delivery.id
+    return stored_delivery(tmp_path, url, fetch_allow_hosts="127.0.0.1", fetch_timeout_s=3.0,
+                           webhook_max_attempts=1)
 
 
 def test_webhooks_are_posted_to_the_checked_address(

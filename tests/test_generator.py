@@ -269,6 +269,11 @@ def test_bridge_sampling_is_seeded_per_asset() -> None:
     assert not torch.equal(a[0], run([9, 6, 7])[0])
     assert torch.allclose(a[1:2], run([6], slice(1, 2)), atol=1e-5)  # alone as in a batch
     assert not torch.equal(a, inputs.coarse)
+    # noise 0: every step from the posterior mean, the same whatever the seed.
+    with torch.no_grad():
+        quiet = [schedule.sample(lambda x, t: predict_x0(unet, x, t, inputs), inputs.coarse,
+                                 kappa, seeds, 4, noise=0.0) for seeds in ([1, 2, 3], [7, 8, 9])]
+    assert torch.equal(quiet[0], quiet[1])
 
 
 def test_a_few_training_steps_lower_the_bridge_loss_on_a_fixed_batch() -> None:

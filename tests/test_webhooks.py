@@ -19,6 +19,7 @@ from tests.support import (
     free_port,
     garment_photo,
     keys_create_output,
+    stored_delivery,
     wait_for_job,
 )
 
@@ -188,21 +189,6 @@ def test_a_public_webhook_url_by_name_or_address_is_accepted(keyed_client) -> No
         assert r.status_code == 202, r.text
 
 
-def _stored_delivery(tmp_path: Path, url: str, max_attempts: int = 8):  # noqa: ANN202
-    """A delivery row to `url` as an older server (or a key made before the check) left it."""
-    from service.settings import Settings
-    from service.store import JobStore, migrate
-
-    settings = Settings(data_dir=tmp_path / "d", webhook_max_attempts=max_attempts,
-                        local_webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    settings.ensure_dirs()
-    migrate(settings.resolved_database_url)
-    store = JobStore(settings.resolved_database_url)
-    delivery = store.add_delivery(delivery_id="msg_hostile", tenant_id="local", key_id=None,
-                                  event="asset.succeeded", url=url, payload={"type": "x"})
-    return store, settings, delivery.id
-
-
 @pytest.mark.parametrize(("url", "code"), [("http://0177.0.0.1/", "url_invalid"),
                                            ("http://169.254.169.254/", "url_refused"),
                                            ("http://127.1/", "url_refused")])
@@ -211,7 +197,7 @@ def test_a_delivery_that_can_never_succeed_fails_at_once_with_its_attempt_record
 ) -> None:
     from service.webhooks import attempt_delivery
 
-    store, settings, delivery_id = _stored_delivery(tmp_path, url)
+    store, settings, delivery_id = stored_delivery(tmp_path, url, webhook_max_attempts=8)
     try:
         # No retry is scheduled although 7 of the 8 attempts are left.
         assert attempt_delivery(store, settings, delivery_id) is None

@@ -61,17 +61,19 @@ def benchmark_attributes(split: str = "test", n: int = 60, pipeline: str = "flat
     from tqdm import tqdm
 
     from models.attributes import delta_e2000, garment_attributes
-    from models.garments import GENERATOR_VERSION, SPLITS, generate
+    from models.eval import split_seeds
+    from models.garments import GENERATOR_VERSION, generate
     from models.io import decode_image
-    from models.pipeline import PipelineError, PipelineOptions, get_pipeline
+    from models.pipeline import (
+        PipelineError,
+        PipelineOptions,
+        check_output_size,
+        get_pipeline,
+    )
 
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
-    start, stop = SPLITS[split]
-    if not 1 <= n <= stop - start:
-        raise ValueError(f"n must be in 1..{stop - start} for split {split}, got {n}")
-    if not 256 <= size <= 2048:
-        raise ValueError(f"size must be within 256–2048, got {size}")
+    seeds = split_seeds(split, n)
+    start = seeds.start
+    check_output_size(size, "size")
     run = get_pipeline(pipeline)
     run.load()
     assets: list[dict[str, Any]] = []

@@ -290,21 +290,18 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
     for a bad split, n, size or pipeline name."""
     from tqdm import tqdm
 
-    from models.garments import GENERATOR_VERSION, SPLITS
+    from models.eval import split_seeds
+    from models.garments import GENERATOR_VERSION
     from models.pipeline import (
         PipelineError,
         PipelineOptions,
+        check_output_size,
         get_pipeline,
         pipeline_names,
     )
 
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
-    start, stop = SPLITS[split]
-    if not 1 <= n <= stop - start:
-        raise ValueError(f"n must be in 1..{stop - start} for split {split}, got {n}")
-    if not 256 <= size <= 2048:
-        raise ValueError(f"size must be within 256–2048, got {size}")
+    start = split_seeds(split, n).start
+    check_output_size(size, "size")
     if grid_rows < 0:
         raise ValueError(f"grid rows must be non-negative, got {grid_rows}")
     names = list(dict.fromkeys(pipelines)) if pipelines is not None else pipeline_names()

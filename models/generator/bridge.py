@@ -75,15 +75,19 @@ class BridgeSchedule:
         return x0 + eta * (coarse - x0) + kappa * eta.sqrt() * noise
 
     def sample(self, predict_x0: X0Fn, coarse: torch.Tensor, kappa: torch.Tensor,
-               seeds: Sequence[int], steps: int = DEFAULT_STEPS) -> torch.Tensor:
+               seeds: Sequence[int], steps: int = DEFAULT_STEPS,
+               noise: float = 1.0) -> torch.Tensor:
         """x̂₀ after `steps` steps from x_1 = ŷ + κ√η_max ε. Each asset's noise comes from its
-        own seed, so a batch gives what its members give alone."""
+        own seed, so a batch gives what its members give alone. `noise` scales the sampling
+        noise (1: the process as trained; 0: deterministic, each step from the mean, as
+        DDIM's η = 0)."""
         taus = self.taus(steps)
         shape = coarse.shape[1:]
-        noise = torch.stack([torch.randn((len(taus), *shape),
+        eps = torch.stack([torch.randn((len(taus), *shape),
                                          generator=torch.Generator().manual_seed(int(s)))
                              for s in seeds]).to(coarse.device, coarse.dtype)
-        x = coarse + kappa * math.sqrt(self.eta_max) * noise[:, 0]
+        kappa = kappa * noise
+        x = coarse + kappa * math.sqrt(self.eta_max) * eps[:, 0]
         x0 = coarse
         for i, tau in enumerate(taus):
             t = torch.full((len(coarse),), tau * 1000.0, device=coarse.device)
@@ -94,5 +98,5 @@ class BridgeSchedule:
             eta_s = float(self.eta(torch.tensor(taus[i + 1])))
             alpha = eta_t - eta_s
             x = (eta_s / eta_t) * x + (alpha / eta_t) * x0 + \
-                kappa * math.sqrt(eta_s * alpha / eta_t) * noise[:, i + 1]
+                kappa * math.sqrt(eta_s * alpha / eta_t) * eps[:, i + 1]
         return x0

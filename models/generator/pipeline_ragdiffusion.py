@@ -48,13 +48,10 @@ class RAGDiffusionPipeline:
     stages = ["parse", "embed", "retrieve", "warp", "generate", "compose"]
     DROP: frozenset[str] = frozenset()
     ALIGNED = True
-    # The share of the warp's high band added back (1: all of it); where the silhouette
-    # comes from ("generated": the decoded alpha; "structure": Ŝ refined at the photo's edge,
-    # as in `flatten`). ALPHA on 12 validation photos with the first (noise-start) model: Ŝ
-    # gave IoU 0.769 vs 0.729, and an edited structure is obeyed exactly; the generated alpha
-    # did not follow an edit. bench/tune_ragdiffusion.py measures both.
+    # The defaults of the call options `detail` and `silhouette` (bench/tune_ragdiffusion.py
+    # measures them on the validation split; docs/generator.md has the table).
     DETAIL = 1.0
-    ALPHA = "structure"
+    SILHOUETTE = "structure"
 
     def __init__(self) -> None:
         self.aligner = StructureAligner()
@@ -65,13 +62,23 @@ class RAGDiffusionPipeline:
         self.generator = load_generator()
 
     def __call__(
-        self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
+        self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None,
+        *, detail: float | None = None, silhouette: str | None = None,
     ) -> FlatLayResult:
+        """detail: the share of the full-resolution warp's high band added back where V is
+        known (0: none, 1: all; default DETAIL). silhouette: where the garment's alpha comes
+        from, "structure" (Ŝ refined at the photo's edge, as in `flatten`: an edited structure
+        is obeyed exactly) or "generated" (the decoded alpha); default SILHOUETTE."""
         from models.generator.conditioning import coarse_conditions
         from models.generator.detail import generated_alpha, transfer_detail, upscale
 
         if self.generator is None:
             self.load()
+        detail = self.DETAIL if detail is None else detail
+        silhouette = silhouette or self.SILHOUETTE
+        if silhouette not in ("structure", "generated") or not 0 <= detail <= 1:
+            raise ValueError(f"silhouette {silhouette!r} (structure or generated), detail "
+                             f"{detail} (0–1)")
         gen = self.generator
         clock = StageClock(self.stages, progress)
         size = options.output_size
@@ -81,14 +88,14 @@ class RAGDiffusionPipeline:
             out = gen([cond], [options.seed or 0], steps=options.steps, drop=self.DROP,
                       aligned=self.ALIGNED)[0]
         with clock.stage("compose"):
-            if self.ALPHA == "generated":
+            if silhouette == "generated":
                 alpha = generated_alpha(out[..., 3], size)
             else:
                 alpha = self.aligner.silhouette(coarse, size)
             image = upscale(out[..., :3], size) * 255.0
             if self.ALIGNED:
                 image = transfer_detail(image, coarse.warped.image, coarse.warped.validity,
-                                        gen.resolution, self.DETAIL)
+                                        gen.resolution, detail)
             return deliver(options, image, alpha, clock=clock, coarse=coarse, with_warp=True)
 
 

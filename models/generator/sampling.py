@@ -97,6 +97,8 @@ class FlatLayGenerator:
         self.resolution = int(meta["resolution"])
         self.latent_size = int(unet.config.sample_size)
         self.default_steps = check_steps(int(meta["sampling"]["steps"]))
+        # The sampling noise as a share of the trained κ (chosen on validation; 1 if unsaid).
+        self.noise = float(meta["sampling"].get("noise", 1.0))
 
     @classmethod
     def from_pretrained(cls, vae_dir: Path = VAE_WEIGHTS, generator_dir: Path = GENERATOR_WEIGHTS,
@@ -160,13 +162,14 @@ class FlatLayGenerator:
         return DenoiserInputs(structure, pattern[:, :-1], pattern[:, -1:], tokens)
 
     @torch.no_grad()
-    def sample(self, inputs: DenoiserInputs, seeds: Sequence[int],
-               steps: int | None = None) -> torch.Tensor:
-        """Latents (N, C, r, r) by the bridge in `steps` steps (default: the generator's)
-        from ŷ plus per-asset seeded noise."""
+    def sample(self, inputs: DenoiserInputs, seeds: Sequence[int], steps: int | None = None,
+               noise: float | None = None) -> torch.Tensor:
+        """Latents (N, C, r, r) by the bridge in `steps` steps from ŷ plus per-asset seeded
+        noise scaled by `noise` (defaults: the generator's, from its generator.json)."""
         return self.schedule.sample(
             lambda x, t: predict_x0(self.unet, x, t, inputs), inputs.coarse,
-            self.schedule.kappa(inputs.validity), seeds, steps or self.default_steps)
+            self.schedule.kappa(inputs.validity), seeds, steps or self.default_steps,
+            self.noise if noise is None else noise)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, conds: Sequence[CoarseConditions] | None = None,
@@ -184,8 +187,9 @@ class FlatLayGenerator:
 
     def __call__(self, conds: Sequence[CoarseConditions], seeds: Sequence[int],
                  steps: int | None = None, drop: frozenset[str] = frozenset(),
-                 noretrieval: bool = False, aligned: bool = True) -> np.ndarray:
+                 noretrieval: bool = False, aligned: bool = True,
+                 noise: float | None = None) -> np.ndarray:
         """Conditions of N assets → (N, R, R, 4) float32 RGBA flat-lays in [0, 1]."""
         inputs = self.conditions(conds, drop, noretrieval)
-        latents = self.sample(inputs, seeds, steps)
+        latents = self.sample(inputs, seeds, steps, noise)
         return self.decode(latents, conds, aligned and not noretrieval)
