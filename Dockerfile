@@ -10,6 +10,7 @@ COPY service ./service
 COPY workers ./workers
 COPY models ./models
 COPY structure_bank ./structure_bank
+COPY client ./client
 RUN pip install .
 VOLUME /data
 EXPOSE 8000
@@ -28,6 +29,7 @@ COPY service ./service
 COPY workers ./workers
 COPY models ./models
 COPY structure_bank ./structure_bank
+COPY client ./client
 # torch is pinned in the `ml` extra (torch==2.14.1, torchvision==0.29.1).
 RUN pip install '.[ml]'
 VOLUME /data

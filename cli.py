@@ -771,6 +771,69 @@ def _add_keys_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_keys_revoke)
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import os
+
+    from client.inputs import InputError
+    from client.submit import SubmitAbort, SubmitOptions, run_command
+
+    job_options = {k: v for k, v in {
+        "pipeline": args.pipeline, "preset": args.preset, "output_size": args.output_size,
+        "background": args.background, "format": args.format}.items() if v is not None}
+    opts = SubmitOptions(
+        out=args.out, job_options=job_options, batch_size=args.batch_size,
+        outputs=[o.strip() for o in (args.outputs or "").split(",") if o.strip()],
+        progress=not args.quiet)
+    url = args.url or os.environ.get("FLATLAY_URL") or None
+    key = args.key or os.environ.get("FLATLAY_API_KEY") or None
+    try:
+        return run_command(args.inputs, url, key, opts, dry=args.dry_run)
+    except InputError as exc:
+        raise CLIError(str(exc)) from None
+    except SubmitAbort as exc:
+        if exc.usage:
+            raise CLIError(str(exc)) from None
+        print(f"flatlay submit: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _add_client_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "submit", help="send photos, folders, ZIPs or manifests to a Flatlay server; "
+        "flat-lays named by SKU come back",
+        description="Sends the inputs to a Flatlay server as batches, shows submitted / done "
+        "/ failed, and writes each result to OUT as <sku>.<ext> (with <sku>.<output>.<ext> for "
+        "--outputs) and OUT/manifest.csv (sku, status, error code, compliance, attributes). "
+        "OUT/.flatlay-submit.json records what was sent: the same command after an "
+        "interruption continues without sending anything twice. Exit status 0 when every "
+        "item succeeded, 1 otherwise, 2 for a usage error.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="PATH",
+                   help="photos, folders of photos (recursively), ZIPs of photos, or "
+                   "manifests (.csv with columns sku and image_url/image/path, or .json list "
+                   "of {sku, image_url}; a path is relative to the manifest, a URL is fetched "
+                   "by the server)")
+    p.add_argument("--url", default=None, help="the server (default: $FLATLAY_URL)")
+    p.add_argument("--key", default=None,
+                   help="API key (default: $FLATLAY_API_KEY, which keeps it out of ps)")
+    p.add_argument("-o", "--out", type=Path, default=Path("flatlays"),
+                   help="output folder (default ./flatlays)")
+    p.add_argument("--pipeline", default=None, help="pipeline (default: the server's)")
+    p.add_argument("--preset", default=None,
+                   help="output preset: square-white, amazon-main, transparent")
+    p.add_argument("--size", "--output-size", dest="output_size", type=int, default=None,
+                   help="canvas side, px (default: the preset's)")
+    p.add_argument("--background", default=None, help="'transparent' or #rrggbb")
+    p.add_argument("--format", choices=["png", "jpeg", "webp"], default=None)
+    p.add_argument("--outputs", default=None, metavar="NAME,…",
+                   help="side outputs to download too: mask, landmarks, neighbours, overlay, "
+                   "coarse, attributes (those the pipeline makes)")
+    p.add_argument("--batch-size", type=int, default=50, help="items per batch (1–1000)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be sent; send nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_submit)
+
+
 # Each wing adds its subcommands here; the registration functions themselves import nothing heavy.
 _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_service_commands,
@@ -778,6 +841,7 @@ _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_synth_command,
     _add_operator_commands,
     _add_keys_commands,
+    _add_client_commands,
 ]
 
 

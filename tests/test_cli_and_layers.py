@@ -28,8 +28,16 @@ def test_the_api_never_imports_torch() -> None:
 
 def test_cli_imports_wings_lazily() -> None:
     loaded = _run("import sys, cli; cli.build_parser(); "
-                  "print(','.join(m for m in ('service.app', 'fastapi', 'celery', 'torch') "
-                  "if m in sys.modules))")
+                  "print(','.join(m for m in ('service.app', 'fastapi', 'celery', 'torch', "
+                  "'client.api', 'httpx') if m in sys.modules))")
+    assert loaded == ""
+
+
+def test_the_client_loads_nothing_of_the_server() -> None:
+    loaded = _run("import sys, client, client.submit, client.inputs; "
+                  "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+                  "('service', 'models', 'workers', 'structure_bank', 'torch', 'fastapi', "
+                  "'numpy', 'PIL', 'pydantic', 'celery', 'sqlalchemy', 'tqdm'))))")
     assert loaded == ""
 
 

@@ -2,6 +2,8 @@
 a function, as `ast` sees it):
 
     cli.py, bench/                          the front door and the benchmarks: may use anything
+    client/                                 the HTTP client: nothing of ours; httpx and the
+                                            standard library (tqdm for the command's bar)
     workers/                                Celery glue: service, models, structure_bank
     service/                                HTTP, no torch: the vocabulary of models (below),
                                             structure_bank; never workers
@@ -23,11 +25,12 @@ from pathlib import Path
 
 from tests.support import REPO
 
-PACKAGES = ("service", "workers", "models", "structure_bank", "bench")
+PACKAGES = ("service", "workers", "models", "structure_bank", "bench", "client")
 # What each wing may import of the others (its own modules always).
 MAY_IMPORT = {
-    "cli": {"service", "workers", "models", "structure_bank"},
-    "bench": {"service", "workers", "models", "structure_bank"},
+    "cli": {"service", "workers", "models", "structure_bank", "client"},
+    "bench": {"service", "workers", "models", "structure_bank", "client"},
+    "client": set(),
     "workers": {"service", "models", "structure_bank"},
     "service": {"models", "structure_bank"},
     "models": {"structure_bank"},
@@ -231,6 +234,35 @@ def test_the_service_the_vocabulary_and_the_bank_load_no_torch() -> None:
     assert direct == []
 
 
+# What the client may use from outside the standard library: a catalog team installs it
+# beside its own tools, without the server's dependencies.
+CLIENT_THIRD_PARTY = {"httpx"}
+CLIENT_LAZY_THIRD_PARTY = {"tqdm"}  # the command's progress bar, imported when it runs
+
+
+def client_dependencies(graph: dict[str, list[Import]]) -> list[str]:
+    """Imports of client/ beyond the standard library and CLIENT_THIRD_PARTY (at load) or
+    CLIENT_LAZY_THIRD_PARTY (inside a function)."""
+    import sys
+
+    bad = []
+    for module, imps in sorted(graph.items()):
+        if wing(module) != "client":
+            continue
+        for imp in imps:
+            if imp.target in graph or imp.target in sys.stdlib_module_names:
+                continue
+            allowed = CLIENT_THIRD_PARTY | (set() if imp.at_load else CLIENT_LAZY_THIRD_PARTY)
+            if imp.target not in allowed:
+                bad.append(f"{module}:{imp.line} imports {imp.target}")
+    return bad
+
+
+def test_the_client_needs_only_httpx_and_the_standard_library() -> None:
+    assert any(wing(m) == "client" for m in GRAPH)
+    assert client_dependencies(GRAPH) == []
+
+
 def test_the_walker_sees_loops_layers_and_lazy_torch(tmp_path: Path) -> None:
     """The checks above would catch what they are for: a loop through a function-level
     import, a lower layer importing a higher one, and torch loaded by the service."""
@@ -251,11 +283,15 @@ def test_the_walker_sees_loops_layers_and_lazy_torch(tmp_path: Path) -> None:
     write("models/pipelines/__init__.py", "")
     write("models/pipelines/flatten.py", "from models.pipeline import names\n")
     write("bench/bench_flatten.py", "def main():\n    from models.pipelines.flatten import F\n")
+    write("client/api.py", "import httpx\nimport numpy\nfrom service.errors import E\n"
+          "def bar():\n    import tqdm\n")
     graph = import_graph(tmp_path)
+    assert client_dependencies(graph) == ["client.api:2 imports numpy"]
     assert implementation_imports(graph) == [
         "bench.bench_flatten:2 imports models.pipelines.flatten"]
     assert import_cycles(graph) == [["cli", "workers.runner"]]
     assert layer_violations(graph) == [
+        "client.api:3 imports service (client may not import service)",
         "service.app:2 imports models.warp, which is not the torch-free vocabulary "
         f"{sorted(VOCABULARY)}",
         "structure_bank.validate:1 imports models.garments (structure_bank may not import "
