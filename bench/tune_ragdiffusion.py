@@ -5,7 +5,8 @@
 Each row sets the `ragdiffusion` call options (detail, silhouette) or the step count away
 from the shipped values (`flatten` is the reference row) and scores the first n validation
 photos with the quality benchmark's own metrics (`models.eval.quality.score`).
-Prints a table and writes bench/results/ragdiffusion-val.{md,json}.
+Prints a table and writes bench/results/ragdiffusion-val.{md,json}, and a grid of the first
+`--grid` photos under every variant (ragdiffusion-val.png) to look at beside the numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import write_variants  # noqa: E402
-from models.eval.quality import load_truth, score  # noqa: E402
+from models.eval.quality import downsample_rgb, grid_image, load_truth, score  # noqa: E402
 from models.garments import SPLITS  # noqa: E402
 from models.pipeline import PipelineError, PipelineOptions, get_pipeline  # noqa: E402
 
@@ -49,7 +50,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--only", default="", help="comma-separated variant labels (default: all)")
+    ap.add_argument("--grid", type=int, default=4, help="photos in the grid (0: none)")
     args = ap.parse_args()
+    if args.n < 1 or args.grid < 0:
+        ap.error("--n must be ≥ 1 and --grid ≥ 0")
     only = {v.strip() for v in args.only.split(",") if v.strip()}
     unknown = only - {label for label, _ in VARIANTS}
     if unknown:
@@ -63,6 +67,7 @@ def main() -> None:
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
     rows = []
+    grid = [(t, downsample_rgb(t.photo), {}) for t in truths[:args.grid]]
     for label, knobs in VARIANTS:
         if only and label not in only:
             continue
@@ -70,17 +75,21 @@ def main() -> None:
         call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette")}
         per: dict[str, list[float]] = {m: [] for m in METRICS}
         seconds = []
-        for t in tqdm(truths, desc=label):
+        for i, t in enumerate(tqdm(truths, desc=label)):
             options = PipelineOptions(output_size=args.size, seed=t.seed,
                                       steps=knobs.get("steps"))
             t0 = time.perf_counter()
             try:
                 result = (reference(t.photo, options) if flatten
                           else pipe(t.photo, options, **call))
-            except PipelineError:
+            except PipelineError as e:
+                if i < args.grid:
+                    grid[i][2][label] = (None, {"failure": e.code})
                 continue
             seconds.append(time.perf_counter() - t0)
-            metrics, _ = score(result, t)
+            metrics, out = score(result, t)
+            if i < args.grid:
+                grid[i][2][label] = (out, metrics)
             for m in METRICS:
                 per[m].append(metrics[m])
         rows.append({"variant": label, **{m: round(float(np.nanmean(v)), 4)
@@ -94,6 +103,9 @@ def main() -> None:
                          [("silhouette_iou", "IoU", ".3f"), ("ssim_garment", "SSIM garment", ".3f"),
                           ("delta_e", "ΔE2000", ".2f"), ("psnr", "PSNR", ".2f"),
                           ("seconds_p50", "s p50", ".3f")]))
+    if grid:
+        labels = [row["variant"] for row in rows]
+        grid_image(grid, labels).save(args.out / "ragdiffusion-val.png")
 
 if __name__ == "__main__":
     main()
