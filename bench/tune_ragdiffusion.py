@@ -2,7 +2,7 @@
 
     python bench/tune_ragdiffusion.py [--n 40] [--size 1024]
 
-Each row sets the `ragdiffusion` call options (detail, silhouette) or the step count away
+Each row sets the `ragdiffusion` call options (detail, detail_where, silhouette) or the step count away
 from the shipped values (`flatten` is the reference row) and scores the first n validation
 photos with the quality benchmark's own metrics (`models.eval.quality.score`).
 Prints a table and writes bench/results/ragdiffusion-val.{md,json}, and a grid of the first
@@ -35,6 +35,8 @@ VARIANTS: list[tuple[str, dict]] = [
     ("detail 0", {"detail": 0.0}),
     ("detail 0.5", {"detail": 0.5}),
     ("detail 1", {"detail": 1.0}),
+    ("detail 1 printed", {"detail": 1.0, "detail_where": "printed"}),
+    ("detail 0.5 printed", {"detail": 0.5, "detail_where": "printed"}),
     ("silhouette generated", {"silhouette": "generated"}),
     ("1 step", {"steps": 1}),
     ("2 steps", {"steps": 2}),
@@ -62,7 +64,8 @@ def main() -> None:
     pipe.load()
     reference = get_pipeline("flatten")
     reference.load()
-    shipped = {"detail": pipe.DETAIL, "silhouette": pipe.SILHOUETTE,
+    shipped = {"detail": pipe.DETAIL, "detail_where": pipe.DETAIL_WHERE,
+               "silhouette": pipe.SILHOUETTE,
                "steps": pipe.generator.default_steps}
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
@@ -72,7 +75,7 @@ def main() -> None:
         if only and label not in only:
             continue
         flatten = knobs.get("pipeline") == "flatten"
-        call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette")}
+        call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette", "detail_where")}
         per: dict[str, list[float]] = {m: [] for m in METRICS}
         seconds = []
         for i, t in enumerate(tqdm(truths, desc=label)):

@@ -59,7 +59,7 @@ def test_an_untrained_adapter_leaves_the_decoder_as_it_was() -> None:
         assert not torch.allclose(decode_aligned(vae, z, adapter, images), plain, atol=1e-3)
 
 
-def test_detail_goes_only_where_the_photo_is_known() -> None:
+def test_detail_goes_only_where_the_photo_is_known_and_printed_only_on_prints() -> None:
     rng = np.random.default_rng(0)
     image = np.full((256, 256, 3), 128.0, np.float32)
     warp = rng.integers(0, 256, (256, 256, 3)).astype(np.uint8)
@@ -69,6 +69,15 @@ def test_detail_goes_only_where_the_photo_is_known() -> None:
     assert np.abs(out[:, 160:] - 128).max() < 1e-3  # unknown: the generation as it is
     assert np.abs(out[40:-40, 20:100] - 128).mean() > 10  # known: the photo's texture
     assert transfer_detail(image, warp, validity, resolution=256) is image  # nothing above R
+    # `printed` keeps the band of a print (stripes) and drops faint creases and noise.
+    stripes = np.where((np.arange(256) // 4) % 2, 200, 60).astype(np.uint8)
+    faint = 128 + rng.integers(-2, 3, (256, 256, 3))
+    warp = np.concatenate([np.broadcast_to(stripes[None, :128, None], (256, 128, 3)),
+                           faint[:, 128:]], 1).astype(np.uint8)
+    everywhere = np.ones((256, 256), bool)
+    out = transfer_detail(image, warp, everywhere, resolution=64, printed=True)
+    assert np.abs(out[40:-40, 20:100] - 128).mean() > 20
+    assert np.abs(out[40:-40, 170:230] - 128).max() < 1e-3
     # The alpha's edge stays about one output pixel wide after an 8× upscale.
     small = np.zeros((32, 32), np.float32)
     small[8:24, 8:24] = 1

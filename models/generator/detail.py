@@ -30,13 +30,21 @@ def generated_alpha(alpha: np.ndarray, size: int) -> np.ndarray:
     return np.clip((big - 0.5) * k + 0.5, 0.0, 1.0).astype(np.float32)
 
 
+# Where `printed` keeps the band: the band's local mean magnitude (0–255 scale) ramps from
+# "none" at PRINT_LOW (sensor noise, JPEG, soft creases) to "all" at PRINT_HIGH (print edges,
+# text, stripes).
+PRINT_LOW, PRINT_HIGH = 4.0, 12.0
+
+
 def transfer_detail(image: np.ndarray, warp: np.ndarray, validity: np.ndarray,
-                    resolution: int, strength: float = 1.0) -> np.ndarray:
+                    resolution: int, strength: float = 1.0, printed: bool = False) -> np.ndarray:
     """Add the warp's detail above `resolution` to `image` where the photo is known.
 
     image: (S, S, 3) float32 in [0, 255], the upsampled generation; warp: (S, S, 3) uint8, W
     at full size; validity: (S, S) bool, V. The band is W minus W blurred at the generator's
-    scale; V's edge is feathered over the same scale so no seam shows.
+    scale; V's edge is feathered over the same scale so no seam shows. printed: only where
+    the band is strong (prints, text, stripes), not on the fine creases and noise of plain
+    cloth.
     """
     size = image.shape[0]
     if strength <= 0 or size <= resolution or not validity.any():
@@ -45,5 +53,9 @@ def transfer_detail(image: np.ndarray, warp: np.ndarray, validity: np.ndarray,
     w = warp.astype(np.float32)
     low = np.stack([ndimage.gaussian_filter(w[..., c], sigma) for c in range(3)], -1)
     known = ndimage.binary_erosion(validity, iterations=max(1, round(2 * sigma)))
-    weight = ndimage.gaussian_filter(known.astype(np.float32), sigma)[..., None]
-    return np.clip(image + strength * weight * (w - low), 0.0, 255.0)
+    weight = ndimage.gaussian_filter(known.astype(np.float32), sigma)
+    band = w - low
+    if printed:
+        energy = ndimage.gaussian_filter(np.abs(band).mean(-1), 2 * sigma)
+        weight = weight * np.clip((energy - PRINT_LOW) / (PRINT_HIGH - PRINT_LOW), 0.0, 1.0)
+    return np.clip(image + strength * weight[..., None] * band, 0.0, 255.0)

@@ -52,6 +52,7 @@ class RAGDiffusionPipeline:
     # measures them on the validation split; docs/generator.md has the table). Half the high
     # band: no detail scores best, but washes out stripes and prints a person sees at once.
     DETAIL = 0.5
+    DETAIL_WHERE = "known"
     SILHOUETTE = "structure"
 
     def __init__(self) -> None:
@@ -65,11 +66,14 @@ class RAGDiffusionPipeline:
     def __call__(
         self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None,
         *, detail: float | None = None, silhouette: str | None = None,
+        detail_where: str | None = None,
     ) -> FlatLayResult:
         """detail: the share of the full-resolution warp's high band added back where V is
         known (0: none, 1: all; default DETAIL). silhouette: where the garment's alpha comes
         from, "structure" (Ŝ refined at the photo's edge, as in `flatten`: an edited structure
-        is obeyed exactly) or "generated" (the decoded alpha); default SILHOUETTE."""
+        is obeyed exactly) or "generated" (the decoded alpha); default SILHOUETTE.
+        detail_where: "known" (wherever V is) or "printed" (only where the warp's band is
+        strong: prints, text, stripes); default DETAIL_WHERE."""
         from models.generator.conditioning import coarse_conditions
         from models.generator.detail import generated_alpha, transfer_detail, upscale
 
@@ -77,9 +81,12 @@ class RAGDiffusionPipeline:
             self.load()
         detail = self.DETAIL if detail is None else detail
         silhouette = silhouette or self.SILHOUETTE
-        if silhouette not in ("structure", "generated") or not 0 <= detail <= 1:
+        detail_where = detail_where or self.DETAIL_WHERE
+        if silhouette not in ("structure", "generated") or not 0 <= detail <= 1 or \
+                detail_where not in ("known", "printed"):
             raise ValueError(f"silhouette {silhouette!r} (structure or generated), detail "
-                             f"{detail} (0–1)")
+                             f"{detail} (0–1), detail_where {detail_where!r} (known or "
+                             "printed)")
         gen = self.generator
         clock = StageClock(self.stages, progress)
         size = options.output_size
@@ -96,7 +103,8 @@ class RAGDiffusionPipeline:
             image = upscale(out[..., :3], size) * 255.0
             if self.ALIGNED:
                 image = transfer_detail(image, coarse.warped.image, coarse.warped.validity,
-                                        gen.resolution, detail)
+                                        gen.resolution, detail,
+                                        printed=detail_where == "printed")
             return deliver(options, image, alpha, clock=clock, coarse=coarse, with_warp=True)
 
 
