@@ -2,9 +2,9 @@
 
     python bench/tune_ragdiffusion.py [--n 40] [--size 1024]
 
-Each row sets the `ragdiffusion` call options (detail, detail_where, silhouette) or the step count away
-from the shipped values (`flatten` is the reference row) and scores the first n validation
-photos with the quality benchmark's own metrics (`models.eval.quality.score`).
+Each row sets the `ragdiffusion` call options (detail, detail_where, silhouette) or the step
+count away from the shipped values (`flatten` is the reference row) and scores the first n
+validation photos with the quality benchmark's own metrics (`models.eval.quality.score`).
 Prints a table and writes bench/results/ragdiffusion-val.{md,json}, and a grid of the first
 `--grid` photos under every variant (ragdiffusion-val.png) to look at beside the numbers.
 """

@@ -31,7 +31,7 @@ from client.inputs import InputError, Item
 
 STATE_FILE = ".flatlay-submit.json"
 MANIFEST_FILE = "manifest.csv"
-# The service's manifest.csv attribute columns (service/batches.py ATTRIBUTE_COLUMNS).
+# The service's manifest.csv attribute columns (service/batch_results.py ATTRIBUTE_COLUMNS).
 ATTRIBUTE_COLUMNS = ("category", "category_confidence", "sleeve_length", "length",
                      "neckline", "color", "color_hex", "color_share")
 MANIFEST_COLUMNS = ("sku", "status", "error_code", "error_message", "file", "side_outputs",
@@ -402,7 +402,7 @@ class _Run:
 
 def _attribute_cells(attributes: dict[str, Any] | None) -> list[str]:
     """A job's attributes as the cells of ATTRIBUTE_COLUMNS, as the service's manifest
-    writes them (service/batches.py attribute_cells)."""
+    writes them (service/batch_results.py attribute_cells)."""
     a = attributes or {}
     category = a.get("category") or {}
     confidence = category.get("confidence")

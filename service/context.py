@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -36,6 +37,11 @@ class ServiceContext:
     blobs: BlobStore
     celery: Celery
     limiter: TokenBucket | None = None
+    # Uploads held in memory at once (bytes and a full decode each): see service.assets.
+    ingest_slots: threading.BoundedSemaphore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ingest_slots = threading.BoundedSemaphore(self.settings.ingest_concurrency)
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceContext:

@@ -5,19 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Annotated
+from collections.abc import Callable, Iterable
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Response
 
 from service.auth import Principal, current_key
 from service.context import ServiceContext, get_context
 from service.errors import ApiError
 from service.ratelimit import RateLimiterUnavailable
-from service.rows import Idempotency
+from service.rows import Idempotency, IdempotencyConflict
 from service.settings import Settings
 from service.webhooks import webhook_target
 
 Ctx = Annotated[ServiceContext, Depends(get_context)]
+# Ids are at most this long; a longer one names nothing (and is not looked up).
+MAX_ID_CHARS = 64
+T = TypeVar("T")
 
 
 def limited_key(ctx: Ctx, key: Annotated[Principal, Depends(current_key)]) -> Principal:
@@ -53,7 +57,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-def request_fingerprint(route: str, fields: dict, files: list[bytes]) -> str:
+def request_fingerprint(route: str, fields: dict, files: Iterable[bytes]) -> str:
     """SHA-256 of what a create request asks for: its route, fields and file contents."""
     digest = hashlib.sha256(json.dumps([route, fields], sort_keys=True, default=str).encode())
     for data in files:
@@ -61,9 +65,31 @@ def request_fingerprint(route: str, fields: dict, files: list[bytes]) -> str:
     return digest.hexdigest()
 
 
-def replayed_or_conflict(ctx: ServiceContext, key: Principal, idem: Idempotency) -> str | None:
+def owned(find: Callable[..., T | None], item_id: str, key: Principal, code: str,
+          what: str) -> T:
+    """The caller's `what` with this id (`find(id, tenant_id=…)`), else 404 `code`: another
+    tenant's is answered exactly like one that does not exist."""
+    item = find(item_id, tenant_id=key.tenant_id) if len(item_id) <= MAX_ID_CHARS else None
+    if item is None:
+        raise ApiError(code, f"no {what} with id {item_id!r}")
+    return item
+
+
+def request_idempotency(header: str | None, route: str, fields: dict,
+                        files: Iterable[bytes]) -> Idempotency | None:
+    """The Idempotency-Key of a create request with its fingerprint; None without one
+    (and `files`, which may be a generator, is then not read)."""
+    if header is None:
+        return None
+    return Idempotency(header, request_fingerprint(route, fields, files))
+
+
+def replayed_or_conflict(ctx: ServiceContext, key: Principal,
+                         idem: Idempotency | None) -> str | None:
     """The id the same request made earlier under this key; 409 when the key came with
-    another request; None when the key is new."""
+    another request; None when the key is new (or there is none)."""
+    if idem is None:
+        return None
     record = ctx.store.idempotency_record(key.tenant_id, idem.key)
     if record is None:
         return None
@@ -84,3 +110,21 @@ def request_webhook_target(url: str | None, key: Principal, settings: Settings) 
         return webhook_target(url, key.webhook_url, key.key_id, settings)
     except ValueError as exc:
         raise ApiError("validation_error", str(exc), "webhook_url") from None
+
+
+def lost_race(ctx: ServiceContext, key: Principal, idem: Idempotency | None,
+              conflict: IdempotencyConflict, stored: list[str]) -> str:
+    """A twin request with the same Idempotency-Key stored first: delete the blobs this one
+    put and answer as the twin did (the id it made; 409 when it asked for another thing)."""
+    for blob in stored:
+        ctx.blobs.delete(blob)
+    replayed_or_conflict(ctx, key, idem)
+    return conflict.existing.resource_id
+
+
+def located(response: Response, path: str, replayed: bool = False) -> None:
+    """The headers of a create request's answer: where the resource is, and whether an
+    Idempotency-Key replayed an earlier answer."""
+    response.headers["Location"] = path
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"

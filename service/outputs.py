@@ -1,5 +1,7 @@
-"""Where a job's outputs live in the blob store, in one place for the worker that writes
-them and the API and reconciler that serve, delete and expire them.
+"""A job's files in the blob store (its input, result and side outputs): their keys, file
+extensions and what is recorded of the input, in one place for the API that stores the
+input, the worker that writes the outputs, and the API and reconciler that serve, delete
+and expire them.
 
 Every attempt writes under its own names (`result-a{n}.{ext}`, `outputs-a{n}/{name}.{ext}`):
 a worker presumed dead that wakes up and drops its outputs never deletes the outputs of the
@@ -8,20 +10,37 @@ attempt that replaced it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from models.pipeline import SIDE_OUTPUTS
 
 if TYPE_CHECKING:
+    from models.io import ImageInfo
     from service.rows import JobView
 
 
-def result_ext(fmt: str) -> str:
-    return fmt.replace("jpeg", "jpg")
+def file_ext(fmt: str) -> str:
+    """The file extension of an image format, an output option (`jpeg`) or a Pillow name
+    (`JPEG`) alike."""
+    fmt = fmt.lower()
+    return "jpg" if fmt == "jpeg" else fmt
+
+
+def input_key(job_id: str, fmt: str | None = None) -> str:
+    """Where a job's photo lives: `input.<ext>` for an upload of format `fmt`; a bare
+    `input` for a manifest item, whose worker fetches its URL into it."""
+    return f"assets/{job_id}/input" + (f".{file_ext(fmt)}" if fmt else "")
+
+
+def input_meta(info: ImageInfo, **origin: str | None) -> dict[str, Any]:
+    """What a job records of its photo: where it came from (`filename` or `source_url`)
+    and what it is (the API's InputInfo)."""
+    return {**origin, "content_type": info.content_type, "width": info.width,
+            "height": info.height, "bytes": info.bytes}
 
 
 def result_key(job_id: str, attempt: int, fmt: str) -> str:
-    return f"assets/{job_id}/result-a{attempt}.{result_ext(fmt)}"
+    return f"assets/{job_id}/result-a{attempt}.{file_ext(fmt)}"
 
 
 def side_output_key(job_id: str, attempt: int, name: str) -> str:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from models.io import ImageLimits
 
 DEFAULT_DATA_DIR = Path("flatlay-data")
 
@@ -143,6 +146,12 @@ class Settings(BaseSettings):
 
         return FetchLimits(self.max_upload_bytes, self.fetch_timeout_s, self.fetch_max_redirects,
                            AllowList.parse(self.fetch_allow_hosts))
+
+    def image_limits(self) -> ImageLimits:
+        """What a photo may be (bytes, pixels, shortest side), for uploads and fetches."""
+        from models.io import ImageLimits  # Pillow and numpy: only where photos are read
+
+        return ImageLimits(self.max_upload_bytes, self.max_pixels, self.min_image_side)
 
     @property
     def extra_pipeline_targets(self) -> dict[str, str]:

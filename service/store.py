@@ -173,8 +173,8 @@ class JobStore(ApiKeyQueries, BatchQueries, DeliveryQueries):
     def get(self, job_id: str, tenant_id: str | None = None) -> JobView | None:
         """The job, or None; with `tenant_id`, None also when it belongs to another tenant."""
         with self._session() as s:
-            job = s.get(Job, job_id)
-            if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+            job = self._owned_row(s, Job, job_id, tenant_id)
+            if job is None:
                 return None
             view = JobView.of(job)
         return normalise(view)

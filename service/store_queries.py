@@ -7,7 +7,7 @@ sessions (and the idempotent insert that jobs and batches share).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -27,12 +27,24 @@ from service.rows import (
     utcnow,
 )
 
+# The rows that belong to a tenant.
+Owned = TypeVar("Owned", Job, BatchRow, WebhookDeliveryRow)
+
 
 class _Queries:
     """What the store provides to each family of queries."""
 
     def _session(self) -> Session:
         raise NotImplementedError
+
+    @staticmethod
+    def _owned_row(s: Session, model: type[Owned], row_id: str,
+                   tenant_id: str | None) -> Owned | None:
+        """The row, or None; with `tenant_id`, None also when it belongs to another tenant."""
+        row = s.get(model, row_id)
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            return None
+        return row
 
     def _insert_with_idempotency(
         self, rows: list[Base], tenant_id: str, idempotency: Idempotency | None,
@@ -105,10 +117,8 @@ class BatchQueries(_Queries):
 
     def get_batch(self, batch_id: str, tenant_id: str | None = None) -> BatchView | None:
         with self._session() as s:
-            row = s.get(BatchRow, batch_id)
-            if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
-                return None
-            return BatchView.of(row)
+            row = self._owned_row(s, BatchRow, batch_id, tenant_id)
+            return None if row is None else BatchView.of(row)
 
     def batch_jobs(self, batch_id: str) -> list[JobView]:
         with self._session() as s:
@@ -149,10 +159,8 @@ class DeliveryQueries(_Queries):
 
     def get_delivery(self, delivery_id: str, tenant_id: str | None = None) -> DeliveryView | None:
         with self._session() as s:
-            row = s.get(WebhookDeliveryRow, delivery_id)
-            if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
-                return None
-            return DeliveryView.of(row)
+            row = self._owned_row(s, WebhookDeliveryRow, delivery_id, tenant_id)
+            return None if row is None else DeliveryView.of(row)
 
     def list_deliveries(
         self, tenant_id: str, asset_id: str | None = None, batch_id: str | None = None,

@@ -28,7 +28,7 @@ from models.attributes import (
 from models.garments import generate
 from service.app import create_app
 from service.auth import create_key
-from service.batches import ATTRIBUTE_COLUMNS
+from service.batch_results import ATTRIBUTE_COLUMNS
 from service.settings import Settings
 from service.store import migrate
 from tests.support import encode, garment_photo

@@ -174,10 +174,10 @@ def test_at_most_ingest_concurrency_uploads_are_in_memory_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # In process: count the decodes running at once while 12 uploads arrive together.
-    import service.app as app_module
+    import service.assets as assets_module
 
     running, most, lock = 0, 0, threading.Lock()
-    real = app_module.validate_image
+    real = assets_module.validate_image
 
     def slow_validate(data: bytes, limits: ImageLimits) -> ImageInfo:
         nonlocal running, most
@@ -189,7 +189,7 @@ def test_at_most_ingest_concurrency_uploads_are_in_memory_at_once(
             running -= 1
         return real(data, limits)
 
-    monkeypatch.setattr(app_module, "validate_image", slow_validate)
+    monkeypatch.setattr(assets_module, "validate_image", slow_validate)
     s = Settings(data_dir=tmp_path / "data", auth_enabled=False, rate_limit_per_s=0,
                  ingest_concurrency=2)
     s.ensure_dirs()

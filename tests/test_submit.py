@@ -347,8 +347,8 @@ def test_errors_are_typed_and_retries_end() -> None:
 
 def test_the_client_speaks_the_service_vocabulary() -> None:
     from models.pipeline import SIDE_OUTPUTS as SERVICE_OUTPUTS
-    from service.batches import ATTRIBUTE_COLUMNS as SERVICE_COLUMNS
-    from service.batches import attribute_cells
+    from service.batch_results import ATTRIBUTE_COLUMNS as SERVICE_COLUMNS
+    from service.batch_results import attribute_cells
     from service.options import OPTION_FIELDS
 
     assert OPTION_NAMES == ("pipeline", *OPTION_FIELDS)

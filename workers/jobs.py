@@ -29,7 +29,7 @@ from service.blobs import BlobStore, StorageError, make_blob_store
 from service.context import register_extra_pipelines
 from service.fetch import fetch_image
 from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
-from service.outputs import result_key, side_output_key
+from service.outputs import input_meta, result_key, side_output_key
 from service.rows import JobView
 from service.settings import Settings
 from service.store import JobStore
@@ -130,12 +130,10 @@ def _input_of(ctx: WorkerContext, job: JobView, timings: dict[str, float],
     progress("fetch", 0)
     start = time.perf_counter()
     data, _ = fetch_image(url, s.fetch_limits())
-    info = validate_image(data, ImageLimits(s.max_upload_bytes, s.max_pixels, s.min_image_side))
+    info = validate_image(data, s.image_limits())
     timings["fetch"] = round(time.perf_counter() - start, 6)
     ctx.blobs.put(job.input_blob, data)
-    ctx.store.set_input(job.id, {"source_url": url, "content_type": info.content_type,
-                                 "width": info.width, "height": info.height,
-                                 "bytes": info.bytes})
+    ctx.store.set_input(job.id, input_meta(info, source_url=url))
     return data
 
 

@@ -19,8 +19,8 @@ from typing import Any
 from tqdm import tqdm
 
 from models.errors import TypedError
-from models.io import ImageLimits
 from models.pipeline import SIDE_OUTPUTS, load_pipelines
+from service.outputs import file_ext
 from service.settings import Settings
 from workers.flatten import FlatLayOutput, flatten_photo
 
@@ -112,8 +112,8 @@ def generate(
     run goes on.
     """
     load_pipelines([pipeline])
-    limits = ImageLimits(settings.max_upload_bytes, settings.max_pixels, settings.min_image_side)
-    ext = options["format"].replace("jpeg", "jpg")
+    limits = settings.image_limits()
+    ext = file_ext(options["format"])
     run = LocalRun()
     taken: set[Path] = set()
     bar = tqdm(photos, unit="photo", desc=pipeline, disable=not show_progress)
