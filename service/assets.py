@@ -28,7 +28,13 @@ from service.deps import (
 from service.errors import ApiError, error_response, error_responses
 from service.logs import log_context
 from service.options import OptionForm, resolve_options
-from service.outputs import file_ext, input_key, input_meta, job_blob_keys, side_output_url
+from service.outputs import (
+    delete_job_blobs,
+    file_ext,
+    input_key,
+    input_meta,
+    side_output_url,
+)
 from service.rows import Idempotency, IdempotencyConflict, JobView
 from service.schemas import (
     AssetCreated,
@@ -259,8 +265,7 @@ def cancel_asset(asset_id: str, ctx: Ctx, key: Key) -> AssetStatus:
 def delete_asset(asset_id: str, ctx: Ctx, key: Key) -> Response:
     job = _job_or_404(ctx, key, asset_id)
     _stop(ctx, job)
-    for blob in job_blob_keys(job):
-        ctx.blobs.delete(blob)
+    delete_job_blobs(ctx.blobs, job)
     ctx.store.delete_job(job.id)
     log.info("asset deleted", extra={"job_id": job.id})
     return Response(status_code=204)

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 
+# Names of the files LocalBlobStore writes before renaming them into place; a process killed
+# in between leaves one behind (delete_temp_files removes them).
+TEMP_PREFIX = ".tmp-"
+
+
 class BlobNotFound(KeyError):
     pass
 
@@ -35,6 +40,7 @@ class BlobStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
+    def delete_temp_files(self, prefix: str) -> int: ...
     def ping(self) -> None: ...
 
 
@@ -69,7 +75,7 @@ class LocalBlobStore:
         for _ in range(3):  # a delete may prune the folder between mkdir and mkstemp
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX)
                 break
             except FileNotFoundError:
                 continue
@@ -99,14 +105,33 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
+        self._prune(path.parent)
+
+    def _prune(self, start: Path) -> None:
         # Folders left empty (a job's outputs-a1/) go too, up to the root.
-        for folder in path.parents:
+        for folder in (start, *start.parents):
             if folder == self.root or self.root not in folder.parents:
                 break
             try:
                 folder.rmdir()
             except OSError:  # not empty (or already gone): stop here
                 break
+
+    def delete_temp_files(self, prefix: str) -> int:
+        """Remove the temp files under `prefix` (a folder of keys) that writes killed before
+        their rename left behind; returns how many. Only for keys that nothing writes any
+        more (a job that has ended): a write in progress would lose its temp file and fail."""
+        top = self._path(prefix.rstrip("/"))
+        removed = 0
+        # os.walk, not rglob: a folder pruned meanwhile is skipped rather than raising.
+        for folder, _, names in os.walk(top):
+            temp = [name for name in names if name.startswith(TEMP_PREFIX)]
+            for name in temp:
+                Path(folder, name).unlink(missing_ok=True)
+            if temp:
+                removed += len(temp)
+                self._prune(Path(folder))
+        return removed
 
     def ping(self) -> None:
         if not os.access(self.root, os.W_OK):
@@ -172,6 +197,10 @@ class S3BlobStore:
 
     def delete(self, key: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_temp_files(self, prefix: str) -> int:
+        # A PUT is atomic: an interrupted one leaves no object behind.
+        return 0
 
     def ping(self) -> None:
         self._s3.head_bucket(Bucket=self.bucket)

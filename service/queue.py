@@ -16,6 +16,12 @@ PROCESS_ASSET_TASK = "flatlay.process_asset"
 DELIVER_WEBHOOK_TASK = "flatlay.deliver_webhook"
 ADD_STRUCTURE_TASK = "flatlay.add_structure"
 
+# How long a new prefork pool child may take to report alive before Celery kills it and
+# starts another: it loads the models first, which takes far more than Celery's 4 s on a busy
+# machine (a replacement child would be killed and respawned forever). Celery 5 passes this
+# setting to the pool; asynpool.PROC_ALIVE_TIMEOUT is only the fallback without an app.
+WORKER_PROC_ALIVE_TIMEOUT_S = 600.0
+
 
 def celery_config(settings: Settings) -> dict:
     conf: dict = {
@@ -31,6 +37,7 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_proc_alive_timeout": WORKER_PROC_ALIVE_TIMEOUT_S,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
         "task_serializer": "json",

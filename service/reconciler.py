@@ -7,8 +7,8 @@ killed; Redis redelivers only after its visibility timeout). So, periodically:
   it has used up its attempts;
 - a job `queued` whose last send is old is sent again. Duplicates are harmless: a worker
   takes a job only by the conditional queued → running update;
-- a finished job past the retention period loses its blobs, side outputs included (the row
-  stays, `expired_at`).
+- a finished job past the retention period loses its blobs, side outputs and temp files
+  included (the row stays, `expired_at`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from service.context import ServiceContext
-from service.outputs import job_blob_keys
+from service.outputs import delete_job_blobs, discard_leftovers
 from service.webhooks import complete_batch, job_ended
 
 log = logging.getLogger("flatlay.reconciler")
@@ -47,6 +47,9 @@ def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
         elif outcome == "failed":
             report.failed_crashed += 1
             job_ended(ctx.store, ctx.send_webhook, job_id)
+            # Failed for good: what its killed attempts wrote is no output of anything.
+            if (job := ctx.store.get(job_id)) is not None:
+                discard_leftovers(ctx.blobs, job)
     for job_id in ctx.store.stale_queued(settings.requeue_queued_after_s):
         if ctx.enqueue(job_id):
             report.resent_queued += 1
@@ -61,8 +64,7 @@ def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
         report.resent_webhooks += 1
     if settings.result_retention_s > 0:
         for job in ctx.store.expirable(settings.result_retention_s):
-            for blob in job_blob_keys(job):
-                ctx.blobs.delete(blob)
+            delete_job_blobs(ctx.blobs, job)
             ctx.store.mark_expired(job.id)
             report.expired += 1
     if report != ReconcileReport():

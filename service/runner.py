@@ -2,7 +2,9 @@
 
 The worker runs in its own session, so Ctrl-C reaches only us; we then stop the API and give
 the worker a warm shutdown (it finishes the job in hand), killing it only after a grace
-period. A worker that dies on its own is restarted.
+period. A worker that dies on its own is restarted. When we die without a word (SIGKILL, an
+out-of-memory kill), the worker dies with us (`die_with_parent`): a `flatlay serve` started
+again must not find a second worker, unsupervised, on its queue.
 """
 
 from __future__ import annotations
@@ -14,57 +16,115 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("flatlay.serve")
 
+# Set by WorkerSupervisor in its child's environment: the pid the worker must not outlive.
+PARENT_PID_ENV = "FLATLAY_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(poll_s: float = 1.0) -> None:
+    """In a worker started by `flatlay serve`: be killed when that process dies. Linux sends
+    SIGKILL at once (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent pid. With
+    the worker's pool children (Celery sets their death signal on its own), its whole
+    process group goes. A no-op when no supervisor started us."""
+    wanted = os.environ.get(PARENT_PID_ENV)
+    if not wanted:
+        return
+    parent = int(wanted)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the thread below still watches
+    # The parent may have died before the death signal was set (or there is none): the
+    # poll catches both; a dead parent's children are adopted, so getppid changes.
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.error("flatlay serve (pid %s) is gone; the worker stops with it", parent)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    if os.getppid() != parent:
+        watch()
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
 
 class WorkerSupervisor:
-    """Keeps one worker child process alive until `stop()`."""
+    """Keeps one worker child process alive until `stop()`.
+
+    Every child is started by the supervisor thread, and that thread lasts until its child
+    has exited: Linux sends a child's death signal when the *thread* that forked it ends, so
+    a child started by a shorter-lived thread would be killed before its warm shutdown."""
 
     def __init__(self, argv: list[str], env: dict[str, str], grace_s: float = 30.0) -> None:
         self.argv = argv
-        self.env = env
+        self.env = {**env, PARENT_PID_ENV: str(os.getpid())}
         self.grace_s = grace_s
         self.proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # no child starts once stop() has begun
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def start(self) -> None:
-        self._spawn()
         self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
-        log.info("worker started (pid %s)", self.proc.pid)
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+            log.info("worker started (pid %s)", self.proc.pid)
 
     def _watch(self) -> None:
+        try:
+            self._spawn()
+        except BaseException as exc:  # start() raises it
+            self._start_error = exc
+            return
+        finally:
+            self._started.set()
         backoff = 1.0
-        while not self._stopping.is_set():
+        while True:
             assert self.proc is not None
             code = self.proc.poll()
-            if code is not None and not self._stopping.is_set():
+            if self._stopping.is_set():
+                if code is not None:
+                    return  # only once the child is gone (see the class's note)
+            elif code is not None:
                 log.warning("worker exited with %s; restarting in %.0f s", code, backoff)
                 if self._stopping.wait(backoff):
                     return
                 backoff = min(backoff * 2, 30.0)
                 self._spawn()
-            elif code is None:
+                continue
+            else:
                 backoff = 1.0
-            self._stopping.wait(0.5)
+            time.sleep(0.5)
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
         proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown
-        try:
-            proc.wait(self.grace_s)
-        except subprocess.TimeoutExpired:
-            log.warning("worker did not stop within %.0f s; killing it", self.grace_s)
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+            try:
+                proc.wait(self.grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning("worker did not stop within %.0f s; killing it", self.grace_s)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
 
 class _Terminated(Exception):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.rows import (
@@ -35,6 +35,10 @@ from service.rows import (
     utcnow,
 )
 from service.store_queries import ApiKeyQueries, BatchQueries, DeliveryQueries
+
+# What a job store outage raises (the server down or restarting, a dropped connection, SQLite
+# locked past its busy timeout): a failure of the infrastructure, not of the job in hand.
+STORE_OUTAGE_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
 
 def new_job_id() -> str:

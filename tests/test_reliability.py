@@ -1,6 +1,7 @@
 """No lost jobs, with real processes and real faults: a worker killed with SIGKILL in the
-middle of a job, a job that kills its worker every time, a worker asked to stop, and the
-real Redis server restarted (losing every message) while 50 jobs wait."""
+middle of a job, a job that kills its worker every time, a worker asked to stop, the real
+Redis server restarted (losing every message) while 50 jobs wait, and `flatlay serve` killed
+with SIGKILL (its worker must not live on, unsupervised)."""
 
 from __future__ import annotations
 
@@ -124,6 +125,79 @@ def test_a_worker_asked_to_stop_finishes_its_job(tmp_path: Path, photo: bytes) -
             assert worker.wait(60) == 0
             status = c.get(f"/assets/{job_id}").json()
             assert status["status"] == "succeeded" and status["attempts"] == 1, status
+    finally:
+        svc.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes under `pid` (children, grandchildren…), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its reaping is left
+
+
+def test_kill_9_of_serve_takes_its_worker_along(tmp_path: Path) -> None:
+    port = free_port()
+    env = fault_env(tmp_path / "data", FLATLAY_PRELOAD_PIPELINES="cutout")
+    svc = ServiceProcesses.start([["serve", "--port", str(port)]], env=env, port=port,
+                                 log_dir=tmp_path)
+    serve = svc.procs[0]
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while len(workers := _descendants(serve.pid)) < 2:  # the worker and its pool child
+            assert time.monotonic() < deadline, (workers, svc.log_text())
+            time.sleep(0.2)
+        os.kill(serve.pid, signal.SIGKILL)
+        serve.wait()
+        deadline = time.monotonic() + 5
+        while (alive := [p for p in workers if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert alive == [], svc.log_text()
+    finally:
+        for pid in workers:  # what this test started, should it have outlived serve
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        svc.stop()
+
+
+def test_serve_asked_to_stop_lets_its_worker_finish_the_job(tmp_path: Path,
+                                                             photo: bytes) -> None:
+    # The worker's death signal must not fire on a stop that is asked for: it waits for the
+    # warm shutdown (the job in hand ends `succeeded`).
+    port = free_port()
+    env = fault_env(tmp_path / "data", FLATLAY_PRELOAD_PIPELINES="cutout,test-slow",
+                    **{SLOW_SECONDS_ENV: "3"})
+    svc = ServiceProcesses.start([["serve", "--port", str(port)]], env=env, port=port,
+                                 log_dir=tmp_path)
+    try:
+        with svc.client() as c:
+            job_id = submit(c, photo, "test-slow")
+            wait_running(c, job_id)
+        svc.procs[0].send_signal(signal.SIGTERM)
+        assert svc.procs[0].wait(60) == 0, svc.log_text()
+        store = JobStore(f"sqlite:///{tmp_path / 'data' / 'jobs.sqlite3'}")
+        job = store.get(job_id)
+        store.dispose()
+        assert job.status == "succeeded" and job.attempts == 1, (job, svc.log_text())
     finally:
         svc.stop()
 

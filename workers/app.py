@@ -11,7 +11,6 @@ import os
 import socket
 
 from celery import Task
-from celery.concurrency import asynpool
 from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 
 from service.logs import TASK_REQUEST_ID_HEADER, configure_logging, log_context
@@ -28,9 +27,6 @@ from service.webhooks import attempt_delivery
 from workers.jobs import Heartbeat, WorkerContext, run_job
 
 log = logging.getLogger("flatlay.worker")
-
-# Loading models takes longer than the 4 s Celery allows a child to start by default.
-asynpool.PROC_ALIVE_TIMEOUT = 600.0
 
 settings = get_settings()
 app = make_celery(settings)

@@ -5,7 +5,11 @@ and its result is recorded only while it is still `running` (a canceled job's re
 dropped). A job canceled while running stops at its next stage boundary: each stage's
 progress update is conditional on the job still being this worker's running job, and its
 refusal raises JobCanceled. Errors end the job `failed` with a code, never kill the worker;
-an attempt the blob store failed (StorageError) is sent again until `max_attempts`.
+an attempt the blob store failed (StorageError) is sent again until `max_attempts`. An outage
+of the job store itself (a PostgreSQL restart) is no fault of the job either: the worker
+waits for the store, then records what it was about to record, or, when the outage broke
+off the attempt, puts the job back in the queue. Once a job has ended, what its other
+attempts left in the blob store is deleted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -29,10 +34,10 @@ from service.blobs import BlobStore, StorageError, make_blob_store
 from service.context import register_extra_pipelines
 from service.fetch import fetch_image
 from service.metrics import JOBS_PROCESSED, MODEL_LOAD_SECONDS, STAGE_SECONDS
-from service.outputs import input_meta, result_key, side_output_key
+from service.outputs import discard_leftovers, input_meta, result_key, side_output_key
 from service.rows import JobView
 from service.settings import Settings
-from service.store import JobStore
+from service.store import STORE_OUTAGE_ERRORS, JobStore
 from service.webhooks import SendFn, job_ended
 from workers.flatten import FlatLayOutput, flatten_photo
 
@@ -40,6 +45,21 @@ log = logging.getLogger("flatlay.worker")
 
 # Sends job `job_id` to the workers again after `countdown` seconds (raises on broker errors).
 SendJobFn = Callable[[str, float], None]
+
+T = TypeVar("T")
+
+# Waiting out a job store outage: the first pause between pings, doubling up to the longest.
+STORE_WAIT_FIRST_S = 0.5
+STORE_WAIT_MAX_S = 5.0
+
+# Outcomes after which the job has not ended: no event, no batch completion.
+NOT_ENDED = frozenset({"retried", "abandoned"})
+
+
+class StoreStayedDown(Exception):
+    """The job store did not come back while the worker waited (the task's soft time limit):
+    the job is left as the store last recorded it, to the reconciler (a `running` job is
+    released once stale, a `queued` one sent again)."""
 
 
 class JobCanceled(Exception):
@@ -95,10 +115,20 @@ class WorkerContext:
     def close(self) -> None:
         self.store.dispose()
 
+    def beat(self) -> None:
+        """Record in the job store that this worker is alive, with the job in hand."""
+        self.store.heartbeat(self.name, hostname=socket.gethostname(), pid=self.pid,
+                             pipelines=sorted(self.loaded), current_job=self.current_job)
+
 
 def run_job(ctx: WorkerContext, job_id: str) -> str:
-    """Process job `job_id`; returns the job's final status (or 'skipped')."""
-    job = ctx.store.claim(job_id, ctx.name)
+    """Process job `job_id`; returns the job's final status (or 'skipped', or 'retried' and
+    'abandoned' when it has not ended)."""
+    try:
+        job = _claim(ctx, job_id)
+    except StoreStayedDown as exc:
+        log.error("job %s not taken: %s", job_id, exc)
+        return "abandoned"
     if job is None:
         log.info("job %s is not queued (duplicate delivery or canceled); skipped", job_id)
         seen = ctx.store.get(job_id)
@@ -110,13 +140,69 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         outcome = _run_claimed(ctx, job, timings)
     finally:
         ctx.current_job = None
-    if outcome != "retried":  # a job sent again has not ended
+    if outcome not in NOT_ENDED:
         job_ended(ctx.store, ctx.send_webhook, job_id)
     for stage, seconds in timings.items():
         STAGE_SECONDS.labels(job.pipeline, stage).observe(seconds)
     JOBS_PROCESSED.labels(job.pipeline, outcome).inc()
     log.info("job %s", outcome, extra={"pipeline": job.pipeline, "timings": timings})
     return outcome
+
+
+def _claim(ctx: WorkerContext, job_id: str) -> JobView | None:
+    """queued → running for this worker (None: not there to take), through a job store
+    outage: once the store answers again, claim again; an outage that hid the first claim's
+    commit leaves the job this worker's and not started, which is taken as claimed."""
+    try:
+        return ctx.store.claim(job_id, ctx.name)
+    except STORE_OUTAGE_ERRORS as exc:
+        log.warning("job %s: the job store failed the claim (%s); waiting for it", job_id, exc)
+        _wait_for_store(ctx)
+    job = _persist(ctx, lambda: ctx.store.claim(job_id, ctx.name))
+    if job is None:
+        seen = _persist(ctx, lambda: ctx.store.get(job_id))
+        if (seen is not None and seen.status == "running" and seen.worker == ctx.name
+                and seen.stage == "starting"):
+            return seen
+    return job
+
+
+def _wait_for_store(ctx: WorkerContext) -> None:
+    """Ping the job store until it answers, pausing 0.5 s doubling up to 5 s; then record a
+    heartbeat at once, or the reconciler could take the worker's silence during the outage
+    for a dead worker and release its job. StoreStayedDown after the task's soft time limit
+    (it would end the wait anyway, where the pool enforces it)."""
+    deadline = time.monotonic() + ctx.settings.task_soft_time_limit_s
+    pause = STORE_WAIT_FIRST_S
+    try:
+        while True:
+            time.sleep(pause)
+            try:
+                ctx.store.ping()
+                break
+            except STORE_OUTAGE_ERRORS as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreStayedDown(f"the job store stayed down: {exc}") from None
+            pause = min(pause * 2, STORE_WAIT_MAX_S)
+    except SoftTimeLimitExceeded:
+        raise StoreStayedDown("the task ran out of time waiting for the job store") from None
+    log.info("the job store answers again")
+    try:
+        ctx.beat()
+    except Exception as exc:  # best effort, as the heartbeat thread's own beats
+        log.warning("heartbeat failed: %s", exc)
+
+
+def _persist(ctx: WorkerContext, call: Callable[[], T]) -> T:
+    """A job store call that outlives an outage: wait for the store, then call again. Safe
+    to repeat: every transition is a conditional update, so repeating one whose commit the
+    outage hid changes nothing (it answers False)."""
+    while True:
+        try:
+            return call()
+        except STORE_OUTAGE_ERRORS as exc:
+            log.warning("the job store failed (%s); waiting for it", exc)
+            _wait_for_store(ctx)
 
 
 def _input_of(ctx: WorkerContext, job: JobView, timings: dict[str, float],
@@ -167,6 +253,14 @@ def _delete_blobs(ctx: WorkerContext, keys: list[str]) -> None:
 
 
 def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) -> str:
+    try:
+        return _attempt(ctx, job, timings)
+    except StoreStayedDown as exc:
+        log.error("job %s: %s; left to the reconciler", job.id, exc)
+        return "abandoned"
+
+
+def _attempt(ctx: WorkerContext, job: JobView, timings: dict[str, float]) -> str:
     job_id, me = job.id, ctx.name
 
     def progress(stage: str, percent: int) -> None:
@@ -186,42 +280,84 @@ def _run_claimed(ctx: WorkerContext, job: JobView, timings: dict[str, float]) ->
         # never deletes the outputs of the attempt that replaced it.
         result_blob, side_blobs = _store_outputs(ctx, job, out)
     except JobCanceled as stop:
-        if ctx.store.record_stop(job_id, stage=stop.stage, percent=stop.percent,
-                                 timings=timings, worker=me):
-            log.info("job %s canceled; stopped before %s", job_id, stop.stage)
+        stage, percent = stop.stage, stop.percent
+        if _persist(ctx, lambda: ctx.store.record_stop(
+                job_id, stage=stage, percent=percent, timings=timings, worker=me)):
+            log.info("job %s canceled; stopped before %s", job_id, stage)
             return "canceled"
-        log.info("job %s taken away (deleted or released); stopped before %s", job_id,
-                 stop.stage)
+        log.info("job %s taken away (deleted or released); stopped before %s", job_id, stage)
         return "dropped"
     except TypedError as exc:  # ingest, pipeline and fetch failures alike
-        ctx.store.fail(job_id, code=exc.code, message=exc.message, timings=timings, worker=me)
-        return "failed"
+        return _fail(ctx, job, code=exc.code, message=exc.message, timings=timings)
     except StorageError as exc:
         return _storage_failed(ctx, job, exc, timings)
     except SoftTimeLimitExceeded:
-        ctx.store.fail(
-            job_id,
-            code="timeout",
-            message=f"the job ran past {ctx.settings.task_soft_time_limit_s} s",
-            timings=timings,
-            worker=me,
-        )
-        return "failed"
+        return _fail(ctx, job, code="timeout",
+                     message=f"the job ran past {ctx.settings.task_soft_time_limit_s} s",
+                     timings=timings)
+    except STORE_OUTAGE_ERRORS as exc:
+        # The job store failed mid-attempt (a progress update, a fetched input's record):
+        # no fault of the job, and nothing to finish. Once the store answers, the attempt
+        # goes back to the queue.
+        log.warning("job %s: the job store failed (%s); waiting for it", job_id, exc)
+        _wait_for_store(ctx)
+        message = (f"attempt {job.attempts}: the job store was unreachable "
+                   f"({type(exc).__name__}); retrying")
+        return "retried" if _requeue(ctx, job, code="service_unavailable", message=message,
+                                     delay=0.0) else "dropped"
     except Exception as exc:
         log.error("job %s crashed: %s", job_id, traceback.format_exc())
-        ctx.store.fail(
-            job_id, code="internal_error", message=f"{type(exc).__name__}: {exc}",
-            timings=timings, worker=me,
-        )
-        return "failed"
+        return _fail(ctx, job, code="internal_error", message=f"{type(exc).__name__}: {exc}",
+                     timings=timings)
+    return _record_success(ctx, job, out, result_blob, side_blobs, timings)
 
-    if ctx.store.succeed(job_id, result_blob=result_blob, content_type=out.content_type,
-                         timings=timings, worker=me, side_outputs=side_blobs,
-                         compliance=out.compliance, attributes=out.attributes):
+
+def _record_success(ctx: WorkerContext, job: JobView, out: FlatLayOutput, result_blob: str,
+                    side_blobs: dict[str, str], timings: dict[str, float]) -> str:
+    """running → succeeded with the stored outputs. Through a job store outage the outputs
+    stay and are recorded once the store answers (the work is done); when the outage hid
+    the commit, the job already names this result. The job's other attempts' leftovers go."""
+
+    def succeed() -> bool:
+        return ctx.store.succeed(job.id, result_blob=result_blob, content_type=out.content_type,
+                                 timings=timings, worker=ctx.name, side_outputs=side_blobs,
+                                 compliance=out.compliance, attributes=out.attributes)
+
+    def names_this_result() -> bool:
+        seen = ctx.store.get(job.id)
+        return seen is not None and seen.status == "succeeded" and \
+            seen.result_blob == result_blob
+
+    if _persist(ctx, succeed) or _persist(ctx, names_this_result):
+        discard_leftovers(ctx.blobs, job, keep=job.attempts)
         return "succeeded"
     # Canceled, deleted or otherwise taken away while running: keep nothing.
     _delete_blobs(ctx, [result_blob, *side_blobs.values()])
     return "dropped"
+
+
+def _fail(ctx: WorkerContext, job: JobView, *, code: str, message: str,
+          timings: dict[str, float]) -> str:
+    """running → failed for good (if the job is still this worker's): what the job's other
+    attempts left goes."""
+    if _persist(ctx, lambda: ctx.store.fail(job.id, code=code, message=message,
+                                            timings=timings, worker=ctx.name)):
+        discard_leftovers(ctx.blobs, job)
+    return "failed"
+
+
+def _requeue(ctx: WorkerContext, job: JobView, *, code: str, message: str,
+             delay: float) -> bool:
+    """running → queued after an attempt failed for a reason outside the job, sent again
+    after `delay` s; False when the job is no longer this worker's (canceled, taken away)."""
+    if not _persist(ctx, lambda: ctx.store.retry_later(job.id, code=code, message=message,
+                                                       worker=ctx.name)):
+        return False
+    try:
+        ctx.send_job(job.id, delay)
+    except Exception as send_exc:  # the job is queued: the reconciler sends it
+        log.warning("could not send job %s again: %s", job.id, send_exc)
+    return True
 
 
 def _storage_failed(ctx: WorkerContext, job: JobView, exc: StorageError,
@@ -234,17 +370,12 @@ def _storage_failed(ctx: WorkerContext, job: JobView, exc: StorageError,
         delay = min(s.storage_retry_s * 2 ** (job.attempts - 1), 60.0)
         message = (f"attempt {job.attempts} of {s.max_attempts}: {exc}; "
                    f"retrying in {delay:g} s")
-        if ctx.store.retry_later(job.id, code=exc.code, message=message, worker=ctx.name):
+        if _requeue(ctx, job, code=exc.code, message=message, delay=delay):
             log.warning("job %s: blob store failed (%s); retrying in %g s", job.id, exc, delay)
-            try:
-                ctx.send_job(job.id, delay)
-            except Exception as send_exc:  # the job is queued: the reconciler sends it
-                log.warning("could not send job %s again: %s", job.id, send_exc)
             return "retried"
         return "dropped"  # canceled or taken away meanwhile
-    ctx.store.fail(job.id, code=exc.code, timings=timings, worker=ctx.name,
-                   message=f"the blob store failed {job.attempts} attempts; last: {exc}")
-    return "failed"
+    return _fail(ctx, job, code=exc.code, timings=timings,
+                 message=f"the blob store failed {job.attempts} attempts; last: {exc}")
 
 
 class Heartbeat:
@@ -258,10 +389,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def beat(self) -> None:
-        self.ctx.store.heartbeat(
-            self.ctx.name, hostname=socket.gethostname(), pid=self.ctx.pid,
-            pipelines=sorted(self.ctx.loaded), current_job=self.ctx.current_job,
-        )
+        self.ctx.beat()
 
     def start(self) -> None:
         # Records of workers killed long ago would only grow the table.

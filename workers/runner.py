@@ -28,6 +28,10 @@ def worker_argv(concurrency: int, queues: str, pool: str, loglevel: str, embedde
 def run_worker(data_dir: Path | None, concurrency: int = 1, queues: str | None = None) -> int:
     if concurrency < 1:
         raise WorkerStartError(f"--concurrency must be at least 1, got {concurrency}")
+    from service.runner import die_with_parent
+
+    # Under `flatlay serve`: never outlive it (a restarted serve would find us unsupervised).
+    die_with_parent()
     if data_dir is not None:
         # workers.app reads its settings at import: set the environment first.
         os.environ["FLATLAY_DATA_DIR"] = str(Path(data_dir).resolve())
