@@ -50,9 +50,10 @@ class RAGDiffusionPipeline:
     ALIGNED = True
     # The defaults of the call options `detail` and `silhouette` (bench/tune_ragdiffusion.py
     # measures them on the validation split; docs/generator.md has the table). Half the high
-    # band: no detail scores best, but washes out stripes and prints a person sees at once.
+    # band, only on prints: no detail scores about as well but washes out the stripes and
+    # prints a person sees at once, and the band everywhere brings back the photo's creases.
     DETAIL = 0.5
-    DETAIL_WHERE = "known"
+    DETAIL_WHERE = "printed"
     SILHOUETTE = "structure"
 
     def __init__(self) -> None:
