@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class CLIError(Exception):
@@ -84,88 +85,58 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_migrate)
 
 
-def _cmd_train_structurenet(args: argparse.Namespace) -> int:
-    from models.train.structurenet import TrainConfig, train
-
-    name = args.config if args.config.startswith("structurenet-") else f"structurenet-{args.config}"
-    from models.structurenet import CONFIG_DIR, model_config
-
-    if not (CONFIG_DIR / f"{name}.json").is_file():
-        known = ", ".join(p.stem.removeprefix("structurenet-")
-                          for p in sorted(CONFIG_DIR.glob("structurenet-*.json")))
-        raise CLIError(f"unknown config {args.config!r}; available: {known}")
-    overrides = {k: v for k, v in {
-        "steps": args.steps, "n_train": args.n_train, "device": args.device,
-    }.items() if v is not None}
-    for key in ("steps", "n_train"):
-        if key in overrides and overrides[key] < 1:
-            raise CLIError(f"--{key.replace('_', '-')} must be at least 1")
-    cfg = TrainConfig(
-        config=name,
-        out=str(args.out or f"models/weights/{name}"),
-        run_dir=str(args.run_dir or f"runs/{name}"),
-        # The model config's own training defaults (`train`), then the command line's.
-        **{**model_config(name).get("train", {}), **overrides},
-    )
-    metrics = train(cfg)
-    print(f"saved {cfg.out}: {metrics}")
-    return 0
+# `flatlay train MODEL` → the config family it reads (vae and generator share one config).
+TRAIN_FAMILY = {"parser": "parser", "structurenet": "structurenet", "vae": "generator",
+                "generator": "generator"}
 
 
-def _cmd_train_parser(args: argparse.Namespace) -> int:
-    from models.train.parser import ParserTrainConfig, train_parser
-
-    overrides = {k: v for k, v in {
-        "steps": args.steps, "n_train": args.n_train, "device": args.device,
-        "out": str(args.out) if args.out else None,
-        "run_dir": str(args.run_dir) if args.run_dir else None,
-    }.items() if v is not None}
-    for key in ("steps", "n_train"):
-        if key in overrides and overrides[key] < 1:
-            raise CLIError(f"--{key.replace('_', '-')} must be at least 1")
-    cfg = ParserTrainConfig(**overrides)
-    metrics = train_parser(cfg)
-    print(f"saved {cfg.out}: {metrics}")
-    return 0
-
-
-def _cmd_train_stage6(args: argparse.Namespace) -> int:
-    """`flatlay train vae|generator`: the latent space, then the denoiser on it."""
+def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings, one way for every model: the named config's training file
+    (`models/configs/train/`), then what the command line gives, checked once here."""
     import torch
 
-    from models.train.generator import (
-        GeneratorTrainConfig,
-        generator_config,
-        train_generator,
-        train_vae,
-    )
+    from models.config import config_id, train_config
 
+    family = TRAIN_FAMILY[args.model]
     try:
-        model = generator_config(args.config)
+        name = config_id(family, args.config)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    given = {k: getattr(args, k, None) for k in
+             ("steps", "n_train", "minutes", "device", "out", "run_dir", "vae_out")}
     for key in ("steps", "n_train"):
-        value = getattr(args, key)
-        if value is not None and value < 1:
+        if given[key] is not None and given[key] < 1:
             raise CLIError(f"--{key.replace('_', '-')} must be at least 1")
-    minutes = getattr(args, "minutes", None)
-    if minutes is not None and not minutes > 0:
+    if given["minutes"] is not None and not given["minutes"] > 0:
         raise CLIError("--minutes must be above 0")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = given["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {device}: no CUDA device on this machine")
-    defaults = GeneratorTrainConfig()
-    cfg = GeneratorTrainConfig(
-        config=args.config, model=model, steps=args.steps, minutes=minutes,
-        n_train=args.n_train, device=device,
-        run_dir=str(args.run_dir or f"runs/generator-{args.config}"),
-        vae_out=str(args.vae_out or (defaults.vae_out if args.config == "tiny"
-                                     else f"models/weights/vae-{args.config}")),
-        out=str(args.out or (defaults.out if args.config == "tiny"
-                             else f"models/weights/generator-{args.config}")),
-    )
+    given["device"] = device
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()
+                 if v is not None}
+    if family == "generator":  # its training file is nested (vae, generator, pairs)
+        return {"config": name, **overrides}
+    return {"config": name, **train_config(family, name), **overrides}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    settings = _train_settings(args)
+    if args.model == "structurenet":
+        from models.train.structurenet import TrainConfig, train
+
+        cfg, out = TrainConfig(**settings), train
+    elif args.model == "parser":
+        from models.train.parser import ParserTrainConfig, train_parser
+
+        cfg, out = ParserTrainConfig(**settings), train_parser
+    else:
+        from models.train.generator import GeneratorTrainConfig, train_generator, train_vae
+
+        cfg = GeneratorTrainConfig(**settings)
+        out = train_vae if args.model == "vae" else train_generator
     try:
-        metrics = (train_vae if args.model == "vae" else train_generator)(cfg)
+        metrics = out(cfg)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     print(f"saved {cfg.vae_out if args.model == 'vae' else cfg.out}: {metrics}")
@@ -343,37 +314,33 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model on the garment world")
     tsub = train.add_subparsers(dest="model", metavar="MODEL")
     tsub.required = True
-    p = tsub.add_parser("structurenet", help="the dual-tower retrieval model")
-    p.add_argument("--config", default="tiny", help="tiny (CPU) or base (GPU)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps")
-    p.add_argument("--n-train", type=int, default=None, help="training seeds to render")
-    p.add_argument("--out", type=Path, default=None, help="weights folder")
-    p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    p.set_defaults(func=_cmd_train_structurenet)
-    p = tsub.add_parser("parser", help="the garment parser (mask, category, landmarks)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps")
-    p.add_argument("--n-train", type=int, default=None, help="training seeds to render")
-    p.add_argument("--out", type=Path, default=None, help="weights folder")
-    p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    p.set_defaults(func=_cmd_train_parser)
-    for name, what in (("vae", "the latent space: AutoencoderKL and its photo-aligned decoder"),
-                       ("generator", "the diffusion pass's denoiser (after `train vae`)")):
+    from models.config import config_names
+
+    for name, what in (
+            ("parser", "the garment parser (mask, category, landmarks)"),
+            ("structurenet", "the dual-tower retrieval model"),
+            ("vae", "the latent space: AutoencoderKL and its photo-aligned decoder"),
+            ("generator", "the diffusion pass's denoiser (after `train vae`)")):
         p = tsub.add_parser(name, help=what)
-        p.add_argument("--config", default="tiny", help="tiny (CPU, default) or base (GPU)")
+        configs = config_names(TRAIN_FAMILY[name])
+        p.add_argument("--config", default="tiny",
+                       help=f"models/configs/{TRAIN_FAMILY[name]}-NAME.json: "
+                       f"{', '.join(configs)} (default tiny, for the CPU)")
         p.add_argument("--steps", type=int, default=None, help="optimiser steps")
         if name == "generator":
             p.add_argument("--minutes", type=float, default=None,
                            help="train for this wall-clock budget instead of --steps (the "
                            "learning-rate schedule spans it); validates and exports on the way")
         p.add_argument("--n-train", type=int, default=None,
-                       help="training pairs made through stages 1–5")
-        p.add_argument("--vae-out", type=Path, default=None, help="latent-space weights folder")
-        p.add_argument("--out", type=Path, default=None, help="generator weights folder")
-        p.add_argument("--run-dir", type=Path, default=None, help="pairs and checkpoints")
+                       help="training pairs made through stages 1–5" if name in ("vae", "generator")
+                       else "training seeds to render")
+        if name in ("vae", "generator"):
+            p.add_argument("--vae-out", type=Path, default=None,
+                           help="latent-space weights folder")
+        p.add_argument("--out", type=Path, default=None, help="weights folder")
+        p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-        p.set_defaults(func=_cmd_train_stage6)
+        p.set_defaults(func=_cmd_train)
 
     bank = sub.add_parser("bank", help="the structure bank")
     bsub = bank.add_subparsers(dest="action", metavar="ACTION")

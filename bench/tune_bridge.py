@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import write_variants  # noqa: E402
+from models.config import model_config, train_config  # noqa: E402
 from models.generator.sampling import FlatLayGenerator  # noqa: E402
 from models.train.generator import (  # noqa: E402
     _on_white,
     _val_conditions,
-    generator_config,
     image_scores,
 )
 from models.train.generator_pairs import cache_pairs  # noqa: E402
@@ -48,8 +48,7 @@ def main() -> None:
     noises = [float(s) for s in args.noise.split(",")]
     if args.n < 1 or any(s < 1 for s in steps) or any(x < 0 for x in noises):
         ap.error("--n and --steps must be ≥ 1, --noise ≥ 0")
-    m = generator_config("tiny")
-    p = m["pairs"]
+    m, p = model_config("generator", "tiny"), train_config("generator", "tiny")["pairs"]
     val = cache_pairs(args.run_dir, "val", max(args.n, p["n_val"]), p["photo_size"],
                       m["resolution"], m["unet"]["sample_size"])
     gen = FlatLayGenerator.from_pretrained()

@@ -26,6 +26,7 @@ from skimage.color import rgb2lab
 from skimage.filters import threshold_otsu
 from torch import nn
 
+from models.config import model_config
 from models.garments import CATEGORIES, flip_permutation, num_landmarks
 
 # The mask is found at this long side; the alpha is upsampled to the photo's full size.
@@ -143,7 +144,7 @@ class ParserNet(nn.Module):
     """(B, 3, 128, 128) normalised photos → mask logits (B, 1, 64, 64), category logits
     (B, C), heatmap logits (B, ΣL, 32, 32), visibility logits (B, ΣL)."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int) -> None:
         super().__init__()
         w = width
         self.enc1 = _block(3, w, 2)  # 64²
@@ -160,6 +161,13 @@ class ParserNet(nn.Module):
         self.category_head = nn.Linear(8 * w, len(CATEGORIES))
         self.visibility_head = nn.Linear(8 * w + 4 * w, n_lm)
         self.width = width
+
+    @classmethod
+    def from_config(cls, config: str | dict[str, Any]) -> ParserNet:
+        """A fresh net from a named architecture (`models/configs/parser-NAME.json`) or its
+        dict."""
+        cfg = model_config("parser", config) if isinstance(config, str) else config
+        return cls(width=int(cfg["width"]))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         e1 = self.enc1(x)

@@ -26,7 +26,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+from models import config
+from models.config import config_id, config_names
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "structurenet-tiny"
 
@@ -40,10 +42,9 @@ def register_configs() -> list[str]:
 
     open_clip's own scanner only takes image–text configs, so ours go in directly.
     """
-    names = []
-    for path in sorted(CONFIG_DIR.glob("structurenet-*.json")):
-        open_clip.factory._MODEL_CONFIGS[path.stem] = json.loads(path.read_text())
-        names.append(path.stem)
+    names = [config_id("structurenet", n) for n in config_names("structurenet")]
+    for name in names:
+        open_clip.factory._MODEL_CONFIGS[name] = config.model_config("structurenet", name)
     return names
 
 
@@ -51,11 +52,8 @@ register_configs()
 
 
 def model_config(name: str) -> dict[str, Any]:
-    cfg = open_clip.get_model_config(name)
-    if cfg is None or "photo_cfg" not in cfg:
-        available = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("structurenet-*.json")))
-        raise ValueError(f"unknown StructureNet config {name!r}; available: {available}")
-    return cfg
+    """The architecture `NAME` or `structurenet-NAME`, from open_clip's registry."""
+    return open_clip.get_model_config(config_id("structurenet", name))
 
 
 class StructureNet(nn.Module):
@@ -83,7 +81,7 @@ class StructureNet(nn.Module):
 
     @classmethod
     def from_config(cls, name: str) -> StructureNet:
-        return cls(model_config(name), name=name)
+        return cls(model_config(name), name=config_id("structurenet", name))
 
     def encode_photo(self, photos: torch.Tensor) -> torch.Tensor:
         """(B, 3, P, P) normalised photos → (B, D) unit vectors."""

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from cli import main
+from models.config import model_config, train_config
 from models.garments import generate, num_landmarks
 from models.generator.autoencoder import (
     DecoderAdapter,
@@ -32,7 +33,6 @@ from models.pipeline import (
     pipeline_names,
     side_output_files,
 )
-from models.train.generator import generator_config
 
 SEED = 1_000_003  # validation split
 
@@ -46,7 +46,7 @@ def _iou(alpha: np.ndarray, truth: np.ndarray) -> float:
 
 def test_an_untrained_adapter_leaves_the_decoder_as_it_was() -> None:
     torch.manual_seed(0)
-    vae = build_vae(generator_config("tiny")["vae"]).eval()
+    vae = build_vae(model_config("generator", "tiny")["vae"]).eval()
     adapter = DecoderAdapter(targets=decoder_targets(vae))
     images = torch.rand(2, 4, 64, 64) * 2 - 1
     with torch.no_grad():
@@ -184,12 +184,12 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     """Both training commands end to end at toy size, through the real stages 1–5."""
     from models.train.generator import GeneratorTrainConfig, train_generator, train_vae
 
-    model = generator_config("tiny")
-    model["pairs"].update(n_train=6, n_val=3)
-    model["train_vae"].update(steps=2, adapter_steps=1, batch=2)
-    model["train_generator"].update(steps=2, batch=2, pixel_batch=1, eval_minutes=0)
+    settings = train_config("generator", "tiny")
+    settings["pairs"].update(n_train=6, n_val=3)
+    settings["vae"].update(steps=2, adapter_steps=1, batch=2)
+    settings["generator"].update(steps=2, batch=2, pixel_batch=1, eval_minutes=0)
     cfg = GeneratorTrainConfig(run_dir=str(tmp_path / "run"), vae_out=str(tmp_path / "vae"),
-                               out=str(tmp_path / "gen"), model=model, workers=1,
+                               out=str(tmp_path / "gen"), train=settings, workers=1,
                                eval_every=2, ckpt_every=1)
     train_vae(cfg)
     assert (tmp_path / "run" / "vae" / "checkpoint.pt").is_file()
@@ -199,19 +199,23 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     train_generator(cfg)
     # A longer run resumes at the step it reached.
     cfg.steps = 3
-    model["train_generator"]["steps"] = 3
+    settings["generator"]["steps"] = 3
     train_generator(cfg)
     state = torch.load(tmp_path / "run" / "generator" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3
     assert "flatlay train generator --config tiny" in (tmp_path / "gen" / "MODEL_CARD.md"
                                                        ).read_text()
     gen = FlatLayGenerator.from_pretrained(tmp_path / "vae", tmp_path / "gen")
-    assert gen.resolution == model["resolution"]
+    assert gen.resolution == cfg.model["resolution"]
+    # The card cites the config files, not this machine's paths.
+    record = json.loads((tmp_path / "gen" / "generator.json").read_text())["training"]
+    assert record["model_config"] == "models/configs/generator-tiny.json"
+    assert record["train_config"] == "models/configs/train/generator-tiny.json"
 
 
 # --- The bridge ------------------------------------------------------------------------------
 
-TINY_UNET = {**generator_config("tiny")["unet"], "block_out_channels": [16, 32, 32],
+TINY_UNET = {**model_config("generator", "tiny")["unet"], "block_out_channels": [16, 32, 32],
              "attention_head_dim": 8, "norm_num_groups": 8, "cross_attention_dim": 32,
              "sample_size": 8}
 TINY_COND = {"embed_dim": 16, "token_dim": 32, "soft_tokens": 2, "reference_size": 16,
@@ -307,7 +311,7 @@ def test_a_few_training_steps_lower_the_bridge_loss_on_a_fixed_batch() -> None:
 
 
 def test_the_generator_round_trips_through_its_folders(tmp_path: Path) -> None:
-    vae = build_vae({**generator_config("tiny")["vae"], "block_out_channels": [8, 16, 16],
+    vae = build_vae({**model_config("generator", "tiny")["vae"], "block_out_channels": [8, 16, 16],
                      "norm_num_groups": 8, "sample_size": 32}).eval()
     unet = build_denoiser(TINY_UNET).eval()
     torch.nn.init.normal_(unet.conv_out.weight, std=0.05)

@@ -106,8 +106,8 @@ def test_parse_is_mirror_equivariant(parser: GarmentParser) -> None:
 def test_training_writes_weights_card_and_resumes(tmp_path: Path) -> None:
     from models.train.parser import ParserTrainConfig, train_parser
 
-    cfg = ParserTrainConfig(out=str(tmp_path / "w"), run_dir=str(tmp_path / "run"), width=8,
-                            n_train=16, n_val=8, steps=3, batch=4, eval_every=3,
+    cfg = ParserTrainConfig(out=str(tmp_path / "w"), run_dir=str(tmp_path / "run"),
+                            model={"width": 8}, n_train=16, n_val=8, steps=3, batch=4, eval_every=3,
                             ckpt_every=1, workers=1, device="cpu")
     metrics = train_parser(cfg)
     assert set(metrics) >= {"mask_iou", "category_accuracy", "landmark_nme"}

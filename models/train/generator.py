@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from models.config import config_id, config_path, model_config, train_config
 from models.garments import SPLITS
 from models.generator.autoencoder import (
     DecoderAdapter,
@@ -37,8 +38,6 @@ from models.generator.bridge import BridgeSchedule
 from models.generator.conditioning import Conditioner, crop_tensor, images_to_tensor
 from models.generator.denoiser import build_denoiser
 from models.generator.sampling import (
-    GENERATOR_WEIGHTS,
-    VAE_WEIGHTS,
     DenoiserInputs,
     FlatLayGenerator,
     blank_pattern,
@@ -48,24 +47,17 @@ from models.generator.sampling import (
 from models.train.common import cosine_lr, load_checkpoint, record_eval, save_checkpoint
 from models.train.generator_pairs import cache_pairs
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def generator_config(name: str) -> dict:
-    """The named generator config (`models/configs/generator-NAME.json`)."""
-    path = CONFIG_DIR / f"generator-{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem.removeprefix("generator-") for p in CONFIG_DIR.glob("generator-*"))
-        raise ValueError(f"unknown generator config {name!r}; available: {', '.join(known)}")
-    return json.loads(path.read_text())
-
 
 @dataclass
 class GeneratorTrainConfig:
+    """One `flatlay train vae|generator` run. `model` (architecture) and `train` (training
+    settings: `vae`, `generator`, `pairs`) default to the named config's files; paths are
+    relative to the working directory, as the command line gives them."""
+
     config: str = "tiny"
-    run_dir: str = "runs/generator-tiny"
-    vae_out: str = str(VAE_WEIGHTS)
-    out: str = str(GENERATOR_WEIGHTS)
+    run_dir: str = ""
+    vae_out: str = ""
+    out: str = ""
     steps: int | None = None
     minutes: float | None = None
     n_train: int | None = None
@@ -75,11 +67,19 @@ class GeneratorTrainConfig:
     ckpt_every: int = 100
     eval_every: int = 550
     model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config = config_id("generator", self.config).removeprefix("generator-")
+        self.model = self.model or model_config("generator", self.config)
+        self.train = self.train or train_config("generator", self.config)
+        self.run_dir = self.run_dir or f"runs/generator-{self.config}"
+        self.vae_out = self.vae_out or f"models/weights/vae-{self.config}"
+        self.out = self.out or f"models/weights/generator-{self.config}"
 
 
 def _pairs(cfg: GeneratorTrainConfig) -> tuple[dict, dict]:
-    m = cfg.model
-    p = m["pairs"]
+    m, p = cfg.model, cfg.train["pairs"]
     latent = m["unet"]["sample_size"]
     n_train = cfg.n_train or p["n_train"]
     val = cache_pairs(Path(cfg.run_dir), "val", p["n_val"], p["photo_size"], m["resolution"],
@@ -158,7 +158,7 @@ def _vae_eval(vae, adapter, val: dict, n: int = 64) -> dict[str, float]:  # noqa
 def train_vae(cfg: GeneratorTrainConfig) -> dict:
     """The autoencoder (phase 1) then its decoder adapter (phase 2); one checkpoint for both."""
     torch.manual_seed(cfg.seed)
-    m, t = cfg.model, cfg.model["train_vae"]
+    m, t = cfg.model, cfg.train["vae"]
     run = Path(cfg.run_dir) / "vae"
     run.mkdir(parents=True, exist_ok=True)
     train, val = _pairs(cfg)
@@ -383,7 +383,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     `cfg.out` whenever they beat what is there (garment SSIM up and ΔE down, or both level
     with one better)."""
     torch.manual_seed(cfg.seed)
-    m, t = cfg.model, cfg.model["train_generator"]
+    m, t = cfg.model, cfg.train["generator"]
     run = Path(cfg.run_dir) / "generator"
     run.mkdir(parents=True, exist_ok=True)
     train, val = _pairs(cfg)
@@ -613,8 +613,9 @@ def _training_record(cfg: GeneratorTrainConfig, what: str, seconds: float, n_tra
         "command": f"flatlay train {what} --config {cfg.config}"
                    + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "")
                    + (f" --steps {cfg.steps}" if cfg.steps and not cfg.minutes else ""),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "model"},
-        "model_config": f"models/configs/generator-{cfg.config}.json",
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("model", "train")},
+        "model_config": str(config_path("generator", cfg.config)),
+        "train_config": str(config_path("generator", cfg.config, train=True)),
         "train_seeds": [start, start + n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + n_val],
         "seconds_this_run": round(seconds, 1),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from models.config import config_id, model_config
 from models.garments import CATEGORIES, SPLITS, flip_permutation, generate, num_landmarks
 from models.parser import (
     HEATMAP_SIZE,
@@ -40,9 +41,11 @@ RENDER = 256
 
 @dataclass
 class ParserTrainConfig:
-    out: str = "models/weights/parser-tiny"
-    run_dir: str = "runs/parser-tiny"
-    width: int = 16
+    config: str = "parser-tiny"
+    out: str = ""  # default models/weights/CONFIG
+    run_dir: str = ""  # default runs/CONFIG
+    # The architecture; empty: the named config's (`models/configs/parser-tiny.json`).
+    model: dict = field(default_factory=dict)
     n_train: int = 24_000
     n_val: int = 800
     steps: int = 6_000
@@ -55,6 +58,11 @@ class ParserTrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def __post_init__(self) -> None:
+        self.config = config_id("parser", self.config)
+        self.out = self.out or f"models/weights/{self.config}"
+        self.run_dir = self.run_dir or f"runs/{self.config}"
 
 
 def _one(seed: int) -> tuple:
@@ -207,7 +215,8 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     train_data = parser_data(run, "train", cfg.n_train, cfg.workers)
     val_data = parser_data(run, "val", cfg.n_val, cfg.workers)
-    net = ParserNet(cfg.width).to(cfg.device)
+    model = cfg.model or model_config("parser", cfg.config)
+    net = ParserNet.from_config(model).to(cfg.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     step, history = 0, []
@@ -243,8 +252,8 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     bar.close()
     final = history[-1] if history else evaluate(net, val_data, cfg.device)
     training = {
-        "command": "flatlay train parser",
-        "config": asdict(cfg),
+        "command": f"flatlay train parser --config {cfg.config} --steps {cfg.steps}",
+        "config": {**asdict(cfg), "model": model},
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": round(time.time() - started, 1),
@@ -263,10 +272,10 @@ def write_parser_card(folder: Path, training: dict, metrics: dict, history: list
     c = training["config"]
     text = f"""# Garment parser ({folder.name})
 
-A small encoder–decoder CNN (`models.parser.ParserNet`, width {c['width']}) on the whole photo
-letterboxed to {PARSER_INPUT}²: visible-garment mask ({MASK_SIZE}²), category, one landmark
-heatmap per (category, landmark) ({HEATMAP_SIZE}²) and landmark visibility. Trained from
-scratch on the procedural garment world only; nothing downloaded.
+A small encoder–decoder CNN (`models.parser.ParserNet`, width {c['model']['width']}) on the
+whole photo letterboxed to {PARSER_INPUT}²: visible-garment mask ({MASK_SIZE}²), category,
+one landmark heatmap per (category, landmark) ({HEATMAP_SIZE}²) and landmark visibility.
+Trained from scratch on the procedural garment world only; nothing downloaded.
 
 - Training command: `{training['command']}`
 - Data: garment-world train seeds {training['train_seeds'][0]}–{training['train_seeds'][1] - 1},

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
+from models.config import config_id
 from models.garments import CATEGORIES, SPLITS
 from models.structurenet import StructureNet, normalise_photos
 from models.train.common import cosine_lr, load_checkpoint, record_eval, save_checkpoint
@@ -34,8 +35,8 @@ WITHHELD_DEFAULT = ("skirt",)
 @dataclass
 class TrainConfig:
     config: str = "structurenet-tiny"
-    out: str = "models/weights/structurenet-tiny"
-    run_dir: str = "runs/structurenet-tiny"
+    out: str = ""  # default models/weights/CONFIG
+    run_dir: str = ""  # default runs/CONFIG
     n_train: int = 24_000
     n_val: int = 1_000
     steps: int = 5_000
@@ -49,6 +50,11 @@ class TrainConfig:
     workers: int = 2
     withhold: tuple[str, ...] = field(default_factory=lambda: WITHHELD_DEFAULT)
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def __post_init__(self) -> None:
+        self.config = config_id("structurenet", self.config)
+        self.out = self.out or f"models/weights/{self.config}"
+        self.run_dir = self.run_dir or f"runs/{self.config}"
 
 
 def _pairs(cfg: TrainConfig, model: StructureNet, split: str, n: int) -> PairArrays:
