@@ -91,6 +91,7 @@ sys.path.insert(0, str(REPO))
 
 from harness import write_variants  # noqa: E402
 
+from service.multiproc import pid_alive  # noqa: E402
 from tests.support import encode, free_port, garment_photo  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -121,20 +122,6 @@ def children_of(pid: int) -> list[int]:
         if entry.isdigit() and _ppid(int(entry)) == pid:
             found.append(int(entry))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 def killpg(pgid: int, sig: int = signal.SIGKILL) -> None:
@@ -906,7 +893,7 @@ class SoakRun:
             for pid in self.monitor.running_workers():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     pgid = os.getpgid(pid)
-                    if pgid in groups and alive(pid):
+                    if pgid in groups and pid_alive(pid):
                         return pid, pgid, groups[pgid], True
             if time.monotonic() > deadline and groups:
                 pgid = self.rng.choice(sorted(groups))
@@ -964,7 +951,7 @@ class SoakRun:
             workers = self._worker_groups()
             self.fleet.kill("serve")  # its own group: the API and the supervisor
             time.sleep(1.0)
-            survivors = [g for g in workers if alive(g)]
+            survivors = [g for g in workers if pid_alive(g)]
             if survivors:
                 self.counts["workers_outliving_serve"] += 1
             for pgid in workers:

@@ -8,6 +8,7 @@ children) writes its series as files in the group's folder, and one `/metrics` s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -16,13 +17,19 @@ from pathlib import Path
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs: it exists (ours or another user's) and is not a zombie
+    (exited, waiting for its parent to reap it; Linux /proc)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     return True
 
 
@@ -42,7 +49,7 @@ def prepare_metrics_dir(metrics_root: Path, role: str) -> Path:
     metrics_root.mkdir(parents=True, exist_ok=True)
     for old in metrics_root.glob(f"*-{host}-*"):
         pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = metrics_root / f"{role}-{host}-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)

@@ -203,7 +203,7 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     train_generator(cfg)
     state = torch.load(tmp_path / "run" / "generator" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3
-    assert "flatlay train generator --config tiny" in (tmp_path / "gen" / "MODEL_CARD.md"
+    assert "flatlay train generator --config generator-tiny" in (tmp_path / "gen" / "MODEL_CARD.md"
                                                        ).read_text()
     gen = FlatLayGenerator.from_pretrained(tmp_path / "vae", tmp_path / "gen")
     assert gen.resolution == cfg.model["resolution"]

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from service.multiproc import pid_alive
 from service.store import JobStore
 from tests.pipelines import SLOW_SECONDS_ENV, TEST_PIPELINES
 from tests.support import ServiceProcesses, encode, free_port, garment_photo, wait_for_job
@@ -146,14 +147,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; only its reaping is left
-
-
 def test_kill_9_of_serve_takes_its_worker_along(tmp_path: Path) -> None:
     port = free_port()
     env = fault_env(tmp_path / "data", FLATLAY_PRELOAD_PIPELINES="cutout")
@@ -169,12 +162,12 @@ def test_kill_9_of_serve_takes_its_worker_along(tmp_path: Path) -> None:
         os.kill(serve.pid, signal.SIGKILL)
         serve.wait()
         deadline = time.monotonic() + 5
-        while (alive := [p for p in workers if _alive(p)]) and time.monotonic() < deadline:
+        while (alive := [p for p in workers if pid_alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert alive == [], svc.log_text()
     finally:
         for pid in workers:  # what this test started, should it have outlived serve
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         svc.stop()
 

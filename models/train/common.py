@@ -7,10 +7,40 @@ import json
 import math
 import multiprocessing as mp
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tqdm import tqdm
+
+from models.config import config_id
+
+
+def default_device() -> str:
+    import torch  # lazily: the CLI checks settings without loading torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class TrainRun:
+    """What every `flatlay train` run is named by: its model family's config (`models.config`:
+    `NAME` or `FAMILY-NAME`, kept as the latter), where its weights go (default
+    models/weights/CONFIG) and its cache and checkpoints (default runs/CONFIG)."""
+
+    FAMILY: ClassVar[str] = ""
+    config: str = "tiny"
+    out: str = ""
+    run_dir: str = ""
+    seed: int = 0
+    workers: int = 2
+    ckpt_every: int = 100
+    device: str = field(default_factory=default_device)
+
+    def __post_init__(self) -> None:
+        self.config = config_id(self.FAMILY, self.config)
+        self.out = self.out or f"models/weights/{self.config}"
+        self.run_dir = self.run_dir or f"runs/{self.config}"
 
 
 def cosine_lr(step: int, lr: float, warmup: int, steps: int) -> float:

@@ -18,6 +18,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from models.config import config_id, config_path, model_config, train_config
+from models.config import config_path, model_config, train_config
 from models.garments import SPLITS
 from models.generator.autoencoder import (
     DecoderAdapter,
@@ -44,38 +45,36 @@ from models.generator.sampling import (
     pattern_inputs,
     predict_x0,
 )
-from models.train.common import cosine_lr, load_checkpoint, record_eval, save_checkpoint
+from models.train.common import (
+    TrainRun,
+    cosine_lr,
+    load_checkpoint,
+    record_eval,
+    save_checkpoint,
+)
 from models.train.generator_pairs import cache_pairs
 
 
 @dataclass
-class GeneratorTrainConfig:
+class GeneratorTrainConfig(TrainRun):
     """One `flatlay train vae|generator` run. `model` (architecture) and `train` (training
-    settings: `vae`, `generator`, `pairs`) default to the named config's files; paths are
-    relative to the working directory, as the command line gives them."""
+    settings: `vae`, `generator`, `pairs`) default to the named config's files."""
 
-    config: str = "tiny"
-    run_dir: str = ""
-    vae_out: str = ""
-    out: str = ""
+    FAMILY: ClassVar[str] = "generator"
+    vae_out: str = ""  # default models/weights/vae-NAME
     steps: int | None = None
     minutes: float | None = None
     n_train: int | None = None
-    device: str = "cpu"
-    workers: int = 2
-    seed: int = 0
-    ckpt_every: int = 100
     eval_every: int = 550
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.config = config_id("generator", self.config).removeprefix("generator-")
+        super().__post_init__()
         self.model = self.model or model_config("generator", self.config)
         self.train = self.train or train_config("generator", self.config)
-        self.run_dir = self.run_dir or f"runs/generator-{self.config}"
-        self.vae_out = self.vae_out or f"models/weights/vae-{self.config}"
-        self.out = self.out or f"models/weights/generator-{self.config}"
+        self.vae_out = self.vae_out or (
+            f"models/weights/vae-{self.config.removeprefix('generator-')}")
 
 
 def _pairs(cfg: GeneratorTrainConfig) -> tuple[dict, dict]:

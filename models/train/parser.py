@@ -14,6 +14,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from models.config import config_id, model_config
+from models.config import model_config
 from models.garments import CATEGORIES, SPLITS, flip_permutation, generate, num_landmarks
 from models.parser import (
     HEATMAP_SIZE,
@@ -33,17 +34,22 @@ from models.parser import (
     normalise,
     soft_argmax,
 )
-from models.train.common import cosine_lr, load_checkpoint, record_eval, render_map, save_checkpoint
+from models.train.common import (
+    TrainRun,
+    cosine_lr,
+    load_checkpoint,
+    record_eval,
+    render_map,
+    save_checkpoint,
+)
 
 MAX_L = max(num_landmarks(c) for c in CATEGORIES)
 RENDER = 256
 
 
 @dataclass
-class ParserTrainConfig:
-    config: str = "parser-tiny"
-    out: str = ""  # default models/weights/CONFIG
-    run_dir: str = ""  # default runs/CONFIG
+class ParserTrainConfig(TrainRun):
+    FAMILY: ClassVar[str] = "parser"
     # The architecture; empty: the named config's (`models/configs/parser-tiny.json`).
     model: dict = field(default_factory=dict)
     n_train: int = 24_000
@@ -53,16 +59,7 @@ class ParserTrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup: int = 100
-    ckpt_every: int = 100
     eval_every: int = 500
-    seed: int = 0
-    workers: int = 2
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-
-    def __post_init__(self) -> None:
-        self.config = config_id("parser", self.config)
-        self.out = self.out or f"models/weights/{self.config}"
-        self.run_dir = self.run_dir or f"runs/{self.config}"
 
 
 def _one(seed: int) -> tuple:

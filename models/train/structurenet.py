@@ -16,6 +16,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -23,20 +24,23 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
-from models.config import config_id
 from models.garments import CATEGORIES, SPLITS
 from models.structurenet import StructureNet, normalise_photos
-from models.train.common import cosine_lr, load_checkpoint, record_eval, save_checkpoint
+from models.train.common import (
+    TrainRun,
+    cosine_lr,
+    load_checkpoint,
+    record_eval,
+    save_checkpoint,
+)
 from models.train.pairs import PAIR_PHOTO_SIZE, PairArrays, render_pairs
 
 WITHHELD_DEFAULT = ("skirt",)
 
 
 @dataclass
-class TrainConfig:
-    config: str = "structurenet-tiny"
-    out: str = ""  # default models/weights/CONFIG
-    run_dir: str = ""  # default runs/CONFIG
+class TrainConfig(TrainRun):
+    FAMILY: ClassVar[str] = "structurenet"
     n_train: int = 24_000
     n_val: int = 1_000
     steps: int = 5_000
@@ -44,17 +48,8 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 100
-    ckpt_every: int = 100
     eval_every: int = 400
-    seed: int = 0
-    workers: int = 2
     withhold: tuple[str, ...] = field(default_factory=lambda: WITHHELD_DEFAULT)
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-
-    def __post_init__(self) -> None:
-        self.config = config_id("structurenet", self.config)
-        self.out = self.out or f"models/weights/{self.config}"
-        self.run_dir = self.run_dir or f"runs/{self.config}"
 
 
 def _pairs(cfg: TrainConfig, model: StructureNet, split: str, n: int) -> PairArrays:
