@@ -69,7 +69,7 @@ def test_post_stores_the_job_and_enqueues_only_its_id(
     assert max(p.stat().st_size for p in settings.queue_dir.glob("*.msg")) < 4096
 
     status = client.get(f"/assets/{job_id}").json()
-    assert status["status"] == "queued" and status["pipeline"] == "flatten"
+    assert status["status"] == "queued" and status["pipeline"] == settings.default_pipeline
     assert status["options"] == {"preset": "square-white", "output_size": 512,
                                  "background": "#eeeeee", "format": "webp", "seed": 7,
                                  "structure": None, "steps": 4}
@@ -152,7 +152,7 @@ def test_unknown_route_and_method_are_typed(client: TestClient) -> None:
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_health_readiness_and_docs(client: TestClient) -> None:
+def test_health_readiness_and_docs(client: TestClient, settings: Settings) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
@@ -165,7 +165,7 @@ def test_health_readiness_and_docs(client: TestClient) -> None:
     for code in ("unsupported_media_type", "file_too_large", "corrupt_image", "unknown_pipeline"):
         assert code in described
     assert set(ERROR_CODES) >= {"asset_not_ready", "asset_not_found"}
-    assert client.get("/pipelines").json()["default"] == "flatten"
+    assert client.get("/pipelines").json()["default"] == settings.default_pipeline
 
 
 def test_readyz_reports_a_broken_store(tmp_path: Path) -> None:

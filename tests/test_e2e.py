@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.settings import Settings
 from tests.support import (
     ServiceProcesses,
     create_key,
@@ -146,8 +147,9 @@ def test_distributed_round_trip(redis_url: str, postgres_url: str, tmp_path: Pat
         _round_trip(svc, "webp", "transparent", 256)
         # The worker serves its own series; the API's /metrics has the job store's view.
         worker = _samples(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
-        assert worker[("flatlay_stage_seconds_count", "flatten", "parse")] == 2
-        assert worker[("flatlay_jobs_processed_total", "flatten", "succeeded")] == 2
+        default = Settings().default_pipeline
+        assert worker[("flatlay_stage_seconds_count", default, "parse")] == 2
+        assert worker[("flatlay_jobs_processed_total", default, "succeeded")] == 2
         with svc.client() as c:
             api = _samples(c.get("/metrics").text)
         assert not any(name == "flatlay_stage_seconds_count" for name, *_ in api)

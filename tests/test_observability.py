@@ -90,10 +90,12 @@ def test_one_job_moves_the_counters_and_histograms(
     assert moved("flatlay_http_request_duration_seconds_count", route="/assets",
                  method="POST") == 1
     # The worker's series, summed into the API's /metrics from the shared multiprocess folder.
-    for stage in status["timings"]:  # the default pipeline, flatten
-        assert moved("flatlay_stage_seconds_count", pipeline="flatten", stage=stage) == 1, stage
-        assert _value(after, "flatlay_stage_seconds_sum", pipeline="flatten", stage=stage) > 0
-    assert moved("flatlay_jobs_processed_total", pipeline="flatten", status="succeeded") == 1
+    default = status["pipeline"]
+    assert default == Settings().default_pipeline
+    for stage in status["timings"]:
+        assert moved("flatlay_stage_seconds_count", pipeline=default, stage=stage) == 1, stage
+        assert _value(after, "flatlay_stage_seconds_sum", pipeline=default, stage=stage) > 0
+    assert moved("flatlay_jobs_processed_total", pipeline=default, status="succeeded") == 1
     for name in pipeline_names():  # the worker loads every registered pipeline
         assert ("flatlay_model_load_seconds", (("pipeline", name),)) in after
     # Read from the job store at scrape time.

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, FileChooser, Page, expect, sync_playwright
 
+from service.settings import Settings
 from tests.support import REPO, ServiceProcesses, encode, free_port, garment_photo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -93,7 +94,7 @@ def test_upload_from_the_keyboard_watch_progress_see_and_download(
 ) -> None:
     photo = _photo(tmp_path / "blue shirt.jpg", offset=(0.1, 0.0))
     # Options come from the API: the default pipeline is preselected.
-    expect(page.locator("#pipeline")).to_have_value("flatten")
+    expect(page.locator("#pipeline")).to_have_value(Settings().default_pipeline)
     # Listen for the file dialog well before it opens: Playwright intercepts the dialog only
     # once its listener is installed in the browser.
     choosers: list[FileChooser] = []
