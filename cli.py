@@ -87,7 +87,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 # `flatlay train MODEL` → the config family it reads (vae and generator share one config).
 TRAIN_FAMILY = {"parser": "parser", "structurenet": "structurenet", "vae": "generator",
-                "generator": "generator"}
+                "generator": "generator", "pattern": "pattern"}
 
 
 def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,6 +130,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from models.train.parser import ParserTrainConfig, train_parser
 
         cfg, out = ParserTrainConfig(**settings), train_parser
+    elif args.model == "pattern":
+        from models.train.pattern import PatternTrainConfig, train_pattern
+
+        cfg, out = PatternTrainConfig(**settings), train_pattern
     else:
         from models.train.generator import GeneratorTrainConfig, train_generator, train_vae
 
@@ -283,7 +287,8 @@ def _cmd_bench_attributes(args: argparse.Namespace) -> int:
 
     try:
         result = benchmark_attributes(split=_report_split(args), n=args.n,
-                                      pipeline=args.pipeline, size=args.size)
+                                      pipeline=args.pipeline or _default_pipeline(),
+                                      size=args.size)
     except (KeyError, ValueError) as exc:  # KeyError: an unknown pipeline
         raise CLIError(str(exc).strip("'\"")) from None
     _print_report(result, write_report(result, args.out_dir), format_table, args.json)
@@ -320,7 +325,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
             ("parser", "the garment parser (mask, category, landmarks)"),
             ("structurenet", "the dual-tower retrieval model"),
             ("vae", "the latent space: AutoencoderKL and its photo-aligned decoder"),
-            ("generator", "the diffusion pass's denoiser (after `train vae`)")):
+            ("generator", "the diffusion pass's denoiser (after `train vae`)"),
+            ("pattern", "the pattern head (the `pattern` attribute)")):
         p = tsub.add_parser(name, help=what)
         configs = config_names(TRAIN_FAMILY[name])
         p.add_argument("--config", default="tiny",
@@ -403,8 +409,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, help="train, val, test (default) or heldout")
     p.add_argument("--heldout", action="store_true", help="the held-out split (shape families)")
     p.add_argument("--n", type=int, default=200, help="assets: the split's first n seeds")
-    p.add_argument("--pipeline", default="flatten", help="the pipeline (default: flatten, "
-                   "the service's default)")
+    p.add_argument("--pipeline", default=None, help="the pipeline (default: the service's, "
+                   "FLATLAY_DEFAULT_PIPELINE)")
     p.add_argument("--size", type=int, default=1024, help="photo and output canvas side, px")
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"),
                    help="where attributes-SPLIT.{json,md} go (default bench/results)")

@@ -29,6 +29,21 @@ from structure_bank.schema import landmark_names
 SLEEVE_LENGTHS = ("none", "cap", "short", "elbow", "three-quarter", "long")
 LENGTHS = ("mini", "knee", "midi", "maxi", "shorts", "cropped", "full")
 NECKLINES = ("crew", "scoop", "v", "turtleneck", "collar", "hood")
+# Below this category confidence a job suggests a person's review (the default of
+# FLATLAY_REVIEW_CONFIDENCE). Chosen on validation (bench/results/review-val.md, flatten,
+# n = 300): it flags 24% of assets, wrong 51% of the time against 8% for the rest, and
+# catches 66% of the wrong categories (the F1 of flag-as-detector is within 0.003 of its
+# best, at 0.9, which flags a third).
+REVIEW_CONFIDENCE = 0.8
+# Retail pattern names (Google Merchant Center's `pattern` is free text; these are the values
+# feeds commonly use), read from the delivered pixels by models.pattern.
+PATTERNS = ("solid", "striped", "checked", "printed", "graphic", "text")
+# The garment world's fabrics and prints under those names: heather, knit, denim and a
+# gradient are one colour's textures (solid); dots, florals and camo are all-over prints.
+FABRIC_PATTERN = {"solid": "solid", "heather": "solid", "knit": "solid", "denim": "solid",
+                  "gradient": "solid", "stripes": "striped", "checks": "checked",
+                  "plaid": "checked", "dots": "printed", "floral": "printed", "camo": "printed"}
+PRINT_PATTERN = {"text": "text", "number": "text", "logo": "graphic", "badge": "graphic"}
 
 SLEEVED = ("tshirt", "long_sleeve_top", "shirt", "hoodie", "sweater", "jacket", "dress")
 # Necklines the landmarks tell apart (depth and shape of the front neckline); a shirt has a
@@ -302,13 +317,23 @@ def neckline(category: str, landmarks: np.ndarray, frame: str = "canonical") -> 
     return "crew" if (front[1] - neck_y) / scale < CREW_DEPTH else "scoop"
 
 
+def world_pattern(attributes: dict[str, Any]) -> str:
+    """The true pattern of a garment-world sample (its `attributes`): a front print names it
+    (text or graphic), unless it is a chest-logo sized one, which leaves the fabric's."""
+    printed = attributes.get("print")
+    if printed and not printed.get("small"):
+        return PRINT_PATTERN[printed["kind"]]
+    return FABRIC_PATTERN[attributes["fabric"]["kind"]]
+
+
 def garment_attributes(category: str | None, landmarks: np.ndarray | None,
                        rgb: np.ndarray, alpha: np.ndarray, *,
                        category_confidence: float | None = None,
-                       frame: str = "canonical") -> dict[str, Any]:
+                       frame: str = "canonical", pattern: str | None = None) -> dict[str, Any]:
     """The attributes of one delivered flat-lay as JSON: category {value, confidence},
     sleeve_length, length, neckline (each only where it applies and the structure is
-    readable), colors [{name, hex, share}] from the delivered pixels."""
+    readable), pattern (as models.pattern read it, where given), colors [{name, hex, share}]
+    from the delivered pixels."""
     out: dict[str, Any] = {}
     if category is not None:
         conf = None if category_confidence is None else round(float(category_confidence), 4)
@@ -322,5 +347,8 @@ def garment_attributes(category: str | None, landmarks: np.ndarray | None,
                     value = None
                 if value is not None:
                     out[name] = value
+    if pattern is not None:
+        out["pattern"] = pattern
     out["colors"] = [c.to_json() for c in dominant_colors(rgb, alpha)]
     return out
+

@@ -136,6 +136,8 @@ class FlatLayResult:
         out = StructureSpec(self.category, self.landmarks).to_json()
         out["names"] = list(landmark_names(self.category))
         out["frame"] = self.frame
+        if self.category_confidence is not None:
+            out["category_confidence"] = round(float(self.category_confidence), 4)
         if self.canvas_landmarks is not None:
             out["canvas_landmarks"] = [[round(float(x), 6), round(float(y), 6)]
                                        for x, y in self.canvas_landmarks]

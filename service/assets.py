@@ -44,6 +44,7 @@ from service.schemas import (
     InputInfo,
     JobError,
     Progress,
+    review_suggested,
 )
 from service.settings import Settings
 from service.store import new_job_id
@@ -60,7 +61,7 @@ def _links(job_id: str) -> AssetLinks:
     return AssetLinks(self=f"/assets/{job_id}", result=f"/assets/{job_id}/result")
 
 
-def _status_of(job: JobView) -> AssetStatus:
+def _status_of(job: JobView, review_below: float) -> AssetStatus:
     error = None
     if job.error_code:
         error = JobError(code=job.error_code, message=job.error_message or "")
@@ -80,6 +81,8 @@ def _status_of(job: JobView) -> AssetStatus:
                       if job.status == "succeeded" and job.side_outputs else {}),
         compliance=job.compliance if job.status == "succeeded" else None,
         attributes=job.attributes if job.status == "succeeded" else None,
+        review_suggested=(review_suggested(job.attributes, review_below)
+                          if job.status == "succeeded" else None),
         expired_at=job.expired_at,
         created_at=job.created_at,
         started_at=job.started_at,
@@ -231,7 +234,7 @@ def _stop(ctx: ServiceContext, job: JobView) -> bool:
     responses=error_responses("unauthorized", "asset_not_found", "rate_limited"),
 )
 def get_asset(asset_id: str, ctx: Ctx, key: Key) -> AssetStatus:
-    return _status_of(_job_or_404(ctx, key, asset_id))
+    return _status_of(_job_or_404(ctx, key, asset_id), ctx.settings.review_confidence)
 
 
 @router.post(
@@ -251,7 +254,7 @@ def cancel_asset(asset_id: str, ctx: Ctx, key: Key) -> AssetStatus:
     if job.batch_id is not None:
         complete_batch(ctx.store, ctx.send_webhook, job.batch_id)
     log.info("asset canceled", extra={"job_id": job.id})
-    return _status_of(_job_or_404(ctx, key, asset_id))
+    return _status_of(_job_or_404(ctx, key, asset_id), ctx.settings.review_confidence)
 
 
 @router.delete(

@@ -55,7 +55,7 @@ def _file_name(sku: str, ext: str, used: set[str]) -> str:
 # manifest.csv's attribute columns (a succeeded job's `attributes`; empty otherwise).
 # Colours as Merchant Center's `color` writes several: names joined by "/", largest first.
 ATTRIBUTE_COLUMNS = ("category", "category_confidence", "sleeve_length", "length",
-                     "neckline", "color", "color_hex", "color_share")
+                     "neckline", "pattern", "color", "color_hex", "color_share")
 
 
 def attribute_cells(attributes: dict[str, Any] | None) -> tuple[str, ...]:
@@ -66,7 +66,8 @@ def attribute_cells(attributes: dict[str, Any] | None) -> tuple[str, ...]:
     colors = a.get("colors") or []
     return (category.get("value") or "", "" if confidence is None else f"{confidence:.4f}",
             a.get("sleeve_length") or "", a.get("length") or "", a.get("neckline") or "",
-            "/".join(c["name"] for c in colors), "/".join(c["hex"] for c in colors),
+            a.get("pattern") or "", "/".join(c["name"] for c in colors),
+            "/".join(c["hex"] for c in colors),
             "/".join(f"{c['share']:.3f}" for c in colors))
 
 

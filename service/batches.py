@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 
 from service.auth import Principal
 from service.batch_manifest import unpack_manifest
-from service.batch_results import stream_results
+from service.batch_results import ATTRIBUTE_COLUMNS, stream_results
 from service.batch_unpack import Unpacked, unpack_files, unpack_zip
 from service.context import ServiceContext
 from service.deps import (
@@ -248,8 +248,7 @@ def get_batch(batch_id: str, ctx: Ctx, key: Key) -> BatchStatus:
     responses={200: {"content": {"application/zip": {}},
                      "description": "outputs named <sku>.<ext>; manifest.csv lists every "
                      "item: sku, status, error_code, file, then a succeeded item's "
-                     "attributes: category, category_confidence, sleeve_length, length, "
-                     "neckline, color, color_hex, color_share (colours joined by /)"},
+                     f"attributes: {', '.join(ATTRIBUTE_COLUMNS)} (colours joined by /)"},
                **error_responses("unauthorized", "batch_not_found", "rate_limited")},
 )
 def get_batch_results(batch_id: str, ctx: Ctx, key: Key) -> StreamingResponse:

@@ -46,7 +46,7 @@ def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
             ctx.enqueue(job_id)
         elif outcome == "failed":
             report.failed_crashed += 1
-            job_ended(ctx.store, ctx.send_webhook, job_id)
+            job_ended(ctx.store, ctx.send_webhook, job_id, ctx.settings.review_confidence)
             # Failed for good: what its killed attempts wrote is no output of anything.
             if (job := ctx.store.get(job_id)) is not None:
                 discard_leftovers(ctx.blobs, job)

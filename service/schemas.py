@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from models.attributes import PATTERNS
 from models.pipeline import MAX_SIZE, MIN_SIZE
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -86,9 +87,20 @@ class Attributes(BaseModel):
     neckline: str | None = Field(
         default=None, description="crew, scoop, v, turtleneck (t-shirts, long-sleeve tops, "
         "sweaters, tank tops, dresses), collar (shirts) or hood (hoodies)")
+    pattern: str | None = Field(
+        default=None, description="the garment's pattern as read from the delivered pixels: "
+        f"{', '.join(PATTERNS[:-1])} or {PATTERNS[-1]} (Merchant Center's `pattern`)")
     colors: list[ColorAttribute] = Field(
         default_factory=list, description="up to 3 dominant colours of the delivered "
         "garment, clustered in CIELAB, largest share first")
+
+
+def review_suggested(attributes: dict[str, Any] | None, below: float) -> bool | None:
+    """Whether a person should look at the asset before it is published: its category
+    confidence is below `below` (Settings.review_confidence). None where no confidence is
+    known (not succeeded, a given structure, a pipeline without one)."""
+    confidence = ((attributes or {}).get("category") or {}).get("confidence")
+    return None if confidence is None else bool(confidence < below)
 
 
 class Progress(BaseModel):
@@ -134,7 +146,11 @@ class AssetStatus(BaseModel):
         "asset has succeeded")
     attributes: Attributes | None = Field(
         default=None, description="catalog attributes of the result (category, sleeve "
-        "length, length, neckline, colours); null until the asset has succeeded")
+        "length, length, neckline, pattern, colours); null until the asset has succeeded")
+    review_suggested: bool | None = Field(
+        default=None, description="true when the category's confidence is below "
+        "FLATLAY_REVIEW_CONFIDENCE: route the asset to a person before publishing it; null "
+        "until the asset has succeeded or where no confidence is known")
     expired_at: dt.datetime | None = Field(
         default=None, description="when the retention period removed its input and outputs")
     created_at: dt.datetime

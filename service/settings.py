@@ -15,6 +15,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from models.attributes import REVIEW_CONFIDENCE
+
 if TYPE_CHECKING:
     from models.io import ImageLimits
 
@@ -97,6 +99,9 @@ class Settings(BaseSettings):
     local_webhook_secret: str = ""
 
     default_pipeline: str = "flatten"
+    # A succeeded job whose category confidence is below this says `review_suggested: true`
+    # (status and webhook), so catalog tooling can route it to a person.
+    review_confidence: float = Field(default=REVIEW_CONFIDENCE, ge=0, le=1)
 
     # Queue behaviour for long GPU jobs.
     queue_name: str = "flatlay.gpu"

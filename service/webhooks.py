@@ -25,6 +25,7 @@ import httpx
 from service.fetch import AllowList, FetchError, check_public_url, pinned_send
 from service.metrics import WEBHOOK_DELIVERIES
 from service.rows import utcnow
+from service.schemas import review_suggested
 from service.settings import Settings
 from service.store import JobStore
 
@@ -92,8 +93,9 @@ def _event(store: JobStore, send: SendFn, *, tenant_id: str, key_id: str | None,
     send(delivery.id)
 
 
-def job_ended(store: JobStore, send: SendFn, job_id: str) -> None:
-    """After a job ended: its asset event, and `batch.completed` if it was its batch's last."""
+def job_ended(store: JobStore, send: SendFn, job_id: str, review_below: float) -> None:
+    """After a job ended: its asset event, and `batch.completed` if it was its batch's last.
+    `review_below`: Settings.review_confidence, for the event's `review_suggested`."""
     job = store.get(job_id)
     if job is None:
         return
@@ -105,6 +107,8 @@ def job_ended(store: JobStore, send: SendFn, job_id: str) -> None:
                      "batch_id": job.batch_id, "error": error,
                      "compliance": job.compliance if job.status == "succeeded" else None,
                      "attributes": job.attributes if job.status == "succeeded" else None,
+                     "review_suggested": (review_suggested(job.attributes, review_below)
+                                          if job.status == "succeeded" else None),
                      "links": {"self": f"/assets/{job.id}",
                                "result": f"/assets/{job.id}/result"}})
     if job.batch_id is not None:

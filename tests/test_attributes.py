@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from models.attributes import (
     LENGTHS,
     NECKLINES,
+    PATTERNS,
     SLEEVE_LENGTHS,
     dominant_colors,
     garment_attributes,
@@ -31,6 +32,7 @@ from service.auth import create_key
 from service.batch_results import ATTRIBUTE_COLUMNS
 from service.settings import Settings
 from service.store import migrate
+from service.webhooks import job_ended
 from tests.support import encode, garment_photo
 from workers.jobs import WorkerContext, run_job
 
@@ -210,6 +212,7 @@ def test_a_succeeded_job_carries_attributes_in_status_side_output_and_webhook(
     assert attrs is not None and attrs["colors"], attrs
     # The photo's stripes are (200, 30, 30) and 0.6 of it + 40: red and a darker red.
     assert attrs["colors"][0]["name"] in {"red", "burgundy", "maroon", "rust"}
+    assert attrs["pattern"] == "striped"  # the fixture's t-shirt is striped
     assert all(0 < c["share"] <= 1 for c in attrs["colors"])
     assert sum(c["share"] for c in attrs["colors"]) <= 1.0001
     if attrs.get("category"):
@@ -236,7 +239,7 @@ def test_manifest_csv_has_one_column_per_attribute(client: TestClient) -> None:
     ctx = client.app.state.ctx
     ok, failed = (i["asset_id"] for i in client.get(f"/batches/{batch['id']}").json()["items"])
     attrs = {"category": {"value": "dress", "confidence": 0.8731},
-             "sleeve_length": "short", "length": "midi", "neckline": "v",
+             "sleeve_length": "short", "length": "midi", "neckline": "v", "pattern": "striped",
              "colors": [{"name": "navy", "hex": "#1a2040", "share": 0.71},
                         {"name": "white", "hex": "#f4f4f2", "share": 0.2}]}
     ctx.store.claim(ok, "w")
@@ -252,7 +255,7 @@ def test_manifest_csv_has_one_column_per_attribute(client: TestClient) -> None:
     assert reader.fieldnames == ["sku", "status", "error_code", "file", *ATTRIBUTE_COLUMNS]
     assert {k: rows["SKU-1"][k] for k in ATTRIBUTE_COLUMNS} == {
         "category": "dress", "category_confidence": "0.8731", "sleeve_length": "short",
-        "length": "midi", "neckline": "v", "color": "navy/white",
+        "length": "midi", "neckline": "v", "pattern": "striped", "color": "navy/white",
         "color_hex": "#1a2040/#f4f4f2", "color_share": "0.710/0.200"}
     assert all(rows["SKU-2"][k] == "" for k in ATTRIBUTE_COLUMNS)
 
@@ -263,9 +266,10 @@ def test_openapi_documents_the_attributes(client: TestClient) -> None:
     status = schemas["AssetStatus"]["properties"]["attributes"]
     assert "catalog attributes" in status["description"]
     attrs = schemas["Attributes"]["properties"]
-    assert set(attrs) == {"category", "sleeve_length", "length", "neckline", "colors"}
+    assert set(attrs) == {"category", "sleeve_length", "length", "neckline", "pattern",
+                          "colors"}
     for field, values in (("sleeve_length", SLEEVE_LENGTHS), ("length", LENGTHS),
-                          ("neckline", NECKLINES)):
+                          ("neckline", NECKLINES), ("pattern", PATTERNS)):
         described = attrs[field]["description"]
         assert all(v in described for v in values), (field, described)
     for name in ("CategoryAttribute", "ColorAttribute"):
@@ -287,6 +291,7 @@ def test_generator_jobs_carry_the_category_confidence(client: TestClient, worker
     status = client.get(f"/assets/{r.json()['id']}").json()
     category = status["attributes"]["category"]
     assert category["value"] and 0 < category["confidence"] <= 1, category
+    assert status["attributes"]["pattern"] in PATTERNS
     rows = client.get("/assets/" + r.json()["id"] + "/outputs/attributes").json()
     assert rows["category"]["confidence"] == category["confidence"]
 
@@ -302,3 +307,47 @@ def test_bench_attributes_refuses_bad_arguments(argv: list[str], message: str,
 
     assert main(["bench", "attributes", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("confidence", "below", "flagged"),
+                         [(0.41, 0.6, True), (0.93, 0.6, False), (0.93, 0.95, True)])
+def test_a_doubtful_category_suggests_review_in_status_and_webhook(
+    tmp_path: Path, confidence: float, below: float, flagged: bool
+) -> None:
+    s = Settings(data_dir=tmp_path / "data", default_pipeline="cutout", review_confidence=below,
+                 fetch_allow_hosts="127.0.0.1")
+    s.ensure_dirs()
+    migrate(s.resolved_database_url)
+    with TestClient(create_app(s)) as c:
+        c.headers["Authorization"] = f"Bearer {create_key(c.app.state.ctx.store, 'acme').key}"
+        jpeg = encode(garment_photo(320, 240)[0], "JPEG", quality=90)
+        job_id = c.post("/assets", files={"file": ("a.jpg", jpeg, "image/jpeg")},
+                        data={"webhook_url": "http://127.0.0.1:9/hook"}).json()["id"]
+        assert c.get(f"/assets/{job_id}").json()["review_suggested"] is None  # queued
+        ctx = c.app.state.ctx
+        ctx.store.claim(job_id, "w")
+        ctx.blobs.put(f"assets/{job_id}/result.png", b"the png")
+        ctx.store.succeed(job_id, result_blob=f"assets/{job_id}/result.png",
+                          content_type="image/png", timings={},
+                          attributes={"category": {"value": "shirt", "confidence": confidence},
+                                      "colors": []})
+        assert c.get(f"/assets/{job_id}").json()["review_suggested"] is flagged
+        job_ended(ctx.store, lambda delivery_id: None, job_id, s.review_confidence)
+        (delivery,) = c.get("/webhooks/deliveries", params={"asset_id": job_id}
+                            ).json()["deliveries"]
+        assert delivery["payload"]["data"]["review_suggested"] is flagged
+    spec = create_app(s).openapi()["components"]["schemas"]["AssetStatus"]["properties"]
+    assert "FLATLAY_REVIEW_CONFIDENCE" in spec["review_suggested"]["description"]
+
+
+def test_the_landmarks_output_carries_the_category_confidence() -> None:
+    from models.pipeline import FlatLayResult, StructureSpec
+
+    s = generate(1_000_011, size=64)
+    result = FlatLayResult(image=np.zeros((8, 8, 4), np.uint8), alpha=np.zeros((8, 8), np.float32),
+                           category=s.category, landmarks=s.flat_landmarks,
+                           category_confidence=0.73219)
+    out = result.structure_json()
+    assert out is not None and out["category_confidence"] == 0.7322
+    # It still goes back in as a `structure` unchanged.
+    assert StructureSpec.parse(out).category == s.category

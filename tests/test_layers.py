@@ -12,9 +12,9 @@ a function, as `ast` sees it):
 
 The vocabulary the service shares with the workers lives in models, in modules that import
 no torch when loaded: ingest (models.io), presets (models.presets), backgrounds
-(models.compose) and the pipeline registry with its names, options and side outputs
-(models.pipeline, whose pipelines load their models only when built). No import loop
-anywhere.
+(models.compose), the attribute vocabulary (models.attributes) and the pipeline registry
+with its names, options and side outputs (models.pipeline, whose pipelines load their
+models only when built). No import loop anywhere.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ MAY_IMPORT = {
 }
 # The torch-free vocabulary of models: all that service may import from there.
 VOCABULARY = {"models.io", "models.presets", "models.compose", "models.pipeline",
-              "models.errors"}
+              "models.errors", "models.attributes"}
 ML_PACKAGES = {"torch", "torchvision", "diffusers", "open_clip", "safetensors", "faiss",
                "transformers", "accelerate", "timm"}
 

@@ -19,12 +19,14 @@ from models.eval.quality import (
     Truth,
     _summary,
     benchmark_quality,
+    category_confusion,
     ceiling_images,
     delta_e,
     downsample_mask,
     landmark_nme,
     on_white,
     psnr,
+    review_rates,
     silhouette_iou,
     ssim_scores,
     write_report,
@@ -197,6 +199,8 @@ def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert set(saved["per_category"]) == {a["category"] for a in saved["assets"]}
     md = (out / "quality-test.md").read_text()
     assert "| cutout |" in md and "quality-test.png" in md
+    # The category confusion is drawn where the pipeline decides a category.
+    assert bool(saved["confusion"]) == (out / "quality-test-confusion.png").is_file()
     with Image.open(out / "quality-test.png") as grid:
         assert grid.width > 3 * EVAL_SIZE and grid.height > 2 * EVAL_SIZE
 
@@ -249,3 +253,24 @@ def test_silhouette_iou_split_by_category_outcome() -> None:
     assert s["silhouette_iou_category_wrong"] == pytest.approx(0.5)
     assert s["silhouette_iou"] == pytest.approx(2.2 / 3)
     assert _summary([rec(0.9, True)])["silhouette_iou_category_wrong"] is None
+
+
+def test_review_rates_and_the_category_confusion() -> None:
+    def rec(conf: float | None, right: bool, category: str = "tshirt") -> dict:
+        return {"failure": None, "category": category, "category_ok": right,
+                "category_confidence": conf}
+
+    rates = review_rates([rec(0.3, False), rec(0.5, True), rec(0.9, True), rec(0.95, False),
+                          rec(0.99, True), rec(None, True)], below=0.6)
+    assert rates == {"review_below": 0.6, "review_share": 0.4, "wrong_rate_flagged": 0.5,
+                     "wrong_rate_rest": pytest.approx(1 / 3)}
+    assert review_rates([rec(None, True)]) == {}  # no confidence: nothing to say
+    assets = [{"category": "tshirt", "pipelines": {"cutout": {"category": None},
+                                                   "flatten": rec(0.9, True)}},
+              {"category": "tshirt", "pipelines": {"cutout": {"category": None},
+                                                   "flatten": rec(0.4, False, "shirt")}},
+              {"category": "skirt", "pipelines": {"cutout": {"category": None},
+                                                  "flatten": {"failure": "garment_not_found"}}}]
+    assert category_confusion(assets) == {
+        "pipeline": "flatten",
+        "counts": {"skirt": {"failed": 1}, "tshirt": {"tshirt": 1, "shirt": 1}}}

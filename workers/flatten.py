@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models.attributes import garment_attributes
 from models.io import ImageLimits, decode_image, encode_image
 from models.pipeline import (
     PipelineError,
@@ -113,11 +112,11 @@ def flatten_photo(
                                   pipeline_opts.background)
     timings["check"] = round(time.perf_counter() - start, 6)
 
+    from models.pattern import delivered_attributes  # torch: loaded where a job runs
+
     start = time.perf_counter()
     # From the canvas the pipeline composed (the garment's own pixels, before JPEG/WebP).
-    attributes = garment_attributes(result.category, result.landmarks, result.image,
-                                    result.alpha, category_confidence=result.category_confidence,
-                                    frame=result.frame)
+    attributes = delivered_attributes(result)
     side["attributes"] = json.dumps(attributes).encode()
     timings["attributes"] = round(time.perf_counter() - start, 6)
     return FlatLayOutput(encoded, content_type, side, compliance, attributes)

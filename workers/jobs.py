@@ -141,7 +141,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
     finally:
         ctx.current_job = None
     if outcome not in NOT_ENDED:
-        job_ended(ctx.store, ctx.send_webhook, job_id)
+        job_ended(ctx.store, ctx.send_webhook, job_id, ctx.settings.review_confidence)
     for stage, seconds in timings.items():
         STAGE_SECONDS.labels(job.pipeline, stage).observe(seconds)
     JOBS_PROCESSED.labels(job.pipeline, outcome).inc()

@@ -2,14 +2,14 @@
 pipeline's flat-lay against the garment world's truth.
 
 For each of the first n seeds of a split, `generate(seed, size=size)` gives the wild photo
-(its JPEG, decoded as the service would) and the truth. The pipeline (default `flatten`, the
-service's) turns the photo into a `size`² `square-white` canvas, and
-`models.attributes.garment_attributes` reads the attributes from it exactly as the worker
+(its JPEG, decoded as the service would) and the truth. The pipeline (the command's default:
+the service's) turns the photo into a `size`² `square-white` canvas, and
+`models.pattern.delivered_attributes` reads the attributes from it exactly as the worker
 does. The truth is the same function on the truth: the true category, the TRUE flat-lay
 landmarks (canonical frame) and the true flat-lay's pixels and mask, so the benchmark
 measures the pipeline, not a second definition.
 
-- accuracy per attribute (category, sleeve_length, length, neckline): over the assets whose
+- accuracy per attribute (category, sleeve_length, length, neckline, pattern): over the assets whose
   truth has the attribute; a failed job, or a missing or different prediction, is wrong.
   `_given_category` is the same over the assets whose category came out right.
 - colours: the dominant (largest share) colour of the output against the truth's dominant
@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-STRUCTURE_ATTRIBUTES = ("category", "sleeve_length", "length", "neckline")
+# Scored by exact match; `pattern` is read from the pixels by models.pattern.
+STRUCTURE_ATTRIBUTES = ("category", "sleeve_length", "length", "neckline", "pattern")
 PRESET = "square-white"
 WITHIN = 5.0
 
@@ -48,22 +49,24 @@ def _hex_lab(value: str) -> np.ndarray:
 
 def truth_attributes(sample: Any) -> dict[str, Any]:  # noqa: ANN401 (GarmentSample)
     """The attributes of a garment-world sample's truth (true category, landmarks, flat-lay)."""
-    from models.attributes import garment_attributes
+    from models.attributes import garment_attributes, world_pattern
 
     return garment_attributes(sample.category, sample.flat_landmarks, sample.flat_image,
-                              sample.flat_mask, category_confidence=1.0)
+                              sample.flat_mask, category_confidence=1.0,
+                              pattern=world_pattern(sample.attributes))
 
 
-def benchmark_attributes(split: str = "test", n: int = 60, pipeline: str = "flatten",
+def benchmark_attributes(pipeline: str, split: str = "test", n: int = 60,
                          size: int = 1024, progress: bool = True) -> dict[str, Any]:
     """Run `pipeline` on the first n seeds of `split`; the JSON-ready result (see module
     docstring). Raises ValueError for a bad split, n or size."""
     from tqdm import tqdm
 
-    from models.attributes import delta_e2000, garment_attributes
+    from models.attributes import delta_e2000
     from models.eval import split_seeds
     from models.garments import GENERATOR_VERSION, generate
     from models.io import decode_image
+    from models.pattern import delivered_attributes
     from models.pipeline import (
         PipelineError,
         PipelineOptions,
@@ -95,9 +98,7 @@ def benchmark_attributes(split: str = "test", n: int = 60, pipeline: str = "flat
             continue
         pipe_s.append(time.perf_counter() - t0)
         t1 = time.perf_counter()
-        pred = garment_attributes(result.category, result.landmarks, result.image,
-                                  result.alpha, category_confidence=result.category_confidence,
-                                  frame=result.frame)
+        pred = delivered_attributes(result)
         attr_ms.append(1000 * (time.perf_counter() - t1))
         row["predicted"] = pred
         if pred["colors"] and truth["colors"]:

@@ -178,7 +178,9 @@ def score(result: Any, truth: Truth) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of one FlatLayResult against its truth, and the 256² output on white."""
     out = downsample_rgb(on_white(result.image))
     pred_mask = downsample_mask(np.clip(result.alpha, 0.0, 1.0))
-    return score_image(out, pred_mask, result.category, result.canvas_landmarks, truth), out
+    metrics = score_image(out, pred_mask, result.category, result.canvas_landmarks, truth)
+    metrics["category_confidence"] = result.category_confidence
+    return metrics, out
 
 
 def score_image(out: np.ndarray, pred_mask: np.ndarray, category: str | None,
@@ -276,9 +278,48 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
             out[f"silhouette_iou_category_{side}"] = _mean(
                 [r["silhouette_iou"] for r in ok if bool(r["category_ok"]) == want])
     out["landmark_invalid"] = sum(bool(r.get("landmark_invalid")) for r in ok)
+    out.update(review_rates(ok))
     out["seconds_p50"] = float(np.percentile(seconds, 50)) if seconds else None
     out["seconds_p90"] = float(np.percentile(seconds, 90)) if seconds else None
     return out
+
+
+def category_confusion(assets: list[dict[str, Any]]) -> dict[str, Any]:
+    """True category → decided category → count, for the first pipeline that decides one
+    (stages 1–4 decide it alike for flatten, nearest and the generator's pipelines); a
+    failed job counts as `failed`."""
+    for name in next(iter(assets), {}).get("pipelines", {}):
+        if any(a["pipelines"][name].get("category") for a in assets):
+            table: dict[str, dict[str, int]] = {}
+            for a in assets:
+                rec = a["pipelines"][name]
+                got = rec.get("category") or ("failed" if rec.get("failure") else "none")
+                row = table.setdefault(a["category"], {})
+                row[got] = row.get(got, 0) + 1
+            return {"pipeline": name, "counts": dict(sorted(table.items()))}
+    return {}
+
+
+def review_rates(records: list[dict[str, Any]], below: float | None = None
+                 ) -> dict[str, Any]:
+    """How well `review_suggested` (category confidence below `below`, default
+    models.attributes.REVIEW_CONFIDENCE) finds wrong categories: the share flagged and the
+    wrong-category rate among the flagged and among the rest. Empty where no record has a
+    confidence."""
+    from models.attributes import REVIEW_CONFIDENCE
+
+    below = REVIEW_CONFIDENCE if below is None else below
+    rated = [r for r in records if r.get("category_confidence") is not None]
+    if not rated:
+        return {}
+    flagged = [r for r in rated if r["category_confidence"] < below]
+    rest = [r for r in rated if r["category_confidence"] >= below]
+
+    def wrong(rs: list[dict[str, Any]]) -> float | None:
+        return sum(not r["category_ok"] for r in rs) / len(rs) if rs else None
+
+    return {"review_below": below, "review_share": len(flagged) / len(rated),
+            "wrong_rate_flagged": wrong(flagged), "wrong_rate_rest": wrong(rest)}
 
 
 def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str] | None = None,
@@ -381,6 +422,7 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
         "pipelines": {},
         "per_category": {},
         "wall_seconds": round(time.perf_counter() - wall, 2),
+        "confusion": category_confusion(assets),
         "assets": assets,
     }
     for name in rows_of:
@@ -513,14 +555,75 @@ def format_markdown(result: dict[str, Any], png_name: str | None) -> str:
         cells = [f"{_fmt(p['silhouette_iou'])} / {_fmt(p['landmark_nme'], 4)} "
                  f"({p['landmark_nme_n']}/{p['n']})" for p in per.values()]
         lines.append(f"| {cat} | {n} | " + " | ".join(cells) + " |")
+    confusion = result.get("confusion") or {}
+    if confusion:
+        counts = confusion["counts"]
+        seen = sorted({c for row in counts.values() for c in row})
+        lines += ["", f"Category confusion ({confusion['pipeline']}): true category (rows) → "
+                  "decided category (columns), counts "
+                  f"(`quality-{result['split']}-confusion.png`).", "",
+                  "| true \\ decided | " + " | ".join(seen) + " | accuracy |",
+                  "|---|" + "---:|" * (len(seen) + 1)]
+        for cat, row in counts.items():
+            total = sum(row.values())
+            cells = [str(row.get(c, "")) if c != cat else f"**{row.get(c, 0)}**" for c in seen]
+            lines.append(f"| {cat} | " + " | ".join(cells)
+                         + f" | {row.get(cat, 0) / total:.2f} |")
+    reviewed = {name: s for name, s in result["pipelines"].items() if "review_share" in s}
+    if reviewed:
+        below = next(iter(reviewed.values()))["review_below"]
+        lines += ["", f"Review suggested (category confidence below {below}): share of "
+                  "assets flagged, and how often the category is wrong among the flagged "
+                  "and among the rest.", "",
+                  "| pipeline | flagged | wrong among flagged | wrong among the rest |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {_fmt(s['review_share'])} | {_fmt(s['wrong_rate_flagged'])} "
+                  f"| {_fmt(s['wrong_rate_rest'])} |" for name, s in reviewed.items()]
     if png_name:
         lines += ["", f"![wild photo, each pipeline, ground truth]({png_name})"]
     return "\n".join(lines) + "\n"
 
 
+def confusion_image(confusion: dict[str, Any], cell: int = 34) -> Image.Image:
+    """The category confusion as a picture: rows true, columns decided, each cell shaded by
+    its share of the row (the diagonal green, the rest red), counts written in."""
+    from PIL import ImageDraw
+
+    from models.garments.textures import _font
+
+    counts = confusion["counts"]
+    rows = list(counts)
+    cols = rows + sorted({c for r in counts.values() for c in r} - set(rows))
+    font = _font("DejaVuSans.ttf", 11)
+    label = 118
+    img = Image.new("RGB", (label + cell * len(cols) + 8, label + cell * len(rows) + 8),
+                    "white")
+    draw = ImageDraw.Draw(img)
+    for j, c in enumerate(cols):  # column labels, written upwards
+        text = Image.new("RGB", (label - 6, cell), "white")
+        ImageDraw.Draw(text).text((2, cell // 2), c, fill="black", font=font, anchor="lm")
+        img.paste(text.rotate(90, expand=True), (label + j * cell, 2))
+    for i, r in enumerate(rows):
+        y = label + i * cell
+        draw.text((label - 6, y + cell // 2), r, fill="black", font=font, anchor="rm")
+        total = max(1, sum(counts[r].values()))
+        for j, c in enumerate(cols):
+            n = counts[r].get(c, 0)
+            share = n / total
+            tint = (int(255 - 150 * share), 255, int(255 - 150 * share)) if r == c else (
+                255, int(255 - 200 * share), int(255 - 200 * share))
+            x = label + j * cell
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=tint, outline="#cccccc")
+            if n:
+                draw.text((x + cell // 2, y + cell // 2), str(n), fill="black", font=font,
+                          anchor="mm")
+    return img
+
+
 def write_report(result: dict[str, Any], grid: Image.Image | None,
                  out_dir: str | Path) -> dict[str, Path]:
-    """quality-{split}.json, .md and (with a grid) .png under out_dir; returns the paths."""
+    """quality-{split}.json, .md, (with a grid) .png and (where a pipeline decides the
+    category) -confusion.png under out_dir; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"quality-{result['split']}"
@@ -528,6 +631,9 @@ def write_report(result: dict[str, Any], grid: Image.Image | None,
     if grid is not None:
         paths["png"] = out / f"{stem}.png"
         grid.save(paths["png"], optimize=True)
+    if result.get("confusion"):
+        paths["confusion"] = out / f"{stem}-confusion.png"
+        confusion_image(result["confusion"]).save(paths["confusion"], optimize=True)
     paths["json"].write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     paths["md"].write_text(format_markdown(result, paths["png"].name if grid else None))
     return paths

@@ -1,0 +1,149 @@
+"""The pattern head: which retail pattern (models.attributes.PATTERNS) a delivered garment
+wears, read from its pixels by a small CNN trained on the garment world (`flatlay train
+pattern`), which knows every garment's fabric and print.
+
+Input: the garment's RGBA, cropped to its alpha's box, squared on white and reduced to
+`input_size`² (`pattern_input`), so stripes and checks keep their size relative to the
+garment. Trained on true flat-lays and on wild photos' visible garments (with blur, as a
+generated 128² garment delivers them), so it reads any pipeline's output.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.attributes import PATTERNS, garment_attributes
+from models.config import model_config
+
+if TYPE_CHECKING:
+    from models.pipeline import FlatLayResult
+
+PATTERN_WEIGHTS = Path(__file__).parent / "weights" / "pattern-tiny"
+
+
+def pattern_input(rgb: np.ndarray, alpha: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 and (H, W) alpha (bool or [0, 1] float) → (size, size, 4) uint8: the
+    garment's box, squared and centred on white, RGB on white plus its alpha."""
+    a = np.asarray(alpha, np.float32)
+    ys, xs = np.nonzero(a > 0.5)
+    if len(xs) == 0:
+        y0, x0, y1, x1 = 0, 0, a.shape[0], a.shape[1]
+    else:
+        y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+    side = max(y1 - y0, x1 - x0)
+    rgba = np.full((side, side, 4), 255, np.uint8)
+    rgba[..., 3] = 0
+    oy, ox = (side - (y1 - y0)) // 2, (side - (x1 - x0)) // 2
+    crop_a = a[y0:y1, x0:x1, None]
+    on_white = rgb[y0:y1, x0:x1].astype(np.float32) * crop_a + 255.0 * (1 - crop_a)
+    rgba[oy:oy + y1 - y0, ox:ox + x1 - x0, :3] = (on_white + 0.5).astype(np.uint8)
+    rgba[oy:oy + y1 - y0, ox:ox + x1 - x0, 3] = (crop_a[..., 0] * 255 + 0.5).astype(np.uint8)
+    # RGB and alpha apart: PIL resizes RGBA premultiplied, which would blacken the margin.
+    rgb_small = Image.fromarray(rgba[..., :3]).resize((size, size), Image.Resampling.BOX)
+    a_small = Image.fromarray(rgba[..., 3]).resize((size, size), Image.Resampling.BOX)
+    return np.dstack([np.asarray(rgb_small), np.asarray(a_small)])
+
+
+def to_tensor(batch: np.ndarray) -> torch.Tensor:
+    """(N, S, S, 4) uint8 → (N, 4, S, S) float, RGB centred, alpha in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255.0
+    return torch.cat([(t[:, :3] - 0.5) / 0.25, t[:, 3:]], 1)
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
+        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True))
+
+
+class PatternNet(nn.Module):
+    """(B, 4, S, S) → (B, len(PATTERNS)) logits: four stride-2 blocks, then the mean and the
+    max over the garment (a print is local, a stripe everywhere)."""
+
+    def __init__(self, width: int, input_size: int) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(_block(4, w), _block(w, 2 * w), _block(2 * w, 4 * w),
+                                      _block(4 * w, 8 * w))
+        self.head = nn.Linear(16 * w, len(PATTERNS))
+        self.width, self.input_size = width, input_size
+
+    @classmethod
+    def from_config(cls, config: str | dict[str, Any]) -> PatternNet:
+        """A fresh net from a named architecture (`models/configs/pattern-NAME.json`) or its
+        dict."""
+        cfg = model_config("pattern", config) if isinstance(config, str) else config
+        return cls(width=int(cfg["width"]), input_size=int(cfg["input_size"]))
+
+    def config(self) -> dict[str, int]:
+        return {"width": self.width, "input_size": self.input_size}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
+
+
+class PatternClassifier:
+    """The trained head with its input preparation: `read(rgb, alpha)` per garment."""
+
+    def __init__(self, net: PatternNet, meta: dict[str, Any] | None = None) -> None:
+        self.net = net.eval()
+        self.meta = meta or {}
+
+    @classmethod
+    def from_pretrained(cls, folder: Path = PATTERN_WEIGHTS) -> PatternClassifier:
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} holds no pattern head (config.json missing); "
+                                    "run `flatlay train pattern`")
+        meta = json.loads((folder / "config.json").read_text())
+        if list(meta["patterns"]) != list(PATTERNS):
+            raise ValueError(f"{folder} was trained for patterns {meta['patterns']}, "
+                             f"not {list(PATTERNS)}")
+        net = PatternNet.from_config(meta["model_cfg"])
+        net.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
+        return cls(net, meta)
+
+    def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"architecture": "PatternNet", "model_cfg": self.net.config(),
+                "patterns": list(PATTERNS), **(extra or {})}
+        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+
+    @torch.inference_mode()
+    def probabilities(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """(len(PATTERNS),) probabilities for one garment."""
+        x = to_tensor(pattern_input(rgb, alpha, self.net.input_size)[None])
+        return torch.softmax(self.net(x), 1)[0].numpy()
+
+    def read(self, rgb: np.ndarray, alpha: np.ndarray) -> str:
+        return PATTERNS[int(np.argmax(self.probabilities(rgb, alpha)))]
+
+
+@functools.cache
+def shipped_classifier() -> PatternClassifier:
+    """The shipped head, loaded once per process."""
+    return PatternClassifier.from_pretrained()
+
+
+def delivered_attributes(result: FlatLayResult) -> dict[str, Any]:
+    """A pipeline result's catalog attributes, pattern included: what the worker stores and
+    the attributes benchmark scores (one definition for both)."""
+    pattern = None
+    if float(np.max(result.alpha)) > 0.5:
+        pattern = shipped_classifier().read(result.image[..., :3], result.alpha)
+    return garment_attributes(result.category, result.landmarks, result.image, result.alpha,
+                              category_confidence=result.category_confidence,
+                              frame=result.frame, pattern=pattern)
