@@ -9,11 +9,14 @@ import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tqdm import tqdm
 
 from models.config import config_id
+
+if TYPE_CHECKING:
+    import torch
 
 
 def default_device() -> str:
@@ -87,3 +90,55 @@ def record_eval(run: Path, history: list[dict[str, Any]], metrics: dict[str, Any
     tqdm.write(json.dumps(metrics))
     with (Path(run) / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(metrics) + "\n")
+
+
+def numpy_rng(rng: Any) -> tuple[Callable[[], Any], Callable[[Any], None]]:  # noqa: ANN401
+    """(get, set) of a numpy Generator's state, for `supervised_loop`'s checkpoints."""
+
+    def set_state(state: Any) -> None:  # noqa: ANN401
+        rng.bit_generator.state = state
+
+    return (lambda: rng.bit_generator.state), set_state
+
+
+def supervised_loop(cfg: TrainRun, model: torch.nn.Module, opt: torch.optim.Optimizer, *,
+                    desc: str, steps: int, lr: float, warmup: int, eval_every: int,
+                    batch_loss: Callable[[], tuple[torch.Tensor, dict[str, float]]],
+                    evaluate: Callable[[], dict[str, Any]],
+                    rng: tuple[Callable[[], Any], Callable[[Any], None]],
+                    after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """The loop the parser, StructureNet and pattern trainers share: resume from the run's
+    checkpoint, cosine learning rate, one `batch_loss()` (loss, parts to show) per step,
+    validation (`evaluate()`) every `eval_every` steps and at the end, a checkpoint every
+    `ckpt_every`. `rng`: (get, set) of the random state the batches are drawn from, kept in
+    the checkpoint. Returns the validation history."""
+    run = Path(cfg.run_dir)
+    step, history = 0, []
+    state = load_checkpoint(run, cfg.device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        rng[1](state["rng"])
+        step, history = state["step"], state["history"]
+    model.train()
+    bar = tqdm(total=steps, initial=step, desc=desc)
+    while step < steps:
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, lr, warmup, steps)
+        loss, parts = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+        if step % eval_every == 0 or step == steps:
+            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4),
+                                       **evaluate()})
+        if step % cfg.ckpt_every == 0 or step == steps:
+            save_checkpoint(run, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                  "rng": rng[0](), "step": step, "history": history})
+    bar.close()
+    return history

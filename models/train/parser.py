@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from models.config import model_config
 from models.garments import CATEGORIES, SPLITS, flip_permutation, generate, num_landmarks
@@ -34,14 +33,7 @@ from models.parser import (
     normalise,
     soft_argmax,
 )
-from models.train.common import (
-    TrainRun,
-    cosine_lr,
-    load_checkpoint,
-    record_eval,
-    render_map,
-    save_checkpoint,
-)
+from models.train.common import TrainRun, numpy_rng, render_map, supervised_loop
 
 MAX_L = max(num_landmarks(c) for c in CATEGORIES)
 RENDER = 256
@@ -216,37 +208,19 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     net = ParserNet.from_config(model).to(cfg.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
-    step, history = 0, []
-    state = load_checkpoint(run, cfg.device)
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = state["rng"]
-        step, history = state["step"], state["history"]
-    started = time.time()
-    net.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="train parser")
-    while step < cfg.steps:
+
+    def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
         idx = rng.integers(len(train_data["photos"]), size=cfg.batch)
         batch = _batch(train_data, idx, rng, augment=True)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
         out = net(batch["x"].to(cfg.device))
-        loss, parts = parser_loss(out, {k: v.to(cfg.device) for k, v in batch.items()})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4),
-                                        **evaluate(net, val_data, cfg.device)})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint(run, {"model": net.state_dict(), "opt": opt.state_dict(),
-                                  "rng": rng.bit_generator.state, "step": step,
-                                  "history": history})
-    bar.close()
+        return parser_loss(out, {k: v.to(cfg.device) for k, v in batch.items()})
+
+    started = time.time()
+    history = supervised_loop(
+        cfg, net, opt, desc="train parser", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
+        eval_every=cfg.eval_every, batch_loss=batch_loss,
+        evaluate=lambda: evaluate(net, val_data, cfg.device),
+        rng=numpy_rng(rng))
     final = history[-1] if history else evaluate(net, val_data, cfg.device)
     training = {
         "command": f"flatlay train parser --config {cfg.config} --steps {cfg.steps}",

@@ -20,20 +20,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from models.attributes import PATTERNS, world_pattern
 from models.config import model_config
 from models.garments import SPLITS, generate
 from models.pattern import PatternClassifier, PatternNet, pattern_input, to_tensor
-from models.train.common import (
-    TrainRun,
-    cosine_lr,
-    load_checkpoint,
-    record_eval,
-    render_map,
-    save_checkpoint,
-)
+from models.train.common import TrainRun, numpy_rng, render_map, supervised_loop
 
 
 @dataclass
@@ -130,36 +122,19 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
     val_data = pattern_data(run, "val", cfg.n_val, cfg.render, net.input_size, cfg.workers)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
-    step, history = 0, []
-    state = load_checkpoint(run, cfg.device)
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = state["rng"]
-        step, history = state["step"], state["history"]
-    started = time.time()
-    net.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="train pattern")
-    while step < cfg.steps:
+
+    def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
         idx = rng.integers(len(train_data["labels"]), size=cfg.batch)
         x, y = _batch(train_data, idx, rng, cfg.blur_share)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
         loss = F.cross_entropy(net(x.to(cfg.device)), y.to(cfg.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4),
-                                        **evaluate(net, val_data, cfg.device)})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint(run, {"model": net.state_dict(), "opt": opt.state_dict(),
-                                  "rng": rng.bit_generator.state, "step": step,
-                                  "history": history})
-    bar.close()
+        return loss, {"loss": loss.item()}
+
+    started = time.time()
+    history = supervised_loop(
+        cfg, net, opt, desc="train pattern", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
+        eval_every=cfg.eval_every, batch_loss=batch_loss,
+        evaluate=lambda: evaluate(net, val_data, cfg.device),
+        rng=numpy_rng(rng))
     final = history[-1] if history else evaluate(net, val_data, cfg.device)
     training = {
         "command": f"flatlay train pattern --config {cfg.config.removeprefix('pattern-')} "

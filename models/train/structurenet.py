@@ -22,17 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
-from tqdm import tqdm
 
 from models.garments import CATEGORIES, SPLITS
 from models.structurenet import StructureNet, normalise_photos
-from models.train.common import (
-    TrainRun,
-    cosine_lr,
-    load_checkpoint,
-    record_eval,
-    save_checkpoint,
-)
+from models.train.common import TrainRun, supervised_loop
 from models.train.pairs import PAIR_PHOTO_SIZE, PairArrays, render_pairs
 
 WITHHELD_DEFAULT = ("skirt",)
@@ -137,42 +130,27 @@ def train(cfg: TrainConfig) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     loss_fn = ClipLoss()
     gen = torch.Generator().manual_seed(cfg.seed)
-    step, history = 0, []
-    state = load_checkpoint(run, cfg.device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        step, history = state["step"], state["history"]
 
-    model.train()
-    started = time.time()
-    bar = tqdm(total=cfg.steps, initial=step, desc="train structurenet")
-    while step < cfg.steps:
+    def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
         idx = torch.randint(len(photos), (cfg.batch,), generator=gen)
         x = _augment(photos[idx], gen).to(cfg.device)
         y = (maps[idx].float() / 255.0).to(cfg.device)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
         photo_f, struct_f, scale = model(x, y)
         c, lm = cats[idx].to(cfg.device), lms[idx].to(cfg.device)
         loss = loss_fn(photo_f, struct_f, scale) + 0.5 * (
             aux_loss(model, photo_f, c, lm) + aux_loss(model, struct_f, c, lm))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return loss, {"loss": loss.item(), "scale": scale.item()}
+
+    def clamp_scale() -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            record_eval(run, history, {"step": step, "loss": round(loss.item(), 4),
-                                        **evaluate(model, val_pairs, cfg.device)})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint(run, {"model": model.state_dict(), "opt": opt.state_dict(),
-                                  "gen": gen.get_state(), "step": step, "history": history})
-    bar.close()
+
+    started = time.time()
+    history = supervised_loop(
+        cfg, model, opt, desc="train structurenet", steps=cfg.steps, lr=cfg.lr,
+        warmup=cfg.warmup, eval_every=cfg.eval_every, batch_loss=batch_loss,
+        evaluate=lambda: evaluate(model, val_pairs, cfg.device),
+        rng=(gen.get_state, gen.set_state), after_step=clamp_scale)
 
     final = history[-1] if history else evaluate(model, val_pairs, cfg.device)
     training = {
