@@ -33,20 +33,30 @@ PATTERN_WEIGHTS = Path(__file__).parent / "weights" / "pattern-tiny"
 def pattern_input(rgb: np.ndarray, alpha: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) uint8 and (H, W) alpha (bool or [0, 1] float) → (size, size, 4) uint8: the
     garment's box, squared and centred on white, RGB on white plus its alpha."""
-    a = np.asarray(alpha, np.float32)
-    ys, xs = np.nonzero(a > 0.5)
-    if len(xs) == 0:
-        y0, x0, y1, x1 = 0, 0, a.shape[0], a.shape[1]
+    inside = np.asarray(alpha) > 0.5
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    if len(rows) == 0:
+        y0, x0, y1, x1 = 0, 0, inside.shape[0], inside.shape[1]
     else:
-        y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
-    side = max(y1 - y0, x1 - x0)
+        y0, x0, y1, x1 = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+    crop_rgb = Image.fromarray(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+    a8 = np.asarray(alpha[y0:y1, x0:x1], np.float32)
+    crop_a = Image.fromarray((np.clip(a8, 0, 1) * 255 + 0.5).astype(np.uint8))
+    # A delivered canvas is 1024² or more: reduce it first (box filter, in C), so the
+    # compositing below works on a few hundred pixels a side (the result is the same box
+    # average to within rounding).
+    factor = max(1, max(crop_rgb.size) // (2 * size))
+    if factor > 1:
+        crop_rgb, crop_a = crop_rgb.reduce(factor), crop_a.reduce(factor)
+    w, h = crop_rgb.size
+    side = max(w, h)
+    a_f = np.asarray(crop_a, np.float32)[..., None] / 255.0
+    on_white = np.asarray(crop_rgb, np.float32) * a_f + 255.0 * (1 - a_f)
     rgba = np.full((side, side, 4), 255, np.uint8)
     rgba[..., 3] = 0
-    oy, ox = (side - (y1 - y0)) // 2, (side - (x1 - x0)) // 2
-    crop_a = a[y0:y1, x0:x1, None]
-    on_white = rgb[y0:y1, x0:x1].astype(np.float32) * crop_a + 255.0 * (1 - crop_a)
-    rgba[oy:oy + y1 - y0, ox:ox + x1 - x0, :3] = (on_white + 0.5).astype(np.uint8)
-    rgba[oy:oy + y1 - y0, ox:ox + x1 - x0, 3] = (crop_a[..., 0] * 255 + 0.5).astype(np.uint8)
+    oy, ox = (side - h) // 2, (side - w) // 2
+    rgba[oy:oy + h, ox:ox + w, :3] = (on_white + 0.5).astype(np.uint8)
+    rgba[oy:oy + h, ox:ox + w, 3] = np.asarray(crop_a)
     # RGB and alpha apart: PIL resizes RGBA premultiplied, which would blacken the margin.
     rgb_small = Image.fromarray(rgba[..., :3]).resize((size, size), Image.Resampling.BOX)
     a_small = Image.fromarray(rgba[..., 3]).resize((size, size), Image.Resampling.BOX)

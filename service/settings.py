@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=5.0, gt=0)
     local_webhook_secret: str = ""
 
-    default_pipeline: str = "flatten"
+    default_pipeline: str = "ragdiffusion"
     # A succeeded job whose category confidence is below this says `review_suggested: true`
     # (status and webhook), so catalog tooling can route it to a person.
     review_confidence: float = Field(default=REVIEW_CONFIDENCE, ge=0, le=1)
