@@ -149,11 +149,11 @@ def shipped_classifier() -> PatternClassifier:
 
 
 def delivered_attributes(result: FlatLayResult) -> dict[str, Any]:
-    """A pipeline result's catalog attributes, pattern included: what the worker stores and
-    the attributes benchmark scores (one definition for both)."""
-    pattern = None
-    if float(np.max(result.alpha)) > 0.5:
-        pattern = shipped_classifier().read(result.image[..., :3], result.alpha)
+    """A pipeline result's catalog attributes, pattern included (read from the photo's own
+    texture where the pipeline re-draws the garment, else from the delivered pixels): what
+    the worker stores and the attributes benchmark scores (one definition for both)."""
+    rgb, alpha = result.texture or (result.image[..., :3], result.alpha)
+    pattern = shipped_classifier().read(rgb, alpha) if float(np.max(alpha)) > 0.5 else None
     return garment_attributes(result.category, result.landmarks, result.image, result.alpha,
                               category_confidence=result.category_confidence,
                               frame=result.frame, pattern=pattern)

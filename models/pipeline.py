@@ -127,6 +127,10 @@ class FlatLayResult:
     # The pipeline's belief in `category` (0–1), where it has one (None: given by the
     # request's structure, or a pipeline that does not say).
     category_confidence: float | None = None
+    # Where the delivered pixels are re-drawn (the generator's pipelines): the photo's own
+    # texture, W and the alpha of its known garment pixels, both (S, S) on the canonical
+    # canvas. The pattern attribute is read from it, as a generation washes prints out.
+    texture: tuple[np.ndarray, np.ndarray] | None = None
 
     def structure_json(self) -> dict[str, Any] | None:
         if self.category is None or self.landmarks is None:

@@ -93,3 +93,20 @@ def test_shipped_head_reads_validation_garments() -> None:
         flat.append(head.read(s.flat_image, s.flat_mask) == truth)
         wild.append(head.read(s.wild_image, s.wild_mask) == truth)
     assert np.mean(flat) >= 0.9 and np.mean(wild) >= 0.85, (np.mean(flat), np.mean(wild))
+
+
+def test_a_redrawn_garment_is_read_from_the_photo_s_texture() -> None:
+    """The generator's pipelines re-draw the garment (and wash prints out): the pattern is
+    read from W, the photo's own texture, that they carry on the result."""
+    from models.pattern import delivered_attributes
+    from models.pipeline import FlatLayResult
+    from tests.support import garment_photo
+
+    rgb, mask = garment_photo(320, 240)  # a striped t-shirt
+    plain = np.full((240, 320, 4), 255, np.uint8)
+    plain[mask, :3] = (90, 90, 90)
+    alpha = mask.astype(np.float32)
+    result = FlatLayResult(image=plain, alpha=alpha)
+    assert delivered_attributes(result)["pattern"] == "solid"
+    result.texture = (rgb, alpha)
+    assert delivered_attributes(result)["pattern"] == "striped"

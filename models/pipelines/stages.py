@@ -269,4 +269,6 @@ def deliver(options: PipelineOptions, image: np.ndarray, alpha: np.ndarray, *,
         canvas_landmarks=canvas_landmarks,
         neighbours=coarse.fused.neighbours if coarse is not None else None, overlay=overlay,
         timings=clock.timings, category_confidence=confidence,
-        coarse=coarse.warped.image if with_warp and coarse is not None else None)
+        coarse=coarse.warped.image if with_warp and coarse is not None else None,
+        texture=(coarse.warped.image, np.asarray(alpha, np.float32) * coarse.warped.validity)
+        if with_warp and coarse is not None else None)
