@@ -88,7 +88,8 @@ class Attributes(BaseModel):
         default=None, description="crew, scoop, v, turtleneck (t-shirts, long-sleeve tops, "
         "sweaters, tank tops, dresses), collar (shirts) or hood (hoodies)")
     pattern: str | None = Field(
-        default=None, description="the garment's pattern as read from the delivered pixels: "
+        default=None, description="the garment's pattern, read from its pixels (the photo's "
+        "own texture where the generator re-draws the garment): "
         f"{', '.join(PATTERNS[:-1])} or {PATTERNS[-1]} (Merchant Center's `pattern`)")
     colors: list[ColorAttribute] = Field(
         default_factory=list, description="up to 3 dominant colours of the delivered "
