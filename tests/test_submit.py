@@ -355,7 +355,7 @@ def test_the_client_speaks_the_service_vocabulary() -> None:
     assert SIDE_OUTPUTS == {k: v[0] for k, v in SERVICE_OUTPUTS.items()}
     assert ATTRIBUTE_COLUMNS == SERVICE_COLUMNS
     attributes = {"category": {"value": "tshirt", "confidence": 0.91234}, "sleeve_length": "short",
-                  "colors": [{"name": "navy", "hex": "#102040", "share": 0.7},
+                  "pattern": "striped", "colors": [{"name": "navy", "hex": "#102040", "share": 0.7},
                              {"name": "white", "hex": "#ffffff", "share": 0.25}]}
     assert _attribute_cells(attributes) == list(attribute_cells(attributes))
 
