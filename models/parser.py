@@ -133,7 +133,9 @@ def total_landmarks() -> int:
     return sum(num_landmarks(c) for c in CATEGORIES)
 
 
-def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+def conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """Two 3×3 conv–BN–ReLU layers, the first with `stride` (the parser's and the pattern
+    head's building block)."""
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
         nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
@@ -147,12 +149,12 @@ class ParserNet(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
         w = width
-        self.enc1 = _block(3, w, 2)  # 64²
-        self.enc2 = _block(w, 2 * w, 2)  # 32²
-        self.enc3 = _block(2 * w, 4 * w, 2)  # 16²
-        self.enc4 = _block(4 * w, 8 * w, 2)  # 8²
-        self.dec3 = _block(8 * w + 4 * w, 4 * w, 1)  # 16²
-        self.dec2 = _block(4 * w + 2 * w, 4 * w, 1)  # 32²
+        self.enc1 = conv_block(3, w, 2)  # 64²
+        self.enc2 = conv_block(w, 2 * w, 2)  # 32²
+        self.enc3 = conv_block(2 * w, 4 * w, 2)  # 16²
+        self.enc4 = conv_block(4 * w, 8 * w, 2)  # 8²
+        self.dec3 = conv_block(8 * w + 4 * w, 4 * w, 1)  # 16²
+        self.dec2 = conv_block(4 * w + 2 * w, 4 * w, 1)  # 32²
         self.dec1 = nn.Sequential(  # 64², only for the mask: one light conv
             nn.Conv2d(4 * w + w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True))
         n_lm = total_landmarks()

@@ -23,6 +23,7 @@ from torch import nn
 
 from models.attributes import PATTERNS, garment_attributes
 from models.config import model_config
+from models.parser import conv_block
 
 if TYPE_CHECKING:
     from models.pipeline import FlatLayResult
@@ -69,12 +70,6 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.cat([(t[:, :3] - 0.5) / 0.25, t[:, 3:]], 1)
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True),
-        nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True))
-
-
 class PatternNet(nn.Module):
     """(B, 4, S, S) → (B, len(PATTERNS)) logits: four stride-2 blocks, then the mean and the
     max over the garment (a print is local, a stripe everywhere)."""
@@ -82,8 +77,8 @@ class PatternNet(nn.Module):
     def __init__(self, width: int, input_size: int) -> None:
         super().__init__()
         w = width
-        self.features = nn.Sequential(_block(4, w), _block(w, 2 * w), _block(2 * w, 4 * w),
-                                      _block(4 * w, 8 * w))
+        self.features = nn.Sequential(conv_block(4, w, 2), conv_block(w, 2 * w, 2),
+                                      conv_block(2 * w, 4 * w, 2), conv_block(4 * w, 8 * w, 2))
         self.head = nn.Linear(16 * w, len(PATTERNS))
         self.width, self.input_size = width, input_size
 
