@@ -36,7 +36,7 @@ NECKLINES = ("crew", "scoop", "v", "turtleneck", "collar", "hood")
 # best, at 0.9, which flags a third).
 REVIEW_CONFIDENCE = 0.8
 # Retail pattern names (Google Merchant Center's `pattern` is free text; these are the values
-# feeds commonly use), read from the delivered pixels by models.pattern.
+# feeds commonly use), read from the garment's pixels by models.pattern.
 PATTERNS = ("solid", "striped", "checked", "printed", "graphic", "text")
 # The garment world's fabrics and prints under those names: heather, knit, denim and a
 # gradient are one colour's textures (solid); dots, florals and camo are all-over prints.
