@@ -10,7 +10,8 @@ landmarks (canonical frame) and the true flat-lay's pixels and mask, so the benc
 measures the pipeline, not a second definition.
 
 - accuracy per attribute (category, sleeve_length, length, neckline, pattern): over the
-  assets whose truth has the attribute; a failed job, or a missing or different prediction, is wrong.
+  assets whose truth has the attribute; a failed job, or a missing or different prediction,
+  is wrong.
   `_given_category` is the same over the assets whose category came out right.
 - colours: the dominant (largest share) colour of the output against the truth's dominant
   colour: `color_name_accuracy` (same vocabulary name), `color_delta_e_median` (CIEDE2000
