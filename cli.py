@@ -87,7 +87,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 # `flatlay train MODEL` → the config family it reads (vae and generator share one config).
 TRAIN_FAMILY = {"parser": "parser", "structurenet": "structurenet", "vae": "generator",
-                "generator": "generator", "pattern": "pattern"}
+                "generator": "generator", "pattern": "pattern", "illuminant": "illuminant"}
 
 
 def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,6 +134,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from models.train.pattern import PatternTrainConfig, train_pattern
 
         cfg, out = PatternTrainConfig(**settings), train_pattern
+    elif args.model == "illuminant":
+        from models.train.illuminant import IlluminantTrainConfig, train_illuminant
+
+        cfg, out = IlluminantTrainConfig(**settings), train_illuminant
     else:
         from models.train.generator import GeneratorTrainConfig, train_generator, train_vae
 
@@ -326,7 +330,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
             ("structurenet", "the dual-tower retrieval model"),
             ("vae", "the latent space: AutoencoderKL and its photo-aligned decoder"),
             ("generator", "the diffusion pass's denoiser (after `train vae`)"),
-            ("pattern", "the pattern head (the `pattern` attribute)")):
+            ("pattern", "the pattern head (the `pattern` attribute)"),
+            ("illuminant", "the illuminant estimator (the generator's colour constancy)")):
         p = tsub.add_parser(name, help=what)
         configs = config_names(TRAIN_FAMILY[name])
         p.add_argument("--config", default="tiny",

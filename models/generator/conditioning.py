@@ -7,7 +7,10 @@ crop the parser found, turned into tokens by a small reference encoder (Referenc
 The `cutout` placement of the photo is kept too: it is what `noretrieval` starts from.
 
 `coarse_conditions` is the one place that turns a `CoarseAlignment` into these arrays, used
-both to cache the training pairs and at inference, so the two cannot drift apart.
+both to cache the training pairs and at inference, so the two cannot drift apart. W and the
+cutout arrive colour-corrected: multiplied by the illuminant estimator's gain for the photo
+(`models.illuminant`, `corrected`), so the bridge starts from the catalog's colours as far as
+the scene reveals them; the crop stays as photographed.
 """
 
 from __future__ import annotations
@@ -49,23 +52,49 @@ def _area(image: np.ndarray, size: int) -> np.ndarray:
                       else img.resize((size, size), Image.Resampling.BOX))
 
 
+def corrected(rgb: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """(…, 3 or 4) uint8 with its RGB times the (3,) gain (an alpha channel kept as is)."""
+    from models.illuminant import apply_gain
+
+    out = np.array(rgb, copy=True)
+    out[..., :3] = apply_gain(out[..., :3], gain)
+    return out
+
+
+def cutout_layer(photo: np.ndarray, mask: np.ndarray, resolution: int,
+                 gain: np.ndarray) -> np.ndarray:
+    """(R, R, 4) uint8: the photo's garment centred by its parsed mask alone (what
+    `noretrieval` starts from), colour-corrected by `gain`."""
+    from models.compose import CATALOG_FILL, place_garment
+
+    return corrected(np.asarray(place_garment(photo, mask, resolution, CATALOG_FILL).layer),
+                     gain)
+
+
+def photo_gain(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The shipped illuminant estimator's (3,) RGB gain for the photo and its parsed garment
+    mask."""
+    from models.illuminant import shipped_estimator
+
+    return shipped_estimator().gain(photo, mask)
+
+
 def coarse_conditions(coarse, photo: np.ndarray, resolution: int,  # noqa: ANN001
                       latent_size: int) -> CoarseConditions:
     """`coarse` (models.pipelines.stages.CoarseAlignment, its warp at any canvas size ≥ resolution)
     and the photo (H, W, 3) uint8 → the generator's conditions at `resolution`."""
-    from models.compose import CATALOG_FILL, place_garment
     from models.structurenet import structure_map
 
     warped = coarse.warped
     valid = _area((warped.validity * 255).astype(np.uint8), resolution) > 127
     fused = coarse.fused
     structure = structure_map(fused.landmarks, fused.silhouette, latent_size)
-    placed = place_garment(photo, coarse.parsed.mask, resolution, CATALOG_FILL)
+    gain = photo_gain(photo, coarse.parsed.mask)
     return CoarseConditions(
-        warp=_area(warped.image, resolution), validity=valid,
+        warp=corrected(_area(warped.image, resolution), gain), validity=valid,
         structure=structure.astype(np.float32),
         embedding=np.asarray(fused.embedding, np.float32), crop=np.asarray(coarse.crop),
-        cutout=np.asarray(placed.layer))
+        cutout=cutout_layer(photo, coarse.parsed.mask, resolution, gain))
 
 
 def images_to_tensor(rgb: np.ndarray, alpha: np.ndarray) -> torch.Tensor:

@@ -155,8 +155,7 @@ class NoRetrievalPipeline:
     def __call__(
         self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None
     ) -> FlatLayResult:
-        from models.compose import CATALOG_FILL, place_garment
-        from models.generator.conditioning import CoarseConditions
+        from models.generator.conditioning import CoarseConditions, cutout_layer, photo_gain
         from models.generator.detail import generated_alpha, upscale
         from models.structurenet import photo_tensor_uint8
 
@@ -175,7 +174,7 @@ class NoRetrievalPipeline:
                 embedding=np.zeros(embed_dim, np.float32),
                 crop=photo_tensor_uint8(rgb, gen.conditioner.config.reference_size,
                                         parsed.mask > 0.5),
-                cutout=np.asarray(place_garment(rgb, parsed.mask, res, CATALOG_FILL).layer))
+                cutout=cutout_layer(rgb, parsed.mask, res, photo_gain(rgb, parsed.mask)))
             out = gen([cond], [options.seed or 0], steps=options.steps, noretrieval=True)[0]
         with clock.stage("compose"):
             size = options.output_size
