@@ -18,6 +18,7 @@ from service.deps import (
     Ctx,
     IdempotencyKey,
     Key,
+    discard_stored,
     located,
     lost_race,
     owned,
@@ -152,6 +153,9 @@ def _create_job(ctx: ServiceContext, key: Principal, photo: _Photo, pipeline: st
         except IdempotencyConflict as conflict:
             twin = lost_race(ctx, key, idem, conflict, [photo.input_blob])
             return _job_or_404(ctx, key, twin), True
+        except Exception:
+            discard_stored(ctx, [photo.input_blob])  # no row names it: keep nothing
+            raise
         log.info("asset created", extra={"pipeline": pipeline})
         ctx.enqueue(job.id)
     return job, False

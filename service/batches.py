@@ -26,6 +26,7 @@ from service.deps import (
     Ctx,
     IdempotencyKey,
     Key,
+    discard_stored,
     located,
     lost_race,
     owned,
@@ -154,7 +155,11 @@ def _job_rows(ctx: ServiceContext, key: Principal, batch_id: str, unpacked: Unpa
         job_id = new_job_id()
         if m.data is not None and m.info is not None:
             input_blob = input_key(job_id, m.info.format)
-            ctx.blobs.put(input_blob, m.data)
+            try:
+                ctx.blobs.put(input_blob, m.data)
+            except Exception:
+                discard_stored(ctx, blobs)  # the members stored before this one
+                raise
             blobs.append(input_blob)
             meta = input_meta(m.info, filename=m.name)
         else:
@@ -223,6 +228,9 @@ def create_batch(
     except IdempotencyConflict as conflict:
         twin = lost_race(ctx, key, idem, conflict, blobs)
         return _answer(ctx, _batch_or_404(ctx, key, twin), response, replayed=True)
+    except Exception:
+        discard_stored(ctx, blobs)  # no row names them: keep nothing
+        raise
     for job in jobs:
         ctx.enqueue(job.id)
     log.info("batch created", extra={"batch_id": batch_id, "accepted": len(jobs),

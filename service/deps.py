@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Annotated, TypeVar
@@ -17,6 +18,8 @@ from service.ratelimit import RateLimiterUnavailable
 from service.rows import Idempotency, IdempotencyConflict
 from service.settings import Settings
 from service.webhooks import webhook_target
+
+log = logging.getLogger("flatlay.api")
 
 Ctx = Annotated[ServiceContext, Depends(get_context)]
 # Ids are at most this long; a longer one names nothing (and is not looked up).
@@ -112,12 +115,23 @@ def request_webhook_target(url: str | None, key: Principal, settings: Settings) 
         raise ApiError("validation_error", str(exc), "webhook_url") from None
 
 
+def discard_stored(ctx: ServiceContext, stored: list[str]) -> None:
+    """Delete the input blobs a request put before its job rows, when the rows are not
+    written (a twin won the race, the job store is down, the request failed): a blob no row
+    names would be an orphan. Best effort: a blob store failing now too is logged, and what
+    is left is an orphan the soak's accounting names."""
+    for blob in stored:
+        try:
+            ctx.blobs.delete(blob)
+        except Exception:  # noqa: BLE001 (the request's own error is the one to answer)
+            log.warning("could not delete input blob %s of a refused request", blob)
+
+
 def lost_race(ctx: ServiceContext, key: Principal, idem: Idempotency | None,
               conflict: IdempotencyConflict, stored: list[str]) -> str:
     """A twin request with the same Idempotency-Key stored first: delete the blobs this one
     put and answer as the twin did (the id it made; 409 when it asked for another thing)."""
-    for blob in stored:
-        ctx.blobs.delete(blob)
+    discard_stored(ctx, stored)
     replayed_or_conflict(ctx, key, idem)
     return conflict.existing.resource_id
 

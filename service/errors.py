@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.blobs import StorageError
+from service.store import STORE_OUTAGE_ERRORS
 
 log = logging.getLogger("flatlay.api")
 
@@ -154,6 +155,17 @@ def install_error_handlers(app: FastAPI) -> None:
                               "the blob store failed (full, read-only or unreachable); "
                               "retry later",
                               headers={"Retry-After": "5"})
+
+    async def _store_outage(_: Request, exc: Exception) -> JSONResponse:
+        # The job store (PostgreSQL restarting, a dropped connection): nothing was recorded
+        # and what the request stored is gone again (`deps.discard_stored`); retrying is safe.
+        log.warning("job store unreachable: %s", type(exc).__name__)
+        return error_response("service_unavailable",
+                              "the job store is unreachable; nothing was kept, retry later",
+                              headers={"Retry-After": "5"})
+
+    for outage in STORE_OUTAGE_ERRORS:
+        app.add_exception_handler(outage, _store_outage)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

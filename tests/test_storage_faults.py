@@ -157,6 +157,42 @@ def test_readyz_and_uploads_under_a_full_disk(tmp_path: Path, photo: bytes) -> N
     assert sorted(p.name for p in s.resolved_blob_dir.iterdir()) == []  # probes removed
 
 
+def _assets_files(blob_dir: Path) -> list[Path]:
+    return sorted(p for p in (blob_dir / "assets").rglob("*") if p.is_file()) \
+        if (blob_dir / "assets").exists() else []
+
+
+def test_a_job_store_outage_answers_503_and_keeps_no_upload(
+        tmp_path: Path, photo: bytes, postgres_url: str) -> None:
+    """PostgreSQL refusing connections while uploads arrive (as when it restarts): the
+    photo was stored before its job row, so the row's failed write must remove it again
+    (the soak found such orphans) and the answer is a retryable 503, not a 500."""
+    import psycopg
+
+    from tests.conftest import POSTGRES_ADMIN
+
+    s = _settings(tmp_path, database_url=postgres_url)
+    name = postgres_url.rsplit("/", 1)[1]
+    with TestClient(create_app(s)) as c, \
+            psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        assert _submit(c, photo)  # the store works: one job, one input
+        assert len(_assets_files(s.resolved_blob_dir)) == 1
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        r = c.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+        assert r.json()["error"]["code"] == "service_unavailable"
+        r = c.post("/batches", files=[("files", (f"{i}.jpg", photo, "image/jpeg"))
+                                      for i in range(3)])
+        assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable"
+        assert len(_assets_files(s.resolved_blob_dir)) == 1  # nothing of the refused ones
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        assert _submit(c, photo)  # back: the retry is taken
+        assert len(_assets_files(s.resolved_blob_dir)) == 2
+        c.app.state.ctx.store.dispose()
+
+
 # S3 answering 503 -----------------------------------------------------------------------------
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
