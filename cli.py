@@ -87,7 +87,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
 
 # `flatlay train MODEL` → the config family it reads (vae and generator share one config).
 TRAIN_FAMILY = {"parser": "parser", "structurenet": "structurenet", "vae": "generator",
-                "generator": "generator", "pattern": "pattern", "illuminant": "illuminant"}
+                "generator": "generator", "pattern": "pattern", "illuminant": "illuminant",
+                "hints": "hints"}
 
 
 def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,6 +139,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from models.train.illuminant import IlluminantTrainConfig, train_illuminant
 
         cfg, out = IlluminantTrainConfig(**settings), train_illuminant
+    elif args.model == "hints":
+        from models.train.hints import HintsTrainConfig, train_hints
+
+        cfg, out = HintsTrainConfig(**settings), train_hints
     else:
         from models.train.generator import GeneratorTrainConfig, train_generator, train_vae
 
@@ -309,6 +314,20 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
 
     wanted = None if args.pipelines is None else [
         p.strip() for p in args.pipelines.split(",") if p.strip()]
+    if args.hints:
+        from models.eval import hints
+
+        if wanted is not None and len(wanted) != 1:
+            raise CLIError("--hints runs one pipeline: give --pipelines NAME")
+        try:
+            result = hints.benchmark_hints(split=_report_split(args), n=args.n,
+                                           pipeline=wanted[0] if wanted else "flatten",
+                                           size=args.size)
+        except (KeyError, ValueError) as exc:
+            raise CLIError(str(exc).strip("'\"")) from None
+        _print_report(result, hints.write_report(result, args.out_dir), hints.format_table,
+                      args.json)
+        return 0
     try:
         result, grid = benchmark_quality(split=_report_split(args), n=args.n,
                                          pipelines=wanted, size=args.size,
@@ -331,7 +350,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
             ("vae", "the latent space: AutoencoderKL and its photo-aligned decoder"),
             ("generator", "the diffusion pass's denoiser (after `train vae`)"),
             ("pattern", "the pattern head (the `pattern` attribute)"),
-            ("illuminant", "the illuminant estimator (the generator's colour constancy)")):
+            ("illuminant", "the illuminant estimator (the generator's colour constancy)"),
+            ("hints", "the text tower for hints (after structurenet and the bank)")):
         p = tsub.add_parser(name, help=what)
         configs = config_names(TRAIN_FAMILY[name])
         p.add_argument("--config", default="tiny",
@@ -408,6 +428,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ceilings", action="store_true",
                    help="add what a perfect generator behind flatten's silhouette would score "
                    "(oracle colour map, the truth at 64², 128², full)")
+    p.add_argument("--hints", action="store_true",
+                   help="text hints on the split's hard photos (occluded or cropped): no "
+                   "hint, a correct one and a wrong one (one pipeline, default flatten)")
     p.set_defaults(func=_cmd_bench_quality)
     p = bnsub.add_parser("attributes",
                          help="catalog attributes of the flat-lays against the world's truth")
@@ -526,7 +549,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 # The option each field of `POST /assets` is given by in `flatlay generate`.
 _GENERATE_FLAGS = {"pipeline": "--pipeline", "preset": "--preset", "output_size": "--size",
                    "background": "--background", "format": "--format", "seed": "--seed",
-                   "steps": "--steps"}
+                   "steps": "--steps", "hint": "--hint"}
 
 
 def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[str, dict]:
@@ -559,7 +582,8 @@ def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[
     try:
         return resolve_options(args.pipeline, given_options(
             preset=args.preset, output_size=args.output_size, background=args.background,
-            format=fmt, seed=args.seed, structure=structure, steps=args.steps),
+            format=fmt, seed=args.seed, structure=structure, steps=args.steps,
+            hint=args.hint),
             _default_pipeline())
     except ApiError as exc:
         field = exc.field or ""
@@ -652,7 +676,11 @@ def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
                    help="default: -o's suffix, else the preset's")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps of the generative pipelines (1–50; default 8)")
+                   help="sampling steps of the generative pipelines (1–50; default: the "
+                   "generator's)")
+    p.add_argument("--hint", default=None,
+                   help="what you know about the garment in words (e.g. 'long sleeves', "
+                   "'midi dress'): evidence for retrieval beside the photo")
     p.add_argument("--structure", type=Path, default=None, metavar="FILE.json",
                    help='lay the garment out in this structure ({"category", "landmarks"}, '
                    "e.g. an earlier <stem>.landmarks.json) instead of the retrieved one")
@@ -757,7 +785,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     job_options = {k: v for k, v in {
         "pipeline": args.pipeline, "preset": args.preset, "output_size": args.output_size,
-        "background": args.background, "format": args.format}.items() if v is not None}
+        "background": args.background, "format": args.format,
+        "hint": args.hint}.items() if v is not None}
     opts = SubmitOptions(
         out=args.out, job_options=job_options, batch_size=args.batch_size,
         outputs=[o.strip() for o in (args.outputs or "").split(",") if o.strip()],
@@ -803,6 +832,9 @@ def _add_client_commands(sub: argparse._SubParsersAction) -> None:
                    help="canvas side, px (default: the preset's)")
     p.add_argument("--background", default=None, help="'transparent' or #rrggbb")
     p.add_argument("--format", choices=["png", "jpeg", "webp"], default=None)
+    p.add_argument("--hint", default=None,
+                   help="what every garment sent is, in words (e.g. 'midi dress'): "
+                   "evidence for retrieval beside each photo")
     p.add_argument("--outputs", default=None, metavar="NAME,…",
                    help="side outputs to download too: mask, landmarks, neighbours, overlay, "
                    "coarse, attributes (those the pipeline makes)")

@@ -33,7 +33,7 @@ from client.errors import (
 # The option fields of `POST /assets` and `POST /batches` (service/options.py OPTION_FIELDS,
 # plus the pipeline); tests/test_submit.py keeps the two lists equal.
 OPTION_NAMES = ("pipeline", "preset", "output_size", "background", "format", "seed",
-                "structure", "steps")
+                "structure", "steps", "hint")
 # The side outputs a job may have and their file suffixes (models/pipeline.py SIDE_OUTPUTS).
 SIDE_OUTPUTS = {"mask": "png", "landmarks": "json", "neighbours": "json", "overlay": "png",
                 "coarse": "png", "attributes": "json"}
@@ -182,7 +182,7 @@ class Client:
                idempotency_key: str | None = None, webhook_url: str | None = None,
                **options: Any) -> dict[str, Any]:
         """`POST /assets`: one photo (a path or its bytes) with options (pipeline, preset,
-        output_size, background, format, seed, structure, steps). Returns the creation
+        output_size, background, format, seed, structure, steps, hint). Returns the creation
         answer ({id, status, links}); the same photo with the same options returns the same
         job, since the Idempotency-Key is derived from them."""
         name, data = _read_photo(photo, filename)

@@ -16,17 +16,16 @@ colours. Measured on validation in docs/generator.md.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.config import model_config
+from models.pretrained import load_weights, read_meta, save_weights
 
 ILLUMINANT_WEIGHTS = Path(__file__).parent / "weights" / "illuminant-tiny"
 N_FEATURES = 21
@@ -92,23 +91,12 @@ class IlluminantEstimator:
 
     @classmethod
     def from_pretrained(cls, folder: Path = ILLUMINANT_WEIGHTS) -> IlluminantEstimator:
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} holds no illuminant estimator (config.json "
-                                    "missing); run `flatlay train illuminant`")
-        meta = json.loads((folder / "config.json").read_text())
-        net = IlluminantNet.from_config(meta["model_cfg"])
-        net.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
-        return cls(net, meta)
+        meta = read_meta(folder, "illuminant estimator", "flatlay train illuminant")
+        return cls(load_weights(folder, IlluminantNet.from_config(meta["model_cfg"])), meta)
 
     def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"architecture": "IlluminantNet", "model_cfg": self.net.config(),
-                **(extra or {})}
-        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        save_weights(folder, self.net, {"architecture": "IlluminantNet",
+                                        "model_cfg": self.net.config(), **(extra or {})})
 
     @torch.inference_mode()
     def gain(self, photo: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ and the category's landmarks with visibility.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from scipy.cluster.vq import kmeans2
 from skimage.color import rgb2lab
@@ -28,6 +26,7 @@ from torch import nn
 
 from models.config import model_config
 from models.garments import CATEGORIES, flip_permutation, num_landmarks
+from models.pretrained import load_weights, read_meta, save_weights
 
 # The mask is found at this long side; the alpha is upsampled to the photo's full size.
 WORK_SIDE = 320
@@ -279,23 +278,14 @@ class GarmentParser:
 
     @classmethod
     def from_pretrained(cls, folder: Path = PARSER_WEIGHTS) -> GarmentParser:
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} holds no garment parser (config.json missing)")
-        meta = json.loads((folder / "config.json").read_text())
-        net = ParserNet(width=int(meta["model_cfg"]["width"]))
-        net.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
-        return cls(net, meta)
+        meta = read_meta(folder, "garment parser", "flatlay train parser")
+        return cls(load_weights(folder, ParserNet(width=int(meta["model_cfg"]["width"]))), meta)
 
     def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"architecture": "ParserNet", "model_cfg": {"width": self.net.width,
-                "input": PARSER_INPUT, "heatmap": HEATMAP_SIZE, "mask": MASK_SIZE,
-                "categories": list(CATEGORIES)}, **(extra or {})}
-        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        save_weights(folder, self.net, {
+            "architecture": "ParserNet", "model_cfg": {
+                "width": self.net.width, "input": PARSER_INPUT, "heatmap": HEATMAP_SIZE,
+                "mask": MASK_SIZE, "categories": list(CATEGORIES)}, **(extra or {})})
 
     @torch.inference_mode()
     def parse(self, rgb: np.ndarray, category: str | None = None) -> ParsedGarment:

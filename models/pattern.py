@@ -11,19 +11,18 @@ generated 128² garment delivers them), so it reads any pipeline's output.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.attributes import PATTERNS, garment_attributes
 from models.config import model_config
 from models.parser import conv_block
+from models.pretrained import load_weights, read_meta, save_weights
 
 if TYPE_CHECKING:
     from models.pipeline import FlatLayResult
@@ -106,26 +105,16 @@ class PatternClassifier:
 
     @classmethod
     def from_pretrained(cls, folder: Path = PATTERN_WEIGHTS) -> PatternClassifier:
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} holds no pattern head (config.json missing); "
-                                    "run `flatlay train pattern`")
-        meta = json.loads((folder / "config.json").read_text())
+        meta = read_meta(folder, "pattern head", "flatlay train pattern")
         if list(meta["patterns"]) != list(PATTERNS):
             raise ValueError(f"{folder} was trained for patterns {meta['patterns']}, "
                              f"not {list(PATTERNS)}")
-        net = PatternNet.from_config(meta["model_cfg"])
-        net.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
-        return cls(net, meta)
+        return cls(load_weights(folder, PatternNet.from_config(meta["model_cfg"])), meta)
 
     def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"architecture": "PatternNet", "model_cfg": self.net.config(),
-                "patterns": list(PATTERNS), **(extra or {})}
-        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        save_weights(folder, self.net, {"architecture": "PatternNet",
+                                        "model_cfg": self.net.config(),
+                                        "patterns": list(PATTERNS), **(extra or {})})
 
     @torch.inference_mode()
     def probabilities(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -149,6 +138,9 @@ def delivered_attributes(result: FlatLayResult) -> dict[str, Any]:
     the worker stores and the attributes benchmark scores (one definition for both)."""
     rgb, alpha = result.texture or (result.image[..., :3], result.alpha)
     pattern = shipped_classifier().read(rgb, alpha) if float(np.max(alpha)) > 0.5 else None
-    return garment_attributes(result.category, result.landmarks, result.image, result.alpha,
-                              category_confidence=result.category_confidence,
-                              frame=result.frame, pattern=pattern)
+    out = garment_attributes(result.category, result.landmarks, result.image, result.alpha,
+                             category_confidence=result.category_confidence,
+                             frame=result.frame, pattern=pattern)
+    if result.hint is not None:
+        out["hint"] = result.hint
+    return out

@@ -79,7 +79,8 @@ class PipelineOptions:
     output_size: canvas side in px (MIN_SIZE–MAX_SIZE). background: 'transparent' or a hex colour.
     seed: for pipelines that sample; deterministic pipelines ignore it. preset: the output
     preset (models.presets) whose placement rule applies. structure: replaces retrieval.
-    steps: the generator's sampling steps (1–50; None: its default).
+    steps: the generator's sampling steps (1–50; None: its default). hint: free text about
+    the garment (≤ models.hints.HINT_MAX_CHARS), used by the retrieving pipelines.
     """
 
     output_size: int = 1024
@@ -89,8 +90,14 @@ class PipelineOptions:
     structure: StructureSpec | None = None
     # Sampling steps of the generative pipelines (None: the generator's default).
     steps: int | None = None
+    # What the catalog knows in words ("long sleeves", "midi dress"): evidence for retrieval
+    # beside the photo (models.hints), checked by models.hints.check_hint.
+    hint: str | None = None
 
     def __post_init__(self) -> None:
+        from models.hints import check_hint
+
+        object.__setattr__(self, "hint", check_hint(self.hint))  # frozen: set once here
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps {self.steps} is outside 1–{MAX_STEPS}")
         check_output_size(self.output_size)
@@ -131,6 +138,8 @@ class FlatLayResult:
     # texture, W and the alpha of its known garment pixels, both (S, S) on the canonical
     # canvas. The pattern attribute is read from it, as a generation washes prints out.
     texture: tuple[np.ndarray, np.ndarray] | None = None
+    # What the request's text hint did (models.hints.hint_outcome), where it had one.
+    hint: dict[str, Any] | None = None
 
     def structure_json(self) -> dict[str, Any] | None:
         if self.category is None or self.landmarks is None:

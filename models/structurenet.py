@@ -12,7 +12,6 @@ towers (ModifiedResNet when `layers` is a list, ViT when it is an int).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import _build_vision_tower
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models import config
 from models.config import config_id, config_names
+from models.pretrained import load_weights, read_meta, save_weights
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "structurenet-tiny"
@@ -99,23 +98,14 @@ class StructureNet(nn.Module):
     # Local folders only: config.json + model.safetensors (+ a model card written by training).
 
     def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {"architecture": "StructureNet", "name": self.name, "model_cfg": self.config,
-                **(extra or {})}
-        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        save_weights(folder, self, {"architecture": "StructureNet", "name": self.name,
+                                    "model_cfg": self.config, **(extra or {})})
 
     @classmethod
     def from_pretrained(cls, folder: Path, device: str | torch.device = "cpu") -> StructureNet:
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} holds no StructureNet (config.json missing)")
-        meta = json.loads((folder / "config.json").read_text())
+        meta = read_meta(folder, "StructureNet", "flatlay train structurenet")
         model = cls(meta["model_cfg"], name=meta.get("name", "custom"))
-        model.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
-        return model.to(device).eval()
+        return load_weights(folder, model).to(device).eval()
 
 
 # Inputs ----------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _csv_rows(text: str, max_items: int) -> list[Any]:
         if not reader.fieldnames or not {"sku", "image_url"} <= set(reader.fieldnames):
             raise _invalid("a CSV manifest needs a header with the columns sku and "
                            "image_url (options: pipeline, preset, output_size, "
-                           "background, format, seed, structure)")
+                           "background, format, seed, structure, steps, hint)")
         rows = []
         for row in reader:
             opts = {k: v for k, v in row.items()

@@ -1,6 +1,6 @@
 """The options of one asset (pipeline, preset, output_size, background, format, seed,
-structure, steps), checked the same way for `POST /assets`, a batch's options and a manifest item's
-own options.
+structure, steps, hint), checked the same way for `POST /assets`, a batch's options and a
+manifest item's own options.
 
 A preset (models.presets) gives the defaults of output_size, background and format; an
 option given explicitly wins over the preset's default. A format or size the preset does
@@ -17,6 +17,7 @@ from fastapi import Depends, Form
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.compose import parse_background
+from models.hints import HINT_MAX_CHARS, InvalidHint, check_hint
 from models.pipeline import MAX_SIZE, MAX_STEPS, MIN_SIZE, StructureSpec, pipeline_names
 from models.presets import DEFAULT_PRESET, PRESETS
 from service.errors import ApiError
@@ -53,10 +54,15 @@ StructureForm = Annotated[str | None, Form(
     "(the `landmarks` side output of an earlier job can be sent back, edited or not). "
     "An invalid structure answers 422 with `field` naming the point, e.g. "
     "`structure.landmarks[3]`")]
+HintForm = Annotated[str | None, Form(
+    description=f"what the catalog knows about the garment in words, at most {HINT_MAX_CHARS} "
+    "characters (e.g. `long sleeves`, `midi dress`): evidence beside the photo for the "
+    "category and the structure retrieved; the attributes' `hint` says whether it or the "
+    "photo won. Too long or with control characters: 422 with `field` `hint`")]
 
 # Options that a request may give; None means "not given" (the preset's default applies).
 OPTION_FIELDS = ("preset", "output_size", "background", "format", "seed", "structure",
-                 "steps")
+                 "steps", "hint")
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,11 @@ def option_fields(
     seed: SeedForm = None,
     structure: StructureForm = None,
     steps: StepsForm = None,
+    hint: HintForm = None,
 ) -> OptionFields:
     return OptionFields(pipeline, given_options(
         preset=preset, output_size=output_size, background=background, format=format,
-        seed=seed, structure=structure, steps=steps))
+        seed=seed, structure=structure, steps=steps, hint=hint))
 
 
 # One declaration of the option form fields for `POST /assets` and `POST /batches`.
@@ -101,6 +108,7 @@ class ItemOptions(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     # A JSON object, or its JSON text (a CSV manifest's column).
     structure: dict[str, Any] | str | None = None
+    hint: str | None = None
 
 
 def given_options(**values: Any) -> dict[str, Any]:
@@ -167,10 +175,14 @@ def resolve_options(
             field,
         )
     output_size = given.get("output_size") or preset.size
+    try:
+        hint = check_hint(given.get("hint"))
+    except InvalidHint as exc:
+        raise ApiError("validation_error", str(exc), "hint") from None
     return pipeline, {"preset": preset.name, "output_size": output_size,
                       "background": background, "format": fmt, "seed": given.get("seed"),
                       "structure": parse_structure(given.get("structure")),
-                      "steps": given.get("steps")}
+                      "steps": given.get("steps"), "hint": hint}
 
 
 def override_options(

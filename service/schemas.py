@@ -36,6 +36,8 @@ class AssetOptions(BaseModel):
         default=None, description="the structure the request gave ({category, landmarks})")
     steps: int | None = Field(default=None, description="sampling steps the request gave "
                               "(generative pipelines; null: the generator's default)")
+    hint: str | None = Field(default=None, description="the text hint the request gave "
+                             "(whitespace collapsed); what it did is in `attributes.hint`")
 
 
 class ComplianceCheck(BaseModel):
@@ -71,6 +73,21 @@ class ColorAttribute(BaseModel):
     share: float = Field(ge=0, le=1, description="share of the garment's pixels")
 
 
+class HintOutcome(BaseModel):
+    """What the request's `hint` did to the category decision (models/hints.py)."""
+
+    text: str = Field(description="the hint as used (whitespace collapsed)")
+    category: str | None = Field(default=None, description="the category the hint points to")
+    confidence: float | None = Field(default=None, description="the hint's belief in it (0–1)")
+    photo_category: str | None = Field(default=None,
+                                       description="the category the photo alone points to")
+    photo_confidence: float | None = None
+    decided: str | None = Field(default=None, description="the category delivered")
+    won: str = Field(description="both (they agree), hint, photo, or structure (the "
+                     "request's structure decided and the hint was not used)")
+    why: str = Field(description="one sentence for a person")
+
+
 class Attributes(BaseModel):
     """Catalog attributes of the delivered garment, read from the structure the pipeline
     fused and from the delivered pixels (models/attributes.py). A field is null where it
@@ -94,6 +111,9 @@ class Attributes(BaseModel):
     colors: list[ColorAttribute] = Field(
         default_factory=list, description="up to 3 dominant colours of the delivered "
         "garment, clustered in CIELAB, largest share first")
+    hint: HintOutcome | None = Field(
+        default=None, description="where the request had a `hint`: whether it or the photo "
+        "decided the category, and why")
 
 
 def review_suggested(attributes: dict[str, Any] | None, below: float) -> bool | None:

@@ -72,7 +72,7 @@ def test_post_stores_the_job_and_enqueues_only_its_id(
     assert status["status"] == "queued" and status["pipeline"] == settings.default_pipeline
     assert status["options"] == {"preset": "square-white", "output_size": 512,
                                  "background": "#eeeeee", "format": "webp", "seed": 7,
-                                 "structure": None, "steps": 4}
+                                 "structure": None, "steps": 4, "hint": None}
     assert status["side_outputs"] == {} and status["compliance"] is None
     assert status["input"]["width"] == 320 and status["input"]["content_type"] == "image/jpeg"
     assert status["progress"] == {"stage": None, "percent": 0}
@@ -129,6 +129,9 @@ def test_bad_uploads_get_typed_4xx(
         ({"seed": "-1"}, "seed", "validation_error"),
         ({"steps": "0"}, "steps", "validation_error"),
         ({"steps": "51"}, "steps", "validation_error"),
+        ({"hint": "long sleeves " * 20}, "hint", "validation_error"),
+        ({"hint": "midi\x00dress"}, "hint", "validation_error"),
+        ({"hint": "midi\x1b[31mdress"}, "hint", "validation_error"),
     ],
 )
 def test_bad_options_name_their_field(

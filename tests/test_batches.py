@@ -137,12 +137,17 @@ def test_manifests_json_and_csv_with_item_options_overriding(client: TestClient)
     assert a2["options"]["output_size"] == 512 and a2["options"]["format"] == "webp"
     assert a1["input"]["source_url"] == "https://example.com/a.jpg"
 
-    csv_text = "sku,image_url,output_size\nC-1,https://example.com/a.jpg,\n" \
-               "C-2,https://example.com/b.jpg,2048\nC-3,https://example.com/b.jpg,99999\n"
+    csv_text = "sku,image_url,output_size,hint\nC-1,https://example.com/a.jpg,,midi  dress\n" \
+               "C-2,https://example.com/b.jpg,2048,\nC-3,https://example.com/b.jpg,99999,\n" \
+               f"C-4,https://example.com/c.jpg,,{'x' * 201}\n"
     r = client.post("/batches", files={"manifest": ("m.csv", csv_text, "text/csv")})
     assert r.status_code == 202, r.text
     assert r.json()["counts"]["queued"] == 2
-    assert [x["code"] for x in r.json()["rejected"]] == ["validation_error"]
+    assert [x["code"] for x in r.json()["rejected"]] == ["validation_error"] * 2
+    assert "hint" in r.json()["rejected"][1]["message"]
+    items = client.get(r.json()["links"]["self"]).json()["items"]
+    c1 = client.get(f"/assets/{next(i for i in items if i['sku'] == 'C-1')['asset_id']}").json()
+    assert c1["options"]["hint"] == "midi dress"
     for bad in (b"{\"items\": 3}", b"\xff\xfe", b"name,url\nx,y\n", b"[]", b"[[[[" * 5000):
         r = client.post("/batches", files={"manifest": ("m", bad, "x")})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_manifest", bad[:20]

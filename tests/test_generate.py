@@ -107,9 +107,10 @@ def _bad_structure(tmp_path: Path, kind: str) -> Path:
         (["-o", "{tmp}/o/x.png", "--format", "jpeg"], "--format jpeg does not match"),
         (["--size", "4096"], "--size must be within 256–2048"),
         (["--preset", "transparent", "--format", "jpeg"], "JPEG has no alpha channel"),
+        (["--hint", "x" * 201], "--hint: the hint is longer than 200 characters"),
     ],
     ids=["preset", "missing-structure", "json", "outside", "cross", "count", "suffix",
-         "size", "jpeg-transparent"],
+         "size", "jpeg-transparent", "hint"],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(
     tmp_path: Path, photo: Path, capsys: pytest.CaptureFixture[str], args: list[str],

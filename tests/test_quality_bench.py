@@ -223,6 +223,10 @@ def test_heldout_shorthand_and_no_grid(tmp_path: Path, capsys: pytest.CaptureFix
     (["--split", "val", "--heldout"], "--heldout contradicts --split val"),
     (["--size", "100"], "size must be within"),
     (["--grid-rows", "-1"], "grid rows must be non-negative"),
+    (["--hints", "--pipelines", "flatten,cutout"], "--hints runs one pipeline"),
+    (["--hints", "--n", "0"], "n must be in"),
+    (["--hints", "--pipelines", "nope"], "unknown pipeline 'nope'"),
+    (["--hints", "--size", "100"], "size must be within"),
 ])
 def test_bad_arguments_exit_2(argv: list[str], message: str, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:

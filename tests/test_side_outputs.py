@@ -136,7 +136,7 @@ def test_amazon_main_defaults_to_a_2000_px_jpeg_and_checks_it(
     status = _done(client, worker, photo, preset="amazon-main")
     assert status["options"] == {"preset": "amazon-main", "output_size": 2000,
                                  "background": "#ffffff", "format": "jpeg", "seed": None,
-                                 "structure": None, "steps": None}
+                                 "structure": None, "steps": None, "hint": None}
     result = client.get(f"/assets/{status['id']}/result")
     assert result.headers["content-type"] == "image/jpeg"
     image = Image.open(io.BytesIO(result.content))
@@ -321,7 +321,7 @@ def test_batch_and_manifest_items_take_presets_and_structures(client: TestClient
     # gave nothing (the batch's explicit size still applies).
     assert options["plain"] == {"preset": "transparent", "output_size": 512,
                                 "background": "transparent", "format": "png", "seed": None,
-                                "structure": None, "steps": None}
+                                "structure": None, "steps": None, "hint": None}
     assert options["amazon"]["preset"] == "amazon-main"
     assert (options["amazon"]["format"], options["amazon"]["background"]) == ("jpeg", "#ffffff")
     assert options["amazon"]["output_size"] == 512

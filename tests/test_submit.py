@@ -342,7 +342,7 @@ def test_errors_are_typed_and_retries_end() -> None:
         client.status("a1")
     assert limited.value.code == "rate_limited" and limited.value.retry_after == 1.0
     with pytest.raises(TypeError, match="unknown option"):
-        client.submit(b"x", hint="shirt")
+        client.submit(b"x", colour="red")
 
 
 def test_the_client_speaks_the_service_vocabulary() -> None:

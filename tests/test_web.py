@@ -196,6 +196,14 @@ def test_a_zip_and_photos_in_one_run_with_an_api_key_and_download_all(
     expect(page.locator("#run-rows tr")).to_have_count(0)
     page.select_option("#format", "webp")
     expect(page.locator("#options-error")).to_be_hidden()
+    # A hint goes with every upload; one the service would refuse is refused here first.
+    page.fill("#hint", "short\u0007sleeve tee")
+    expect(page.locator("#options-error")).to_contain_text("control characters")
+    page.fill("#hint", "short sleeve tee")
+    expect(page.locator("#options-error")).to_be_hidden()
+    bodies: list[bytes] = []
+    page.on("request", lambda r: bodies.append(r.post_data_buffer or b"")
+            if r.method == "POST" and r.url.endswith("/assets") else None)
 
     page.set_input_files("#file-input", [str(archive), str(green)])
     rows = page.locator("#run-rows tr")
@@ -206,6 +214,7 @@ def test_a_zip_and_photos_in_one_run_with_an_api_key_and_download_all(
     expect(rows.nth(1).locator(".chip")).to_have_text("Rejected")
     expect(page.locator("#run-summary")).to_have_text("2 of 3 done · 1 rejected")
     assert authorizations == {"Bearer fl-test-key"}
+    assert bodies and all(b'name="hint"' in b and b"short sleeve tee" in b for b in bodies)
 
     # Messages can be dismissed (keeping the one about the ZIP's text file).
     page.locator("#messages .message", has_text="Nothing was sent").locator("button").click()

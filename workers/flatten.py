@@ -48,13 +48,14 @@ class FlatLayOutput:
 
 def pipeline_options(options: dict[str, Any]) -> PipelineOptions:
     """The pipeline's options from a job's stored options (output_size, background, seed,
-    preset, structure in its JSON form). Raises InvalidStructure or ValueError."""
+    preset, structure in its JSON form, steps, hint). Raises InvalidStructure or
+    ValueError."""
     structure = options.get("structure")
     return PipelineOptions(
         output_size=options["output_size"], background=options["background"],
         seed=options.get("seed"), preset=options.get("preset") or DEFAULT_PRESET,
         structure=StructureSpec.parse(structure) if structure is not None else None,
-        steps=options.get("steps"),
+        steps=options.get("steps"), hint=options.get("hint"),
     )
 
 

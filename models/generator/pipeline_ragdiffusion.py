@@ -91,7 +91,7 @@ class RAGDiffusionPipeline:
         gen = self.generator
         clock = StageClock(self.stages, progress)
         size = options.output_size
-        coarse = self.aligner.align(rgb, options.structure, size, clock)
+        coarse = self.aligner.align(rgb, options.structure, size, clock, options.hint)
         with clock.stage("generate"):
             cond = coarse_conditions(coarse, rgb, gen.resolution, gen.latent_size)
             out = gen([cond], [options.seed or 0], steps=options.steps, drop=self.DROP,

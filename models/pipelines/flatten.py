@@ -40,7 +40,7 @@ class FlattenPipeline:
     ) -> FlatLayResult:
         clock = StageClock(self.stages, progress)
         size = options.output_size
-        coarse = self.aligner.align(rgb, options.structure, size, clock)
+        coarse = self.aligner.align(rgb, options.structure, size, clock, options.hint)
         with clock.stage("compose"):
             alpha = self.aligner.silhouette(coarse, size)
             warped = coarse.warped

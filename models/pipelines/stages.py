@@ -86,6 +86,8 @@ class CoarseAlignment:
     crop: np.ndarray
     # The posterior of the category decided (None where the request gave the structure).
     category_confidence: float | None = None
+    # What a request's text hint did (models.hints.hint_outcome), None without one.
+    hint: dict[str, Any] | None = None
 
 
 class StructureAligner:
@@ -105,6 +107,10 @@ class StructureAligner:
     # and ΔE (17.6 vs 18.2); stiffer still changed nothing.
     REFINE_BAND = 0.01
     TPS_SMOOTHING = 10.0
+    # What a hint does to the fusion besides the category: "restrict" (the structures fused
+    # come from those it does not speak against), "rerank" (the query moves towards it) or
+    # "category" (nothing more); chosen on bench/results/hints-val.md.
+    HINT_FUSION = "restrict"
 
     def __init__(self, fusion: str = "slle") -> None:
         if fusion not in ("slle", "nearest"):
@@ -136,11 +142,19 @@ class StructureAligner:
             self._bank_stamp = stamp
         return self.bank
 
-    def fuse(self, bank, query: np.ndarray, parsed, category: str):  # noqa: ANN001, ANN201
+    def fuse(self, bank, query: np.ndarray, parsed, category: str,  # noqa: ANN001, ANN201
+             evidence=None):  # noqa: ANN001
         """Stage 4 for a decided category: SLLE over the structures that best fit the parsed
-        landmarks, or the nearest structure."""
-        from models.slle import fuse_with_landmarks, nearest_structure
+        landmarks, or the nearest structure; with a hint's `evidence`, among the category's
+        structures the hint does not speak against (HINT_FUSION)."""
+        from models.hints import reranked_query, restrict_rows
+        from models.slle import CANDIDATES, fuse_with_landmarks, nearest_structure
 
+        if evidence is not None and self.HINT_FUSION == "restrict":
+            bank = bank.subset(restrict_rows(evidence, bank.categories, category,
+                                             minimum=max(CANDIDATES, self.K)))
+        elif evidence is not None and self.HINT_FUSION == "rerank":
+            query = reranked_query(query, evidence)
         if self.fusion == "nearest":
             return nearest_structure(bank, query, category=category)
         h, w = parsed.mask.shape
@@ -165,9 +179,11 @@ class StructureAligner:
         return dict(zip(CATEGORIES, (p / p.sum()).tolist(), strict=True))
 
     def align(self, rgb: np.ndarray, given: StructureSpec | None, size: int,
-              clock: StageClock) -> CoarseAlignment:
+              clock: StageClock, hint: str | None = None) -> CoarseAlignment:
         """Stages 1–5: parse, embed, retrieve + fuse (or the given structure), and the warp of
-        the photo onto the fused landmarks on a `size`² canonical canvas."""
+        the photo onto the fused landmarks on a `size`² canonical canvas. A text `hint` is
+        evidence beside the photo for the category and the structures fused (a given
+        structure overrides both)."""
         import torch
 
         from models.slle import structure_on_landmarks
@@ -185,16 +201,26 @@ class StructureAligner:
                 query = embed_photos(self.structurenet, normalise_photos(crop[None]))[0]
         with clock.stage("retrieve"):
             bank = self.fresh_bank()
-            confidence = None
+            confidence, evidence, outcome = None, None, None
+            if given is not None and hint:
+                outcome = {"text": hint, "won": "structure",
+                           "why": "the request's structure decides the category and shape"}
             if given is None:
-                posterior = self.category_posterior(parsed, bank, query)
+                photo = posterior = self.category_posterior(parsed, bank, query)
+                if hint:
+                    from models.hints import combine_categories, hint_evidence, hint_outcome
+
+                    evidence = hint_evidence(hint, bank)
+                    posterior = combine_categories(photo, evidence)
                 category = max(posterior, key=posterior.__getitem__)
                 confidence = posterior[category]
+                if evidence is not None:
+                    outcome = hint_outcome(evidence, photo, category)
                 if category != parsed.category:
                     parsed = self.parser.read_as(parsed, category)
             try:
                 if given is None:
-                    fused = self.fuse(bank, query, parsed, category)
+                    fused = self.fuse(bank, query, parsed, category, evidence)
                 else:
                     fused = structure_on_landmarks(bank, query, given.category,
                                                    given.landmarks, self.K)
@@ -204,7 +230,7 @@ class StructureAligner:
             src, dst = self._correspondences(parsed, fused, garment)
             warped = warp_photo(rgb, parsed.mask, src, dst, size, self.TPS_SMOOTHING)
         return CoarseAlignment(parsed=parsed, query=query, fused=fused, warped=warped,
-                               crop=crop, category_confidence=confidence)
+                               crop=crop, category_confidence=confidence, hint=outcome)
 
     def silhouette(self, coarse: CoarseAlignment, size: int) -> np.ndarray:
         """The garment's (size, size) alpha: Ŝ, refined against the warped photo near its
@@ -271,4 +297,5 @@ def deliver(options: PipelineOptions, image: np.ndarray, alpha: np.ndarray, *,
         timings=clock.timings, category_confidence=confidence,
         coarse=coarse.warped.image if with_warp and coarse is not None else None,
         texture=(coarse.warped.image, np.asarray(alpha, np.float32) * coarse.warped.validity)
-        if with_warp and coarse is not None else None)
+        if with_warp and coarse is not None else None,
+        hint=coarse.hint if coarse is not None else None)

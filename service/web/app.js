@@ -52,6 +52,7 @@ function currentOptions() {
     background,
     format: $("format").value,
     seed: $("seed").value.trim(),
+    hint: $("hint").value.trim(),
   };
 }
 
@@ -61,6 +62,9 @@ function optionsProblem(opts) {
   }
   if (opts.seed !== "" && !/^\d+$/.test(opts.seed)) return "The seed must be a whole number.";
   if (opts.seed !== "" && Number(opts.seed) > 4294967295) return "The seed must be at most 4294967295.";
+  if (opts.hint.length > 200) return "The hint must be at most 200 characters.";
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(opts.hint)) return "The hint may not contain control characters.";
   return null;
 }
 
@@ -634,6 +638,7 @@ function wire() {
     else checkOptions();
   });
   $("options").addEventListener("submit", (e) => e.preventDefault());
+  $("hint").addEventListener("input", checkOptions);
   $("background-colour").addEventListener("input", () => {
     document.querySelector('input[name="background-kind"][value="custom"]').checked = true;
     checkOptions();
