@@ -7,6 +7,8 @@ killed; Redis redelivers only after its visibility timeout). So, periodically:
   it has used up its attempts;
 - a job `queued` whose last send is old is sent again. Duplicates are harmless: a worker
   takes a job only by the conditional queued → running update;
+- a job that ended with a webhook but without its `asset.*` event (its worker died between
+  the two writes) gets the event, after the same grace period;
 - a finished job past the retention period loses its blobs, side outputs and temp files
   included (the row stays, `expired_at`).
 """
@@ -22,6 +24,8 @@ from service.outputs import delete_job_blobs, discard_leftovers
 from service.webhooks import complete_batch, job_ended
 
 log = logging.getLogger("flatlay.reconciler")
+# How far back a missing asset event is looked for (older jobs predate the sweep).
+EVENT_WINDOW_S = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -32,6 +36,7 @@ class ReconcileReport:
     expired: int = 0
     batches_completed: int = 0
     resent_webhooks: int = 0
+    recovered_events: int = 0
 
 
 def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
@@ -57,6 +62,12 @@ def reconcile_once(ctx: ServiceContext) -> ReconcileReport:
         # Jobs that ended outside a worker (canceled, deleted, crashed) complete theirs here.
         if complete_batch(ctx.store, ctx.send_webhook, batch_id):
             report.batches_completed += 1
+    # An event never recorded (the worker died between the job's end and its event) is made
+    # now: after a grace period, so a worker still on its way does not send it twice.
+    for job_id in ctx.store.ended_without_event(settings.requeue_queued_after_s,
+                                                EVENT_WINDOW_S):
+        job_ended(ctx.store, ctx.send_webhook, job_id, ctx.settings.review_confidence)
+        report.recovered_events += 1
     # A retry whose message was lost (a worker holding it died) is sent again.
     for delivery_id in ctx.store.overdue_deliveries(settings.requeue_queued_after_s):
         ctx.store.touch_delivery(delivery_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, exists, select, update
 from sqlalchemy.orm import Session
 
 from service.rows import (
@@ -198,6 +198,22 @@ class DeliveryQueries(_Queries):
                 select(WebhookDeliveryRow.id).where(WebhookDeliveryRow.status == "pending",
                                                     WebhookDeliveryRow.next_attempt_at < cutoff)
                 .limit(limit)).all())
+
+    def ended_without_event(self, grace_s: float, window_s: float,
+                            limit: int = 500) -> list[str]:
+        """Jobs with a webhook that ended between `window_s` and `grace_s` ago and have no
+        delivery of their `asset.<status>` event: their worker died (or the job store went
+        away) between recording the end and recording the event."""
+        now = utcnow()
+        event = WebhookDeliveryRow.event == "asset." + Job.status
+        has_event = exists().where(and_(WebhookDeliveryRow.asset_id == Job.id, event))
+        with self._session() as s:
+            return list(s.scalars(
+                select(Job.id).where(Job.status.in_(("succeeded", "failed")),
+                                     Job.webhook_url.is_not(None),
+                                     Job.finished_at < now - dt.timedelta(seconds=grace_s),
+                                     Job.finished_at > now - dt.timedelta(seconds=window_s),
+                                     ~has_event).limit(limit)).all())
 
     def touch_delivery(self, delivery_id: str) -> None:
         with self._session() as s, s.begin():

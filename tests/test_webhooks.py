@@ -3,6 +3,7 @@ too) delivering to a real HTTP receiver on 127.0.0.1 that checks every signature
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
@@ -221,3 +222,57 @@ def test_keys_create_refuses_a_private_default_webhook_url(tmp_path: Path) -> No
                        env=_python_env({"FLATLAY_DATA_DIR": str(tmp_path / "d")}))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--webhook-url" in r.stderr and "127.0.0.1" in r.stderr
+
+
+def test_an_event_lost_with_its_worker_is_recorded_by_the_reconciler(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soak found one: a worker killed between recording a job's end and recording its
+    `asset.succeeded` event. The reconciler makes the event after its grace period, once."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    import workers.jobs
+    from service.app import create_app
+    from service.reconciler import reconcile_once
+    from service.settings import Settings
+    from service.store import Job, migrate
+    from tests.support import WEBHOOK_TEST_SECRET
+    from workers.jobs import WorkerContext, run_job
+
+    s = Settings(data_dir=tmp_path / "data", auth_enabled=False, rate_limit_per_s=0,
+                 local_webhook_secret=WEBHOOK_TEST_SECRET, default_pipeline="cutout",
+                 fetch_allow_hosts="hooks.example.com")
+    s.ensure_dirs()
+    migrate(s.resolved_database_url)
+    photo = encode(garment_photo(320, 240)[0], "JPEG", quality=90)
+
+    class WorkerKilled(BaseException):
+        """Stands for the SIGKILL: nothing after this point of the worker runs."""
+
+    def killed(*_: object) -> None:
+        raise WorkerKilled
+
+    with TestClient(create_app(s)) as c:
+        ctx = c.app.state.ctx
+        r = c.post("/assets", files={"file": ("a.jpg", photo, "image/jpeg")},
+                   data={"webhook_url": "https://hooks.example.com/flatlay",
+                         "output_size": "256"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        worker = WorkerContext.build(s, "test-worker")
+        monkeypatch.setattr(workers.jobs, "job_ended", killed)
+        with pytest.raises(WorkerKilled):
+            run_job(worker, job_id)
+        worker.close()
+        assert ctx.store.get(job_id).status == "succeeded"
+        assert ctx.store.list_deliveries("local", asset_id=job_id) == []
+        assert reconcile_once(ctx).recovered_events == 0  # within the grace period
+        with ctx.store._session() as session, session.begin():  # the grace period passes
+            session.execute(update(Job).where(Job.id == job_id).values(
+                finished_at=dt.datetime.now(dt.UTC) - dt.timedelta(
+                    seconds=s.requeue_queued_after_s + 1)))
+        assert reconcile_once(ctx).recovered_events == 1
+        (delivery,) = ctx.store.list_deliveries("local", asset_id=job_id)
+        assert delivery.event == "asset.succeeded"
+        assert reconcile_once(ctx).recovered_events == 0  # once
+        assert len(ctx.store.list_deliveries("local", asset_id=job_id)) == 1
