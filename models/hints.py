@@ -18,7 +18,6 @@ by how much.
 from __future__ import annotations
 
 import functools
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,6 @@ from models.config import model_config
 from models.pretrained import load_weights, read_meta, save_weights
 
 HINTS_WEIGHTS = Path(__file__).parent / "weights" / "hints-tiny"
-# The longest hint a request may carry (the API, batch manifests, the CLI and the web page
-# all check against this one number).
-HINT_MAX_CHARS = 200
 # The weight of the hint's category evidence against the photo's (1: equal footing).
 HINT_WEIGHT = 1.0
 # The hint's category belief is mixed with this much of a uniform one: its softmax is sharp
@@ -88,22 +84,6 @@ NECKLINE_WORDS: dict[str, tuple[str, ...]] = {
 }
 ATTRIBUTE_WORDS = {"category": CATEGORY_WORDS, "sleeve_length": SLEEVE_WORDS,
                    "length": LENGTH_WORDS, "neckline": NECKLINE_WORDS}
-
-
-class InvalidHint(ValueError):
-    """A hint a request may not carry (too long, control characters)."""
-
-
-def check_hint(text: str | None) -> str | None:
-    """The hint as it will be used (whitespace collapsed; None when empty), or InvalidHint."""
-    if text is None:
-        return None
-    if any(unicodedata.category(ch) in ("Cc", "Cf") and ch not in " " for ch in text):
-        raise InvalidHint("the hint may not contain control characters")
-    text = " ".join(text.split())
-    if len(text) > HINT_MAX_CHARS:
-        raise InvalidHint(f"the hint is longer than {HINT_MAX_CHARS} characters ({len(text)})")
-    return text or None
 
 
 def structure_attributes(category: str, landmarks: np.ndarray) -> dict[str, str]:

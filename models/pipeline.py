@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,6 +73,28 @@ class StructureSpec:
                               for x, y in self.landmarks]}
 
 
+# The longest hint a request may carry (the API, batch manifests, the CLI and the web page
+# all check against this one number).
+HINT_MAX_CHARS = 200
+
+
+class InvalidHint(ValueError):
+    """A hint a request may not carry (too long, control characters)."""
+
+
+def check_hint(text: str | None) -> str | None:
+    """The hint as it will be used (whitespace collapsed; None when empty), or InvalidHint."""
+    if text is None:
+        return None
+    if any(unicodedata.category(ch) in ("Cc", "Cf") and ch not in " " for ch in text):
+        raise InvalidHint("the hint may not contain control characters")
+    text = " ".join(text.split())
+    if len(text) > HINT_MAX_CHARS:
+        raise InvalidHint(f"the hint is longer than {HINT_MAX_CHARS} characters ({len(text)})")
+    return text or None
+
+
+
 @dataclass(frozen=True)
 class PipelineOptions:
     """Per-request options shared by every pipeline.
@@ -95,8 +118,6 @@ class PipelineOptions:
     hint: str | None = None
 
     def __post_init__(self) -> None:
-        from models.hints import check_hint
-
         object.__setattr__(self, "hint", check_hint(self.hint))  # frozen: set once here
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps {self.steps} is outside 1–{MAX_STEPS}")

@@ -17,8 +17,16 @@ from fastapi import Depends, Form
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.compose import parse_background
-from models.hints import HINT_MAX_CHARS, InvalidHint, check_hint
-from models.pipeline import MAX_SIZE, MAX_STEPS, MIN_SIZE, StructureSpec, pipeline_names
+from models.pipeline import (
+    HINT_MAX_CHARS,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+    InvalidHint,
+    StructureSpec,
+    check_hint,
+    pipeline_names,
+)
 from models.presets import DEFAULT_PRESET, PRESETS
 from service.errors import ApiError
 from service.schemas import OutputFormat

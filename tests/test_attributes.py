@@ -267,7 +267,7 @@ def test_openapi_documents_the_attributes(client: TestClient) -> None:
     assert "catalog attributes" in status["description"]
     attrs = schemas["Attributes"]["properties"]
     assert set(attrs) == {"category", "sleeve_length", "length", "neckline", "pattern",
-                          "colors"}
+                          "colors", "hint"}
     for field, values in (("sleeve_length", SLEEVE_LENGTHS), ("length", LENGTHS),
                           ("neckline", NECKLINES), ("pattern", PATTERNS)):
         described = attrs[field]["description"]

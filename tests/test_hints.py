@@ -14,12 +14,9 @@ from fastapi.testclient import TestClient
 
 from models.garments import CATEGORIES, SPLITS, generate
 from models.hints import (
-    HINT_MAX_CHARS,
     HINTS_WEIGHTS,
     HintEncoder,
     HintNet,
-    InvalidHint,
-    check_hint,
     combine_categories,
     describe,
     hint_evidence,
@@ -27,7 +24,13 @@ from models.hints import (
     structure_attributes,
 )
 from models.io import decode_image
-from models.pipeline import PipelineOptions, get_pipeline
+from models.pipeline import (
+    HINT_MAX_CHARS,
+    InvalidHint,
+    PipelineOptions,
+    check_hint,
+    get_pipeline,
+)
 
 TINY = {"embed_dim": 128, "text_cfg": {"context_length": 16, "vocab_size": 49408,
                                        "width": 16, "heads": 2, "layers": 1}}

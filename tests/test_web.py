@@ -201,9 +201,9 @@ def test_a_zip_and_photos_in_one_run_with_an_api_key_and_download_all(
     expect(page.locator("#options-error")).to_contain_text("control characters")
     page.fill("#hint", "short sleeve tee")
     expect(page.locator("#options-error")).to_be_hidden()
-    bodies: list[bytes] = []
-    page.on("request", lambda r: bodies.append(r.post_data_buffer or b"")
-            if r.method == "POST" and r.url.endswith("/assets") else None)
+    created = []
+    page.on("response", lambda r: created.append(r)
+            if r.request.method == "POST" and r.url.endswith("/assets") else None)
 
     page.set_input_files("#file-input", [str(archive), str(green)])
     rows = page.locator("#run-rows tr")
@@ -214,7 +214,11 @@ def test_a_zip_and_photos_in_one_run_with_an_api_key_and_download_all(
     expect(rows.nth(1).locator(".chip")).to_have_text("Rejected")
     expect(page.locator("#run-summary")).to_have_text("2 of 3 done · 1 rejected")
     assert authorizations == {"Bearer fl-test-key"}
-    assert bodies and all(b'name="hint"' in b and b"short sleeve tee" in b for b in bodies)
+    ids = [r.json()["id"] for r in created if r.status == 202]
+    assert len(ids) == 2  # red.jpg and green.jpg; each job keeps the hint it was sent with
+    for asset_id in ids:
+        options = page.request.get(f"{page.url.rstrip('/')}/assets/{asset_id}").json()["options"]
+        assert options["hint"] == "short sleeve tee", options
 
     # Messages can be dismissed (keeping the one about the ZIP's text file).
     page.locator("#messages .message", has_text="Nothing was sent").locator("button").click()
