@@ -63,11 +63,10 @@ def benchmark_hints(split: str = "test", n: int = 100, pipeline: str = "flatten"
     from tqdm import tqdm
 
     from models.eval import split_seeds
-    from models.eval.quality import _round, _summary, load_truth, score
+    from models.eval.quality import _round, _summary, load_truth, run_and_score
     from models.garments import CATEGORIES, generate
     from models.hints import structure_attributes
     from models.pipeline import (
-        PipelineError,
         PipelineOptions,
         check_output_size,
         get_pipeline,
@@ -91,9 +90,9 @@ def benchmark_hints(split: str = "test", n: int = 100, pipeline: str = "flatten"
         truth = load_truth(seed, size)
         right = full_description(structure_attributes(truth.category, truth.landmarks))
         other = str(rng.choice([c for c in CATEGORIES if c != truth.category]))
-        donor = next(s for s in range(seed + 1, seed + 10_000)
-                     if (g := generate(s, size=64)).category == other)
-        g = generate(donor, size=64)
+        g = next(sample for sample in (generate(s, size=64)
+                                       for s in range(seed + 1, seed + 10_000))
+                 if sample.category == other)
         wrong = full_description(structure_attributes(g.category, g.flat_landmarks))
         row: dict[str, Any] = {"seed": seed, "category": truth.category, "correct": right,
                                "wrong": wrong, "variants": {}}
@@ -103,20 +102,13 @@ def benchmark_hints(split: str = "test", n: int = 100, pipeline: str = "flatten"
             options = PipelineOptions(output_size=size, background="#ffffff", seed=seed,
                                       hint=hint)
             StructureAligner.HINT_FUSION = fusion
-            t0 = time.perf_counter()
             try:
-                result = run(truth.photo, options)
-            except PipelineError as exc:
-                rec: dict[str, Any] = {"failure": exc.code,
-                                       "seconds": time.perf_counter() - t0}
-            else:
-                seconds = time.perf_counter() - t0
-                metrics, _ = score(result, truth)
-                rec = {"failure": None, "seconds": seconds, **metrics,
-                       "won": (result.hint or {}).get("won"),
-                       "retrieve_s": result.timings.get("retrieve")}
+                rec, result, _ = run_and_score(run, truth, options)
             finally:
                 StructureAligner.HINT_FUSION = shipped
+            if result is not None:
+                rec.update(won=(result.hint or {}).get("won"),
+                           retrieve_s=result.timings.get("retrieve"))
             records[variant].append(rec)
             row["variants"][variant] = _round(dict(rec))
         assets.append(row)

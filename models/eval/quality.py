@@ -183,6 +183,23 @@ def score(result: Any, truth: Truth) -> tuple[dict[str, Any], np.ndarray]:
     return metrics, out
 
 
+def run_and_score(run: Any, truth: Truth, options: Any
+                  ) -> tuple[dict[str, Any], Any, np.ndarray | None]:
+    """One pipeline on one asset: its record (`failure` code or None, `seconds`, the
+    metrics), the FlatLayResult and the 256² output on white (both None when the pipeline
+    refused the photo with a PipelineError; any other exception propagates)."""
+    from models.pipeline import PipelineError
+
+    t0 = time.perf_counter()
+    try:
+        result = run(truth.photo, options)
+    except PipelineError as exc:
+        return {"failure": exc.code, "seconds": time.perf_counter() - t0}, None, None
+    seconds = time.perf_counter() - t0
+    metrics, out = score(result, truth)
+    return {"failure": None, "seconds": seconds, **metrics}, result, out
+
+
 def score_image(out: np.ndarray, pred_mask: np.ndarray, category: str | None,
                 canvas_landmarks: np.ndarray | None, truth: Truth) -> dict[str, Any]:
     """Metrics of a 256² output on white and its 256² garment mask (see the module
@@ -334,7 +351,6 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
     from models.eval import split_seeds
     from models.garments import GENERATOR_VERSION
     from models.pipeline import (
-        PipelineError,
         PipelineOptions,
         check_output_size,
         get_pipeline,
@@ -380,20 +396,11 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
                                "pipelines": {}}
         cells: dict[str, tuple[np.ndarray | None, dict]] = {}
         for name, run in runners.items():
-            t0 = time.perf_counter()
             try:
-                result = run(truth.photo, options)
-            except PipelineError as exc:
-                rec: dict[str, Any] = {"failure": exc.code,
-                                       "seconds": time.perf_counter() - t0}
-                out = None
+                rec, result, out = run_and_score(run, truth, options)
             except Exception as exc:
                 raise RuntimeError(f"pipeline {name!r} crashed on seed {seed} "
                                    f"(split {split}): {exc!r}") from exc
-            else:
-                seconds = time.perf_counter() - t0
-                metrics, out = score(result, truth)
-                rec = {"failure": None, "seconds": seconds, **metrics}
             records[name].append(rec)
             per_category.setdefault(truth.category, {p: [] for p in rows_of})[name].append(rec)
             row["pipelines"][name] = _round(dict(rec))
