@@ -150,7 +150,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = train_vae if args.model == "vae" else train_generator
     try:
         metrics = out(cfg)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     print(f"saved {cfg.vae_out if args.model == 'vae' else cfg.out}: {metrics}")
     return 0
@@ -347,7 +347,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     for name, what in (
             ("parser", "the garment parser (mask, category, landmarks)"),
             ("structurenet", "the dual-tower retrieval model"),
-            ("vae", "the latent space: AutoencoderKL and its photo-aligned decoder"),
+            ("vae", "the latent space: AutoencoderKL and its photo-aligned decoder (once a "
+                    "generator ships: fine-tunes the decoder, keeps the encoder)"),
             ("generator", "the diffusion pass's denoiser (after `train vae`)"),
             ("pattern", "the pattern head (the `pattern` attribute)"),
             ("illuminant", "the illuminant estimator (the generator's colour constancy)"),
@@ -358,10 +359,12 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
                        help=f"models/configs/{TRAIN_FAMILY[name]}-NAME.json: "
                        f"{', '.join(configs)} (default tiny, for the CPU)")
         p.add_argument("--steps", type=int, default=None, help="optimiser steps")
-        if name == "generator":
+        if name in ("vae", "generator"):
             p.add_argument("--minutes", type=float, default=None,
                            help="train for this wall-clock budget instead of --steps (the "
-                           "learning-rate schedule spans it); validates and exports on the way")
+                           "learning-rate schedule spans it); validates and exports on the way"
+                           + (" (the decoder fine-tuning, once a generator ships)"
+                              if name == "vae" else ""))
         p.add_argument("--n-train", type=int, default=None,
                        help="training pairs made through stages 1–5" if name in ("vae", "generator")
                        else "training seeds to render")

@@ -54,8 +54,11 @@ def _file_name(sku: str, ext: str, used: set[str]) -> str:
 
 # manifest.csv's attribute columns (a succeeded job's `attributes`; empty otherwise).
 # Colours as Merchant Center's `color` writes several: names joined by "/", largest first.
+# The hint's columns: the text as used, the category it pointed to, and which side won
+# (`attributes.hint`; empty without a hint).
 ATTRIBUTE_COLUMNS = ("category", "category_confidence", "sleeve_length", "length",
-                     "neckline", "pattern", "color", "color_hex", "color_share")
+                     "neckline", "pattern", "color", "color_hex", "color_share",
+                     "hint", "hint_category", "hint_won")
 
 
 def attribute_cells(attributes: dict[str, Any] | None) -> tuple[str, ...]:
@@ -64,11 +67,13 @@ def attribute_cells(attributes: dict[str, Any] | None) -> tuple[str, ...]:
     category = a.get("category") or {}
     confidence = category.get("confidence")
     colors = a.get("colors") or []
+    hint = a.get("hint") or {}
     return (category.get("value") or "", "" if confidence is None else f"{confidence:.4f}",
             a.get("sleeve_length") or "", a.get("length") or "", a.get("neckline") or "",
             a.get("pattern") or "", "/".join(c["name"] for c in colors),
             "/".join(c["hex"] for c in colors),
-            "/".join(f"{c['share']:.3f}" for c in colors))
+            "/".join(f"{c['share']:.3f}" for c in colors),
+            hint.get("text") or "", hint.get("category") or "", hint.get("won") or "")
 
 
 def stream_results(ctx: ServiceContext, batch: BatchView, jobs: list[JobView]) -> Iterator[bytes]:

@@ -241,7 +241,10 @@ def test_manifest_csv_has_one_column_per_attribute(client: TestClient) -> None:
     attrs = {"category": {"value": "dress", "confidence": 0.8731},
              "sleeve_length": "short", "length": "midi", "neckline": "v", "pattern": "striped",
              "colors": [{"name": "navy", "hex": "#1a2040", "share": 0.71},
-                        {"name": "white", "hex": "#f4f4f2", "share": 0.2}]}
+                        {"name": "white", "hex": "#f4f4f2", "share": 0.2}],
+             "hint": {"text": "midi dress, short sleeves", "category": "dress",
+                      "confidence": 0.97, "photo_category": "skirt", "decided": "dress",
+                      "won": "hint", "why": "the hint was surer than the photo"}}
     ctx.store.claim(ok, "w")
     ctx.blobs.put(f"assets/{ok}/result.png", b"the png")
     ctx.store.succeed(ok, result_blob=f"assets/{ok}/result.png", content_type="image/png",
@@ -256,7 +259,8 @@ def test_manifest_csv_has_one_column_per_attribute(client: TestClient) -> None:
     assert {k: rows["SKU-1"][k] for k in ATTRIBUTE_COLUMNS} == {
         "category": "dress", "category_confidence": "0.8731", "sleeve_length": "short",
         "length": "midi", "neckline": "v", "pattern": "striped", "color": "navy/white",
-        "color_hex": "#1a2040/#f4f4f2", "color_share": "0.710/0.200"}
+        "color_hex": "#1a2040/#f4f4f2", "color_share": "0.710/0.200",
+        "hint": "midi dress, short sleeves", "hint_category": "dress", "hint_won": "hint"}
     assert all(rows["SKU-2"][k] == "" for k in ATTRIBUTE_COLUMNS)
 
 

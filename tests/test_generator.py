@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from cli import main
 from models.config import model_config, train_config
@@ -211,6 +212,18 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "gen" / "generator.json").read_text())["training"]
     assert record["model_config"] == "models/configs/generator-tiny.json"
     assert record["train_config"] == "models/configs/train/generator-tiny.json"
+    # With a generator on it, `train vae` fine-tunes the decoder and never the encoder.
+    encoder = {k: v for k, v in load_file(tmp_path / "vae" / "vae" /
+                                          "diffusion_pytorch_model.safetensors").items()
+               if k.startswith(("encoder.", "quant_conv."))}
+    settings["vae"].update(decoder_eval_minutes=0)
+    cfg.steps = 2
+    train_vae(cfg)
+    history = [json.loads(line) for line in
+               (tmp_path / "run" / "vae-decoder" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 1, 2]  # the shipped decoder first
+    after = load_file(tmp_path / "vae" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(after[k], v) for k, v in encoder.items())
 
 
 # --- The bridge ------------------------------------------------------------------------------

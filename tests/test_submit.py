@@ -356,8 +356,11 @@ def test_the_client_speaks_the_service_vocabulary() -> None:
     assert ATTRIBUTE_COLUMNS == SERVICE_COLUMNS
     attributes = {"category": {"value": "tshirt", "confidence": 0.91234}, "sleeve_length": "short",
                   "pattern": "striped", "colors": [{"name": "navy", "hex": "#102040", "share": 0.7},
-                             {"name": "white", "hex": "#ffffff", "share": 0.25}]}
+                             {"name": "white", "hex": "#ffffff", "share": 0.25}],
+                  "hint": {"text": "a striped tee", "category": "tshirt", "won": "both",
+                           "why": "the hint and the photo agree"}}
     assert _attribute_cells(attributes) == list(attribute_cells(attributes))
+    assert _attribute_cells(attributes)[-3:] == ["a striped tee", "tshirt", "both"]
 
 
 def test_inputs_folders_zips_and_manifests(tmp_path: Path) -> None:

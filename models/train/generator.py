@@ -155,8 +155,18 @@ def _vae_eval(vae, adapter, val: dict, n: int = 64) -> dict[str, float]:  # noqa
 
 
 def train_vae(cfg: GeneratorTrainConfig) -> dict:
-    """The autoencoder (phase 1) then its decoder adapter (phase 2); one checkpoint for both."""
+    """The autoencoder (phase 1) then its decoder adapter (phase 2); one checkpoint for both.
+    Once a VAE and a generator on it ship, the decoder fine-tuning of `vae_decoder` instead."""
+    if (Path(cfg.vae_out) / "vae" / "config.json").is_file() and \
+            (Path(cfg.out) / "generator.json").is_file():
+        # A latent space ships and a generator reads it: keep its encoder, improve the decoder.
+        from models.train.vae_decoder import finetune_decoder
+
+        return finetune_decoder(cfg)
     torch.manual_seed(cfg.seed)
+    if cfg.minutes:
+        raise ValueError("--minutes needs a shipped VAE and generator (the decoder "
+                         "fine-tuning); a VAE from scratch trains for --steps")
     m, t = cfg.model, cfg.train["vae"]
     run = Path(cfg.run_dir) / "vae"
     run.mkdir(parents=True, exist_ok=True)
@@ -631,7 +641,8 @@ def _history_table(history: list[dict]) -> str:
     return head + "\n" + rows
 
 
-def write_vae_card(folder: Path, training: dict, metrics: dict, history: list[dict]) -> None:
+def write_vae_card(folder: Path, training: dict, metrics: dict, history: list[dict],
+                   lineage: list[dict] | None = None) -> None:
     text = f"""# Flat-lay latent space ({folder.name})
 
 A diffusers `AutoencoderKL` over RGBA flat-lays (RGB on white, then the garment alpha) at the
@@ -651,9 +662,36 @@ autoencoder`). Config: `{training['model_config']}`.
 {_history_table(history)}
 
 `recon_*`: the truth encoded and decoded; `aligned_*`: the same through the adapter with W
-and V (SSIM inside the true mask, ΔE2000 inside it).
+and V (SSIM inside the true mask, ΔE2000 inside it).{_vae_lineage_text(training, lineage or [])}
 """
     (folder / "MODEL_CARD.md").write_text(text)
+
+
+def _vae_lineage_text(training: dict, lineage: list[dict]) -> str:
+    """A fine-tuning run's card says what it changed and what it started from."""
+    if not training.get("what"):
+        return ""
+    def row(r: dict) -> str:
+        steps = r["training"].get("steps_this_run") or r["metrics"].get("step", "")
+        got = [r["metrics"].get(k, "—") for k in ("aligned_ssim_garment", "aligned_delta_e",
+                                                   "ssim_garment", "delta_e")]
+        return f"| `{r['training']['command']}` | {steps} | " + " | ".join(map(str, got)) + " |"
+
+    rows = "\n".join(row(r) for r in lineage)
+    return f"""
+
+## This run: {training['what']}
+
+{training.get('steps_this_run')} steps in {training['seconds_this_run'] / 60:.0f} minutes
+(`models/train/vae_decoder.py`): half of each batch is the shipped generator's samples for a
+training pair, half the truth's latents with noise; garment-weighted L1 plus the garment's Lab
+distance. `ssim_garment`/`delta_e` above: the shipped generator's validation output (32
+pairs) decoded through these weights; step 0 is the decoder this run started from.
+
+| earlier run | steps | aligned SSIM_g | aligned ΔE | generated SSIM_g | generated ΔE |
+|---|---|---|---|---|---|
+{rows}
+"""
 
 
 def previous_runs(folder: Path) -> list[dict]:
