@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class CLIError(Exception):
@@ -85,12 +85,6 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_migrate)
 
 
-# `flatlay train MODEL` → the config family it reads (vae and generator share one config).
-TRAIN_FAMILY = {"parser": "parser", "structurenet": "structurenet", "vae": "generator",
-                "generator": "generator", "pattern": "pattern", "illuminant": "illuminant",
-                "hints": "hints"}
-
-
 def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings, one way for every model: the named config's training file
     (`models/configs/train/`), then what the command line gives, checked once here."""
@@ -98,7 +92,7 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
 
     from models.config import config_id, train_config
 
-    family = TRAIN_FAMILY[args.model]
+    family = TRAINERS[args.model].family
     try:
         name = config_id(family, args.config)
     except ValueError as exc:
@@ -121,33 +115,44 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"config": name, **train_config(family, name), **overrides}
 
 
+class Trainer(NamedTuple):
+    """One `flatlay train MODEL`: the config family it reads (vae and generator share one),
+    where its loop lives (imported lazily), and its help line."""
+
+    family: str
+    module: str
+    config_class: str
+    function: str
+    help: str
+
+
+TRAINERS = {
+    "parser": Trainer("parser", "models.train.parser", "ParserTrainConfig", "train_parser",
+                      "the garment parser (mask, category, landmarks)"),
+    "structurenet": Trainer("structurenet", "models.train.structurenet", "TrainConfig", "train",
+                            "the dual-tower retrieval model"),
+    "vae": Trainer("generator", "models.train.generator", "GeneratorTrainConfig", "train_vae",
+                   "the latent space: AutoencoderKL and its photo-aligned decoder (once a "
+                   "generator ships: fine-tunes the decoder, keeps the encoder)"),
+    "generator": Trainer("generator", "models.train.generator", "GeneratorTrainConfig",
+                         "train_generator", "the diffusion pass's denoiser (after `train vae`)"),
+    "pattern": Trainer("pattern", "models.train.pattern", "PatternTrainConfig", "train_pattern",
+                       "the pattern head (the `pattern` attribute)"),
+    "illuminant": Trainer("illuminant", "models.train.illuminant", "IlluminantTrainConfig",
+                          "train_illuminant",
+                          "the illuminant estimator (the generator's colour constancy)"),
+    "hints": Trainer("hints", "models.train.hints", "HintsTrainConfig", "train_hints",
+                     "the text tower for hints (after structurenet and the bank)"),
+}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    import importlib
+
     settings = _train_settings(args)
-    if args.model == "structurenet":
-        from models.train.structurenet import TrainConfig, train
-
-        cfg, out = TrainConfig(**settings), train
-    elif args.model == "parser":
-        from models.train.parser import ParserTrainConfig, train_parser
-
-        cfg, out = ParserTrainConfig(**settings), train_parser
-    elif args.model == "pattern":
-        from models.train.pattern import PatternTrainConfig, train_pattern
-
-        cfg, out = PatternTrainConfig(**settings), train_pattern
-    elif args.model == "illuminant":
-        from models.train.illuminant import IlluminantTrainConfig, train_illuminant
-
-        cfg, out = IlluminantTrainConfig(**settings), train_illuminant
-    elif args.model == "hints":
-        from models.train.hints import HintsTrainConfig, train_hints
-
-        cfg, out = HintsTrainConfig(**settings), train_hints
-    else:
-        from models.train.generator import GeneratorTrainConfig, train_generator, train_vae
-
-        cfg = GeneratorTrainConfig(**settings)
-        out = train_vae if args.model == "vae" else train_generator
+    spec = TRAINERS[args.model]
+    trainer = importlib.import_module(spec.module)
+    cfg, out = getattr(trainer, spec.config_class)(**settings), getattr(trainer, spec.function)
     try:
         metrics = out(cfg)
     except (FileNotFoundError, ValueError) as exc:
@@ -344,19 +349,11 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     tsub.required = True
     from models.config import config_names
 
-    for name, what in (
-            ("parser", "the garment parser (mask, category, landmarks)"),
-            ("structurenet", "the dual-tower retrieval model"),
-            ("vae", "the latent space: AutoencoderKL and its photo-aligned decoder (once a "
-                    "generator ships: fine-tunes the decoder, keeps the encoder)"),
-            ("generator", "the diffusion pass's denoiser (after `train vae`)"),
-            ("pattern", "the pattern head (the `pattern` attribute)"),
-            ("illuminant", "the illuminant estimator (the generator's colour constancy)"),
-            ("hints", "the text tower for hints (after structurenet and the bank)")):
-        p = tsub.add_parser(name, help=what)
-        configs = config_names(TRAIN_FAMILY[name])
+    for name, spec in TRAINERS.items():
+        p = tsub.add_parser(name, help=spec.help)
+        configs = config_names(spec.family)
         p.add_argument("--config", default="tiny",
-                       help=f"models/configs/{TRAIN_FAMILY[name]}-NAME.json: "
+                       help=f"models/configs/{spec.family}-NAME.json: "
                        f"{', '.join(configs)} (default tiny, for the CPU)")
         p.add_argument("--steps", type=int, default=None, help="optimiser steps")
         if name in ("vae", "generator"):

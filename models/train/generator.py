@@ -314,6 +314,7 @@ def _latents(run: Path, vae, pairs: dict, name: str, latent: int) -> dict:  # no
         out["cutout"].append(pattern_inputs(vae, cut[..., :3], cut[..., 3] / 255.0, latent))
     for k in ("target", "warp", "cutout"):
         out[k] = torch.cat(out[k])
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, path)
     return out
 
