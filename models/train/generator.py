@@ -642,7 +642,8 @@ def _training_record(cfg: GeneratorTrainConfig, what: str, seconds: float, n_tra
     return {
         "command": f"flatlay train {what} --config {cfg.config}"
                    + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "")
-                   + (f" --steps {cfg.steps}" if cfg.steps and not cfg.minutes else ""),
+                   + (f" --steps {cfg.steps}" if cfg.steps and not cfg.minutes else "")
+                   + (f" --n-train {cfg.n_train}" if cfg.n_train else ""),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("model", "train")},
         "model_config": str(config_path("generator", cfg.config)),
         "train_config": str(config_path("generator", cfg.config, train=True)),

@@ -119,6 +119,7 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
                              run / "val-000000.png")
         record_eval(run, history, {"step": 0, "minutes": 0.0, "loss": None, **baseline})
     best = {k: baseline[k] for k in ("ssim_garment", "delta_e")}
+    lineage = state["lineage"] if state is not None else _lineage(Path(cfg.vae_out))
     b = t["batch"]
     k = int(round(GENERATED_SHARE * b))
     blank = blank_pattern(vae, b, m["resolution"], latent).cpu()
@@ -170,14 +171,15 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
             if _beats(metrics, best):
                 best = {key: metrics[key] for key in ("ssim_garment", "delta_e")}
                 _export(cfg, ema_vae, ema_adapter, time.time() - started, step, train, val,
-                        history)
+                        history, lineage)
                 exported = True
         if step % cfg.ckpt_every == 0 or last:
             save_checkpoint(run, {"vae": vae.state_dict(), "adapter": adapter.state_dict(),
                                   "ema_vae": ema_vae.state_dict(),
                                   "ema_adapter": ema_adapter.state_dict(),
                                   "opt": opt.state_dict(), "rng": rng.bit_generator.state,
-                                  "step": step, "history": history, "baseline": baseline})
+                                  "step": step, "history": history, "baseline": baseline,
+                                  "lineage": lineage})
     bar.close()
     tqdm.write(f"exported to {cfg.vae_out}: the generator's validation output through the new "
                f"decoder {best} beat the shipped decoder's" if exported else
@@ -185,18 +187,24 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
     return history[-1] if history else {}
 
 
+def _lineage(out: Path) -> list[dict]:
+    """The runs behind the weights in `out` before this one, oldest first."""
+    record = out / "training.json"
+    if not record.is_file():
+        return []
+    before = json.loads(record.read_text())
+    return [*before.get("lineage", []),
+            {k: before[k] for k in ("training", "metrics") if k in before}]
+
+
 def _export(cfg: GeneratorTrainConfig, vae, adapter, seconds: float, step: int,  # noqa: ANN001
-            train: dict, val: dict, history: list[dict]) -> None:
+            train: dict, val: dict, history: list[dict], lineage: list[dict]) -> None:
     out = Path(cfg.vae_out)
-    before = json.loads((out / "training.json").read_text()) if (
-        out / "training.json").is_file() else {}
     copy.deepcopy(vae).cpu().save_pretrained(out / "vae")
     copy.deepcopy(adapter).cpu().eval().save_pretrained(out / "decoder_adapter")
     training = _training_record(cfg, "vae", seconds, len(train["seed"]), len(val["seed"]))
     training["steps_this_run"] = step
     training["what"] = "decoder and adapter fine-tuned; encoder frozen"
-    lineage = [*before.get("lineage", []), {k: before[k] for k in ("training", "metrics")
-                                            if k in before}] if before else []
     (out / "training.json").write_text(json.dumps(
         {"training": training, "metrics": history[-1], "history": history,
          "lineage": lineage}, indent=2) + "\n")
