@@ -18,6 +18,7 @@ by how much.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,30 @@ NECKLINE_WORDS: dict[str, tuple[str, ...]] = {
 }
 ATTRIBUTE_WORDS = {"category": CATEGORY_WORDS, "sleeve_length": SLEEVE_WORDS,
                    "length": LENGTH_WORDS, "neckline": NECKLINE_WORDS}
+# The words `describe` joins phrases with: read, but they name nothing.
+GLUE_WORDS = frozenset({"with", "and", "a", "length"})
+_WORD = re.compile(r"[^\W_]+")  # letters and digits, any script
+
+
+def _vocabulary() -> frozenset[str]:
+    return frozenset(w for table in ATTRIBUTE_WORDS.values() for phrases in table.values()
+                     for phrase in phrases for w in _WORD.findall(phrase)) | GLUE_WORDS
+
+
+# Every word the text tower was trained on. Any other word ("cardigan") it never saw, and its
+# softmax still lands confidently somewhere (measured: "cardigan" → trousers 0.99), so such
+# words are left out of what is embedded and named in the job's status.
+VOCABULARY = _vocabulary()
+
+
+def read_hint(text: str) -> tuple[str, tuple[str, ...], bool]:
+    """(the hint without the words the tower does not know, punctuation kept as it trained
+    on it; those words; whether a known word names anything)."""
+    words = _WORD.findall(text.lower())
+    ignored = tuple(dict.fromkeys(w for w in words if w not in VOCABULARY))
+    kept = _WORD.sub(lambda m: m.group(0) if m.group(0).lower() in VOCABULARY else "", text)
+    named = any(w in VOCABULARY and w not in GLUE_WORDS for w in words)
+    return " ".join(kept.split()), ignored, named
 
 
 def structure_attributes(category: str, landmarks: np.ndarray) -> dict[str, str]:
@@ -206,6 +231,8 @@ class HintEvidence:
     rows: np.ndarray
     categories: dict[str, float]
     embedding: np.ndarray  # (D,) the hint in the structure space
+    ignored: tuple[str, ...] = ()  # words outside VOCABULARY, left out
+    understood: bool = True  # False: no word that names anything; the evidence is flat
 
     @property
     def category(self) -> str:
@@ -213,17 +240,26 @@ class HintEvidence:
 
 
 def hint_evidence(text: str, bank, encoder: HintEncoder | None = None) -> HintEvidence:  # noqa: ANN001
-    """The hint's softmax over the bank's rows and its mass per category."""
+    """The hint's softmax over the bank's rows and its mass per category, from the words
+    the tower knows (`read_hint`). A hint that names nothing it knows is flat evidence: every
+    row and category alike, so the photo decides and nothing is restricted."""
     from models.garments import CATEGORIES
 
+    known, ignored, named = read_hint(text)
+    if not named:
+        rows = np.full(len(bank.categories), 1.0 / max(1, len(bank.categories)))
+        return HintEvidence(text=text, rows=rows,
+                            categories={c: 1.0 / len(CATEGORIES) for c in CATEGORIES},
+                            embedding=np.zeros(bank.embeddings.shape[1], np.float32),
+                            ignored=ignored, understood=False)
     encoder = encoder or shipped_encoder()
-    t = encoder.embed([text])[0]
+    t = encoder.embed([known])[0]
     logits = encoder.scale * (bank.embeddings @ t)
     p = np.exp(logits - logits.max())
     p /= p.sum()
     cats = np.asarray(bank.categories)
     mass = {c: float(p[cats == c].sum()) for c in CATEGORIES}
-    return HintEvidence(text=text, rows=p, categories=mass, embedding=t)
+    return HintEvidence(text=text, rows=p, categories=mass, embedding=t, ignored=ignored)
 
 
 def combine_categories(photo: dict[str, float], hint: HintEvidence,
@@ -269,6 +305,13 @@ def hint_outcome(evidence: HintEvidence, photo: dict[str, float], decided: str
     """What the status says about a hint: the category it points to, the photo's, the one
     decided, and which won with the two beliefs."""
     photo_top = max(photo, key=photo.__getitem__)
+    unread = f"; words not read: {', '.join(evidence.ignored)}" if evidence.ignored else ""
+    if not evidence.understood:
+        return {"text": evidence.text, "category": None, "confidence": None,
+                "photo_category": photo_top, "photo_confidence": round(photo[photo_top], 4),
+                "decided": decided, "won": "photo", "ignored": list(evidence.ignored),
+                "why": f"the hint names no garment or attribute this service reads, so the "
+                       f"photo decided {decided}{unread}"}
     hinted = evidence.category
     if hinted == photo_top:
         won, why = "both", f"the hint and the photo agree on {decided}"
@@ -283,4 +326,4 @@ def hint_outcome(evidence: HintEvidence, photo: dict[str, float], decided: str
     return {"text": evidence.text, "category": hinted,
             "confidence": round(evidence.categories[hinted], 4), "photo_category": photo_top,
             "photo_confidence": round(photo[photo_top], 4), "decided": decided, "won": won,
-            "why": why}
+            "ignored": list(evidence.ignored), "why": why + unread}

@@ -85,6 +85,9 @@ class HintOutcome(BaseModel):
     decided: str | None = Field(default=None, description="the category delivered")
     won: str = Field(description="both (they agree), hint, photo, or structure (the "
                      "request's structure decided and the hint was not used)")
+    ignored: list[str] = Field(default_factory=list,
+                               description="the hint's words the text tower was not trained "
+                               "on, left out (a hint of such words alone: the photo decides)")
     why: str = Field(description="one sentence for a person")
 
 

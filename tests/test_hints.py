@@ -20,6 +20,8 @@ from models.hints import (
     combine_categories,
     describe,
     hint_evidence,
+    hint_outcome,
+    read_hint,
     restrict_rows,
     structure_attributes,
 )
@@ -127,6 +129,31 @@ def test_the_hint_weighs_in_and_restricts_the_structures(bank) -> None:  # noqa:
     assert np.mean([s == "long" for s in sleeves]) > np.mean(
         [structure_attributes("dress", bank.entry_landmarks(r)).get("sleeve_length") == "long"
          for r in dresses])
+
+
+def test_words_the_tower_never_saw_are_left_out_and_named(bank) -> None:  # noqa: ANN001
+    assert read_hint("Midi dress with 3/4 sleeves") == ("Midi dress with 3/4 sleeves", (), True)
+    assert read_hint("a cropped cardigan") == ("a cropped", ("cardigan",), True)
+    assert read_hint("Ärmellos Kleid") == ("", ("ärmellos", "kleid"), False)
+    enc = HintEncoder.from_pretrained(HINTS_WEIGHTS)
+    # Alone, an unknown word is no evidence: the photo's belief comes back unchanged and
+    # every structure of the category stays (the raw tower put "cardigan" on trousers, 0.99).
+    ev = hint_evidence("cardigan", bank, enc)
+    assert not ev.understood and ev.ignored == ("cardigan",)
+    photo = {c: 0.02 for c in CATEGORIES}
+    photo.update(sweater=1 - 0.02 * (len(CATEGORIES) - 1))
+    combined = combine_categories(photo, ev)
+    assert all(abs(combined[c] - photo[c]) < 1e-4 for c in CATEGORIES)
+    sweaters = np.flatnonzero(bank.categories == "sweater")
+    assert list(restrict_rows(ev, bank.categories, "sweater", minimum=10)) == list(sweaters)
+    outcome = hint_outcome(ev, photo, "sweater")
+    assert outcome["won"] == "photo" and outcome["category"] is None
+    assert outcome["ignored"] == ["cardigan"] and "cardigan" in outcome["why"]
+    # Beside known words it is dropped and the rest is read.
+    mixed = hint_evidence("cardigan-style midi dress", bank, enc)
+    assert mixed.understood and mixed.category == "dress"
+    assert mixed.ignored == ("cardigan", "style")
+    assert "cardigan, style" in hint_outcome(mixed, photo, "dress")["why"]
 
 
 def test_a_contradicting_hint_does_not_break_the_job() -> None:
