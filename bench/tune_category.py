@@ -1,0 +1,84 @@
+"""The category decision's retrieval vote, weighed on the validation split (never on test).
+
+    python bench/tune_category.py [--n 200] [--size 1024]
+
+The category posterior is the parser's belief times the vote of the query's top global
+hits to the power VOTE_WEIGHT (`models.pipelines.stages.StructureAligner`); 0 is the parser
+alone. Each weight runs `flatten` on the first n validation photos and scores it with the
+quality benchmark's metrics: category accuracy, silhouette IoU (overall, category right,
+category wrong) and landmark NME. Prints a table and writes bench/results/category-val.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.harness import write_variants  # noqa: E402
+from models.eval.quality import load_truth, run_and_score  # noqa: E402
+from models.garments import SPLITS  # noqa: E402
+from models.pipeline import PipelineOptions, get_pipeline  # noqa: E402
+from models.pipelines.stages import StructureAligner  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if args.n < 1:
+        ap.error("--n must be ≥ 1")
+    shipped = StructureAligner.VOTE_WEIGHT
+    run = get_pipeline("flatten")
+    start = SPLITS["val"][0]
+    truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
+    rows = []
+    try:
+        for weight in WEIGHTS:
+            StructureAligner.VOTE_WEIGHT = weight
+            scored = [run_and_score(run, t, PipelineOptions(output_size=args.size,
+                                                             seed=t.seed))[0]
+                      for t in tqdm(truths, desc=f"vote weight {weight:g}")]
+            ok = [m for m in scored if m["failure"] is None]
+            right = [m for m in ok if m["category_ok"]]
+            wrong = [m for m in ok if not m["category_ok"]]
+            nme = [m["landmark_nme"] for m in ok if m.get("landmark_nme") is not None]
+
+            def mean(values: list[float]) -> float | None:
+                return round(float(np.mean(values)), 4) if values else None
+
+            rows.append({
+                "variant": f"vote weight {weight:g}" + (" (parser alone)" if weight == 0 else "")
+                + (" (shipped)" if weight == shipped else ""),
+                "n": len(ok), "category_accuracy": mean([m["category_ok"] for m in ok]),
+                "silhouette_iou": mean([m["silhouette_iou"] for m in ok]),
+                "iou_right": mean([m["silhouette_iou"] for m in right]),
+                "iou_wrong": mean([m["silhouette_iou"] for m in wrong]),
+                "landmark_nme": mean(nme)})
+            print(rows[-1])
+    finally:
+        StructureAligner.VOTE_WEIGHT = shipped
+    intro = ["# The category decision's retrieval vote on the validation split", "",
+             f"Validation seeds {start}–{start + args.n - 1}, `flatten`, {args.size}² photos; "
+             "metrics as `flatlay bench quality`. `python bench/tune_category.py --n "
+             f"{args.n}`.", ""]
+    print(write_variants(args.out, "category-val", intro, rows,
+                         [("n", "n", "d"), ("category_accuracy", "category acc", ".3f"),
+                          ("silhouette_iou", "IoU", ".4f"), ("iou_right", "IoU cat right", ".3f"),
+                          ("iou_wrong", "IoU cat wrong", ".3f"),
+                          ("landmark_nme", "NME", ".4f")]))
+
+
+if __name__ == "__main__":
+    main()
