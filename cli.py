@@ -242,7 +242,8 @@ def _cmd_bench_retrieval(args: argparse.Namespace) -> int:
     result = benchmark_retrieval(split=args.split, n=args.n, k=args.k, weights=args.weights,
                                  bank_path=args.bank)
     flat = [(k, v) for k, v in result.items() if not isinstance(v, dict)]
-    flat += [(f"with_garment_box.{k}", v) for k, v in result["with_garment_box"].items()]
+    flat += [(f"{view}.{k}", v) for view in ("whole_photo", "with_garment_box")
+             for k, v in result[view].items()]
     flat += [(f"zero_shot.{k}", v) for k, v in result["zero_shot"].items()]
     _write_result(f"retrieval-{args.split}", result, flat)
     print(json.dumps(result, indent=None if args.json else 2))

@@ -99,3 +99,18 @@ def test_shipped_weights_retrieve_their_own_structure() -> None:
     # Chance is 1/60 for recall@1 and 1/12 for the category.
     assert metrics["recall_at_5"] > 0.3
     assert metrics["category_accuracy"] > 0.6
+
+
+def test_the_retrieval_benchmark_embeds_what_the_pipeline_embeds() -> None:
+    """The headline view is the parser's crop (stage 2's input); the whole photo and the true
+    box are reported beside it, each with recall and the fused structure's quality."""
+    from models.eval.retrieval import benchmark_retrieval, render_eval
+
+    sample = render_eval([1_000_003], 64)[0]
+    assert sample.photo_parsed.shape == sample.photo_whole.shape == (64, 64, 3)
+    assert not np.array_equal(sample.photo_parsed, sample.photo_whole)
+    result = benchmark_retrieval(split="val", n=4, zero_shot_n=2, zero_shot_bank_n=4,
+                                 workers=1)
+    for view in (result, result["whole_photo"], result["with_garment_box"]):
+        assert 0.0 <= view["recall_at_1"] <= view["recall_at_5"] <= 1.0
+        assert 0.0 < view["silhouette_iou_slle"] <= 1.0
