@@ -131,7 +131,8 @@ TRAINERS = {
                       "the garment parser (mask, category, landmarks)"),
     "structurenet": Trainer("structurenet", "models.train.structurenet", "TrainConfig", "train",
                             "the dual-tower retrieval model"),
-    "vae": Trainer("generator", "models.train.generator", "GeneratorTrainConfig", "train_vae",
+    "vae": Trainer("generator", "models.train.vae_decoder", "GeneratorTrainConfig",
+                   "train_latent_space",
                    "the latent space: AutoencoderKL and its photo-aligned decoder (once a "
                    "generator ships: fine-tunes the decoder, keeps the encoder)"),
     "generator": Trainer("generator", "models.train.generator", "GeneratorTrainConfig",

@@ -3,7 +3,7 @@
     python bench/tune_category.py [--n 200] [--size 1024]
 
 The category posterior is the parser's belief times the vote of the query's top global
-hits to the power VOTE_WEIGHT (`models.pipelines.stages.StructureAligner`); 0 is the parser
+hits to the power VOTE_WEIGHT (`StructureAligner` in models/pipelines/stages.py); 0 is the parser
 alone. Each weight runs `flatten` on the first n validation photos and scores it with the
 quality benchmark's metrics: category accuracy, silhouette IoU (overall, category right,
 category wrong) and landmark NME. Prints a table and writes bench/results/category-val.{md,json}.
@@ -25,7 +25,6 @@ from bench.harness import write_variants  # noqa: E402
 from models.eval.quality import load_truth, run_and_score  # noqa: E402
 from models.garments import SPLITS  # noqa: E402
 from models.pipeline import PipelineOptions, get_pipeline  # noqa: E402
-from models.pipelines.stages import StructureAligner  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)
@@ -39,14 +38,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.n < 1:
         ap.error("--n must be ≥ 1")
-    shipped = StructureAligner.VOTE_WEIGHT
     run = get_pipeline("flatten")
+    aligner = run.aligner  # its stages 1–4; the weight is set on this instance only
+    shipped = aligner.VOTE_WEIGHT
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
     rows = []
     try:
         for weight in WEIGHTS:
-            StructureAligner.VOTE_WEIGHT = weight
+            aligner.VOTE_WEIGHT = weight
             scored = [run_and_score(run, t, PipelineOptions(output_size=args.size,
                                                              seed=t.seed))[0]
                       for t in tqdm(truths, desc=f"vote weight {weight:g}")]
@@ -68,7 +68,7 @@ def main() -> None:
                 "landmark_nme": mean(nme)})
             print(rows[-1])
     finally:
-        StructureAligner.VOTE_WEIGHT = shipped
+        aligner.VOTE_WEIGHT = shipped
     intro = ["# The category decision's retrieval vote on the validation split", "",
              f"Validation seeds {start}–{start + args.n - 1}, `flatten`, {args.size}² photos; "
              "metrics as `flatlay bench quality`. `python bench/tune_category.py --n "

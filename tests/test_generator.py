@@ -184,6 +184,7 @@ def test_ablations_and_noretrieval_run_on_the_same_weights(sample) -> None:  # n
 def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     """Both training commands end to end at toy size, through the real stages 1–5."""
     from models.train.generator import GeneratorTrainConfig, train_generator, train_vae
+    from models.train.vae_decoder import train_latent_space
 
     settings = train_config("generator", "tiny")
     settings["pairs"].update(n_train=6, n_val=3)
@@ -218,7 +219,7 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
                if k.startswith(("encoder.", "quant_conv."))}
     settings["vae"].update(decoder_eval_minutes=0)
     cfg.steps = 2
-    train_vae(cfg)
+    train_latent_space(cfg)
     history = [json.loads(line) for line in
                (tmp_path / "run" / "vae-decoder" / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 1, 2]  # the shipped decoder first

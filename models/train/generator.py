@@ -156,13 +156,8 @@ def _vae_eval(vae, adapter, val: dict, n: int = 64) -> dict[str, float]:  # noqa
 
 def train_vae(cfg: GeneratorTrainConfig) -> dict:
     """The autoencoder (phase 1) then its decoder adapter (phase 2); one checkpoint for both.
-    Once a VAE and a generator on it ship, the decoder fine-tuning of `vae_decoder` instead."""
-    if (Path(cfg.vae_out) / "vae" / "config.json").is_file() and \
-            (Path(cfg.out) / "generator.json").is_file():
-        # A latent space ships and a generator reads it: keep its encoder, improve the decoder.
-        from models.train.vae_decoder import finetune_decoder
-
-        return finetune_decoder(cfg)
+    `flatlay train vae` calls it through `vae_decoder.train_latent_space`, which fine-tunes
+    the decoder instead once a generator reads the shipped latent space."""
     torch.manual_seed(cfg.seed)
     if cfg.minutes:
         raise ValueError("--minutes needs a shipped VAE and generator (the decoder "

@@ -43,6 +43,7 @@ from models.train.generator import (
     _training_record,
     _vae_eval,
     pixel_loss,
+    train_vae,
     write_vae_card,
 )
 
@@ -50,6 +51,15 @@ from models.train.generator import (
 # latents with noise, so the decoder keeps decoding clean latents well).
 GENERATED_SHARE = 0.5
 TRUTH_NOISE = 0.2
+
+
+def train_latent_space(cfg: GeneratorTrainConfig) -> dict:
+    """`flatlay train vae`: with a VAE and a generator on it shipped, keep the encoder and
+    fine-tune the decoder (`finetune_decoder`); otherwise train the VAE from scratch."""
+    if (Path(cfg.vae_out) / "vae" / "config.json").is_file() and \
+            (Path(cfg.out) / "generator.json").is_file():
+        return finetune_decoder(cfg)
+    return train_vae(cfg)
 
 
 def _shipped(cfg: GeneratorTrainConfig):  # noqa: ANN202
