@@ -23,7 +23,6 @@ measures the pipeline, not a second definition.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -212,10 +211,7 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """attributes-{split}.json and .md under out_dir; returns the paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"attributes-{result['split']}"
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
-    paths["md"].write_text(format_markdown(result))
-    return paths
+    from models.eval import write_json_md
+
+    return write_json_md(result, format_markdown(result), out_dir,
+                         f"attributes-{result['split']}")

@@ -12,7 +12,6 @@ garment in words). Category accuracy, silhouette IoU and landmark NME as in
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -143,12 +142,10 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"hints-{result['split']}"
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
-    paths["md"].write_text(
+    from models.eval import write_json_md
+
+    return write_json_md(
+        result,
         f"# Text hints on hard photos ({result['split']})\n\n"
         f"`flatlay bench quality --hints --split {result['split']} --n {result['n']}`: the first "
         f"{result['n']} photos of the split with an occluder on the garment or at least "
@@ -157,5 +154,5 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
         f"\"{result['assets'][0]['correct']}\"); *wrong*: another category's garment in words; "
         "*restrict* / *re-rank* / *category only*: what the hint does to the structures "
         "fused besides the category decision (StructureAligner.HINT_FUSION). "
-        f"Wall time {result['wall_seconds']} s.\n\n{format_table(result)}\n")
-    return paths
+        f"Wall time {result['wall_seconds']} s.\n\n{format_table(result)}\n",
+        out_dir, f"hints-{result['split']}")

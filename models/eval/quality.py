@@ -42,7 +42,6 @@ randomness beyond the seeds, so a run is reproducible.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -631,16 +630,16 @@ def write_report(result: dict[str, Any], grid: Image.Image | None,
                  out_dir: str | Path) -> dict[str, Path]:
     """quality-{split}.json, .md, (with a grid) .png and (where a pipeline decides the
     category) -confusion.png under out_dir; returns the paths."""
+    from models.eval import write_json_md
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"quality-{result['split']}"
-    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md"}
+    paths = write_json_md(result, format_markdown(result, f"{stem}.png" if grid else None),
+                          out, stem)
     if grid is not None:
         paths["png"] = out / f"{stem}.png"
         grid.save(paths["png"], optimize=True)
     if result.get("confusion"):
         paths["confusion"] = out / f"{stem}-confusion.png"
         confusion_image(result["confusion"]).save(paths["confusion"], optimize=True)
-    paths["json"].write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
-    paths["md"].write_text(format_markdown(result, paths["png"].name if grid else None))
     return paths
