@@ -75,6 +75,17 @@ def load_checkpoint(run: Path, device: str) -> dict[str, Any] | None:
     return state
 
 
+def load_states(state: dict[str, Any], parts: dict[str, Any]) -> None:
+    """Restore each part (a module or an optimiser) from the checkpoint entry of its name."""
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
+
+
+def state_dicts(parts: dict[str, Any]) -> dict[str, Any]:
+    """Each part's state under its name, for `save_checkpoint`."""
+    return {name: part.state_dict() for name, part in parts.items()}
+
+
 def save_checkpoint(run: Path, state: dict[str, Any]) -> None:
     """Write the checkpoint atomically (a kill mid-write leaves the previous one)."""
     import torch

@@ -49,8 +49,10 @@ from models.train.common import (
     TrainRun,
     cosine_lr,
     load_checkpoint,
+    load_states,
     record_eval,
     save_checkpoint,
+    state_dicts,
 )
 from models.train.generator_pairs import cache_pairs
 
@@ -176,13 +178,10 @@ def train_vae(cfg: GeneratorTrainConfig) -> dict:
     ema = copy.deepcopy(vae).eval()
     rng = np.random.default_rng(cfg.seed)
     step, history = 0, []
+    parts = {"vae": vae, "ema": ema, "adapter": adapter, "opt": opt, "opt_a": opt_a}
     state = load_checkpoint(run, cfg.device)
     if state is not None:
-        vae.load_state_dict(state["vae"])
-        ema.load_state_dict(state["ema"])
-        adapter.load_state_dict(state["adapter"])
-        opt.load_state_dict(state["opt"])
-        opt_a.load_state_dict(state["opt_a"])
+        load_states(state, parts)
         rng.bit_generator.state = state["rng"]
         step, history = state["step"], state["history"]
     started = time.time()
@@ -239,9 +238,7 @@ def train_vae(cfg: GeneratorTrainConfig) -> dict:
             record_eval(run, history, {"step": step, "loss": round(loss.item(), 4), **metrics})
             _vae_grid(run / f"val-{step:06d}.png", ema, adapter if step > steps else None, val)
         if step % cfg.ckpt_every == 0 or step == total:
-            save_checkpoint(run, {"vae": vae.state_dict(), "ema": ema.state_dict(),
-                                  "adapter": adapter.state_dict(), "opt": opt.state_dict(),
-                                  "opt_a": opt_a.state_dict(), "rng": rng.bit_generator.state,
+            save_checkpoint(run, {**state_dicts(parts), "rng": rng.bit_generator.state,
                                   "step": step, "history": history})
     bar.close()
     out = Path(cfg.vae_out)
@@ -415,14 +412,11 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     step, history, lineage, seconds = 0, [], [], 0.0
     out = Path(cfg.out)
     shipped = _shipped_bridge(out)
+    parts = {"unet": unet, "cond": cond, "ema_unet": ema_unet, "ema_cond": ema_cond, "opt": opt}
     state = load_checkpoint(run, cfg.device)
-    peak_lr = t["lr"]
+    peak_lr, shipped_bridge = t["lr"], None
     if state is not None:
-        unet.load_state_dict(state["unet"])
-        cond.load_state_dict(state["cond"])
-        ema_unet.load_state_dict(state["ema_unet"])
-        ema_cond.load_state_dict(state["ema_cond"])
-        opt.load_state_dict(state["opt"])
+        load_states(state, parts)
         rng.bit_generator.state = state["rng"]
         gen.set_state(state["gen"])
         step, history = state["step"], state["history"]
@@ -431,12 +425,9 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     elif shipped is not None:
         # No checkpoint (a fresh machine: runs/ does not travel), but a shipped bridge: this
         # run continues from it instead of from zero.
-        from diffusers import UNet2DConditionModel
-
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(
-            out / "unet", low_cpu_mem_usage=False).state_dict())
-        cond.load_state_dict(Conditioner.from_pretrained(
-            out / "conditioner", low_cpu_mem_usage=False).state_dict())
+        shipped_bridge = load_bridge(out, cfg.device)
+        unet.load_state_dict(shipped_bridge[0].state_dict())
+        cond.load_state_dict(shipped_bridge[1].state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         ema_cond.load_state_dict(cond.state_dict())
         lineage = previous_runs(out)
@@ -447,7 +438,8 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
                    f"(peak learning rate {peak_lr:g})")
     best = state.get("baseline") if state is not None else None
     if shipped is not None and best is None:
-        best = _shipped_score(out, vae, adapter, schedule, m, val, run)
+        best = _shipped_score(shipped_bridge or load_bridge(out, cfg.device), vae, adapter,
+                              schedule, m, val, run)
     budget = Budget(cfg.steps or t["steps"], cfg.minutes, first_step=step)
     b, k = t["batch"], t.get("pixel_batch", 0)
     next_eval = time.time() + 60 * t["eval_minutes"]
@@ -508,9 +500,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
                                   history, lineage)
                 exported = True
         if step % cfg.ckpt_every == 0 or last:
-            save_checkpoint(run, {"unet": unet.state_dict(), "cond": cond.state_dict(),
-                                  "ema_unet": ema_unet.state_dict(),
-                                  "ema_cond": ema_cond.state_dict(), "opt": opt.state_dict(),
+            save_checkpoint(run, {**state_dicts(parts),
                                   "rng": rng.bit_generator.state, "gen": gen.get_state(),
                                   "step": step, "history": history, "lineage": lineage,
                                   "seconds": seconds + time.time() - run_started,
@@ -534,17 +524,24 @@ def _beats(metrics: dict, best: dict | None) -> bool:
         (ssim > best["ssim_garment"] or de < best["delta_e"])
 
 
-def _shipped_score(out: Path, vae, adapter, schedule: BridgeSchedule,  # noqa: ANN001
-                   m: dict, val: dict, run: Path) -> dict:
-    """The shipped generator's validation score through today's latent space: its recorded
-    metrics came through the decoder of their day, and `flatlay train vae` may have improved
-    the decoder since, so a run is compared with what ships now."""
+def load_bridge(out: Path, device: str) -> tuple:
+    """The shipped bridge's denoiser and conditioner from `out`, frozen, in eval mode."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(out / "unet", low_cpu_mem_usage=False).to(
-        vae.device).eval()
-    cond = Conditioner.from_pretrained(out / "conditioner", low_cpu_mem_usage=False).to(
-        vae.device).eval()
+    unet = UNet2DConditionModel.from_pretrained(out / "unet", low_cpu_mem_usage=False)
+    cond = Conditioner.from_pretrained(out / "conditioner", low_cpu_mem_usage=False)
+    for part in (unet, cond):
+        part.to(device).eval().requires_grad_(False)
+    return unet, cond
+
+
+def _shipped_score(bridge: tuple, vae, adapter, schedule: BridgeSchedule,  # noqa: ANN001
+                   m: dict, val: dict, run: Path) -> dict:
+    """The shipped generator's (`bridge`: its denoiser and conditioner) validation score
+    through today's latent space: its recorded metrics came through the decoder of their
+    day, and `flatlay train vae` may have improved the decoder since, so a run is compared
+    with what ships now."""
+    unet, cond = bridge
     metrics = _generator_eval(FlatLayGenerator(vae, adapter, unet, cond, schedule, _meta(m)),
                               val, run / "val-shipped.png")
     tqdm.write(f"the shipped generator through today's decoder: {metrics}")

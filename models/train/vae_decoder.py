@@ -26,10 +26,18 @@ from tqdm import tqdm
 from models.generator.autoencoder import DecoderAdapter, decode_aligned, decoder_targets
 from models.generator.bridge import BridgeSchedule
 from models.generator.sampling import DenoiserInputs, FlatLayGenerator, blank_pattern, predict_x0
-from models.train.common import cosine_lr, load_checkpoint, record_eval, save_checkpoint
+from models.train.common import (
+    cosine_lr,
+    load_checkpoint,
+    load_states,
+    record_eval,
+    save_checkpoint,
+    state_dicts,
+)
 from models.train.generator import (
     Budget,
     GeneratorTrainConfig,
+    _adapter,
     _beats,
     _conditions,
     _ema_update,
@@ -42,6 +50,7 @@ from models.train.generator import (
     _targets,
     _training_record,
     _vae_eval,
+    load_bridge,
     pixel_loss,
     train_vae,
     write_vae_card,
@@ -63,23 +72,18 @@ def train_latent_space(cfg: GeneratorTrainConfig) -> dict:
 
 
 def _shipped(cfg: GeneratorTrainConfig):  # noqa: ANN202
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    from models.generator.conditioning import Conditioner
+    """The shipped VAE and adapter (trainable; a fresh adapter if none ships) and the shipped
+    bridge (frozen) with its schedule and generator.json."""
+    from diffusers import AutoencoderKL
 
     vae_dir, gen_dir = Path(cfg.vae_out), Path(cfg.out)
     vae = AutoencoderKL.from_pretrained(vae_dir / "vae", low_cpu_mem_usage=False).to(cfg.device)
-    if (vae_dir / "decoder_adapter" / "config.json").is_file():
-        adapter = DecoderAdapter.from_pretrained(vae_dir / "decoder_adapter",
-                                                 low_cpu_mem_usage=False)
-    else:
-        adapter = DecoderAdapter(targets=decoder_targets(vae), width=cfg.model["adapter"]["width"])
+    adapter = _adapter(vae_dir, cfg.device) or DecoderAdapter(
+        targets=decoder_targets(vae), width=cfg.model["adapter"]["width"]).to(cfg.device)
+    adapter.requires_grad_(True)
     meta = json.loads((gen_dir / "generator.json").read_text())
-    unet = UNet2DConditionModel.from_pretrained(gen_dir / "unet", low_cpu_mem_usage=False)
-    cond = Conditioner.from_pretrained(gen_dir / "conditioner", low_cpu_mem_usage=False)
-    for frozen in (unet, cond):
-        frozen.to(cfg.device).eval().requires_grad_(False)
-    return vae, adapter.to(cfg.device), unet, cond, BridgeSchedule(**meta["bridge"]), meta
+    unet, cond = load_bridge(gen_dir, cfg.device)
+    return vae, adapter, unet, cond, BridgeSchedule(**meta["bridge"]), meta
 
 
 def _evaluate(vae, adapter, unet, cond, schedule, m: dict, val: dict,  # noqa: ANN001
@@ -115,13 +119,11 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
     ema_vae, ema_adapter = copy.deepcopy(vae).eval(), copy.deepcopy(adapter).eval()
     rng = np.random.default_rng(cfg.seed)
     step, history, baseline = 0, [], None
+    parts = {"vae": vae, "adapter": adapter, "ema_vae": ema_vae, "ema_adapter": ema_adapter,
+             "opt": opt}
     state = load_checkpoint(run, cfg.device)
     if state is not None:
-        vae.load_state_dict(state["vae"])
-        adapter.load_state_dict(state["adapter"])
-        ema_vae.load_state_dict(state["ema_vae"])
-        ema_adapter.load_state_dict(state["ema_adapter"])
-        opt.load_state_dict(state["opt"])
+        load_states(state, parts)
         rng.bit_generator.state = state["rng"]
         step, history, baseline = state["step"], state["history"], state["baseline"]
     if baseline is None:
@@ -184,10 +186,7 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
                         history, lineage)
                 exported = True
         if step % cfg.ckpt_every == 0 or last:
-            save_checkpoint(run, {"vae": vae.state_dict(), "adapter": adapter.state_dict(),
-                                  "ema_vae": ema_vae.state_dict(),
-                                  "ema_adapter": ema_adapter.state_dict(),
-                                  "opt": opt.state_dict(), "rng": rng.bit_generator.state,
+            save_checkpoint(run, {**state_dicts(parts), "rng": rng.bit_generator.state,
                                   "step": step, "history": history, "baseline": baseline,
                                   "lineage": lineage})
     bar.close()
