@@ -30,6 +30,10 @@ RESULTS = REPO / "bench" / "results"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 
+def mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
@@ -54,10 +58,6 @@ def main() -> None:
             right = [m for m in ok if m["category_ok"]]
             wrong = [m for m in ok if not m["category_ok"]]
             nme = [m["landmark_nme"] for m in ok if m.get("landmark_nme") is not None]
-
-            def mean(values: list[float]) -> float | None:
-                return round(float(np.mean(values)), 4) if values else None
-
             rows.append({
                 "variant": f"vote weight {weight:g}" + (" (parser alone)" if weight == 0 else "")
                 + (" (shipped)" if weight == shipped else ""),
