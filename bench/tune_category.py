@@ -1,12 +1,14 @@
-"""The category decision's retrieval vote, weighed on the validation split (never on test).
+"""The category decision's evidence, weighed on the validation split (never on test).
 
-    python bench/tune_category.py [--n 200] [--size 1024]
+    python bench/tune_category.py [--n 200] [--size 1024] [--votes 0,0.5,1] [--fits 0.5,1,2]
 
 The category posterior is the parser's belief times the vote of the query's top global
-hits to the power VOTE_WEIGHT (`StructureAligner` in models/pipelines/stages.py); 0 is the parser
-alone. Each weight runs `flatten` on the first n validation photos and scores it with the
-quality benchmark's metrics: category accuracy, silhouette IoU (overall, category right,
-category wrong) and landmark NME. Prints a table and writes bench/results/category-val.{md,json}.
+hits to the power VOTE_WEIGHT, times the landmark residual of the likeliest categories to the
+power −FIT_WEIGHT (`StructureAligner` in models/pipelines/stages.py); vote 0 and fit 0 is the
+parser alone. Each vote weight (without the fit), then each fit weight (at the shipped vote),
+runs `flatten` on the first n validation photos, scored with the quality benchmark's metrics:
+category accuracy, silhouette IoU (overall, category right, category wrong) and landmark NME.
+Prints a table and writes bench/results/category-val.{md,json}.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from models.garments import SPLITS  # noqa: E402
 from models.pipeline import PipelineOptions, get_pipeline  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 
 def mean(values: list[float]) -> float | None:
@@ -39,28 +40,37 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--votes", default="0,0.5,1", help="vote weights, comma-separated")
+    ap.add_argument("--fits", default="0.5,1,2", help="fit weights, comma-separated")
     args = ap.parse_args()
     if args.n < 1:
         ap.error("--n must be ≥ 1")
+    try:
+        votes, fits = ([float(w) for w in text.split(",") if w.strip()]
+                       for text in (args.votes, args.fits))
+    except ValueError:
+        ap.error("--votes and --fits take numbers separated by commas, e.g. 0,0.5,1")
     run = get_pipeline("flatten")
-    aligner = run.aligner  # its stages 1–4; the weight is set on this instance only
-    shipped = aligner.VOTE_WEIGHT
+    aligner = run.aligner  # its stages 1–4; the weights are set on this instance only
+    shipped = aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT
+    variants = [(v, 0.0) for v in votes] + [(shipped[0], f) for f in fits if f]
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
     rows = []
     try:
-        for weight in WEIGHTS:
-            aligner.VOTE_WEIGHT = weight
+        for vote, fit in variants:
+            aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = vote, fit
+            name = f"vote {vote:g}, fit {fit:g}"
             scored = [run_and_score(run, t, PipelineOptions(output_size=args.size,
                                                              seed=t.seed))[0]
-                      for t in tqdm(truths, desc=f"vote weight {weight:g}")]
+                      for t in tqdm(truths, desc=name)]
             ok = [m for m in scored if m["failure"] is None]
             right = [m for m in ok if m["category_ok"]]
             wrong = [m for m in ok if not m["category_ok"]]
             nme = [m["landmark_nme"] for m in ok if m.get("landmark_nme") is not None]
             rows.append({
-                "variant": f"vote weight {weight:g}" + (" (parser alone)" if weight == 0 else "")
-                + (" (shipped)" if weight == shipped else ""),
+                "variant": name + (" (parser alone)" if vote == fit == 0 else "")
+                + (" (shipped)" if (vote, fit) == shipped else ""),
                 "n": len(ok), "category_accuracy": mean([m["category_ok"] for m in ok]),
                 "silhouette_iou": mean([m["silhouette_iou"] for m in ok]),
                 "iou_right": mean([m["silhouette_iou"] for m in right]),
@@ -68,11 +78,11 @@ def main() -> None:
                 "landmark_nme": mean(nme)})
             print(rows[-1])
     finally:
-        aligner.VOTE_WEIGHT = shipped
-    intro = ["# The category decision's retrieval vote on the validation split", "",
+        aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = shipped
+    intro = ["# The category decision's evidence on the validation split", "",
              f"Validation seeds {start}–{start + args.n - 1}, `flatten`, {args.size}² photos; "
              "metrics as `flatlay bench quality`. `python bench/tune_category.py --n "
-             f"{args.n}`.", ""]
+             f"{args.n} --votes {args.votes} --fits {args.fits}`.", ""]
     print(write_variants(args.out, "category-val", intro, rows,
                          [("n", "n", "d"), ("category_accuracy", "category acc", ".3f"),
                           ("silhouette_iou", "IoU", ".4f"), ("iou_right", "IoU cat right", ".3f"),

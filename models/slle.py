@@ -183,17 +183,45 @@ def fuse_with_landmarks(
     photo_landmarks: (L, 2) parsed, in the photo's pixels over its longer side (isotropic);
     visible: (L,) bool. With fewer than MIN_VISIBLE visible points it is `fuse_structures`.
     """
+    fit = _fitted_candidates(bank, query, photo_landmarks, visible, category, candidates)
+    if fit is None:
+        return fuse_structures(bank, query, k=k, category=category, reg=reg)
+    hits, residual = fit
+    chosen = [hits[i] for i in np.argsort(residual, kind="stable")[:k]]
+    return _fuse_hits(bank, query, chosen, category, reg)
+
+
+def _fitted_candidates(bank: StructureBank, query: np.ndarray, photo_landmarks: np.ndarray,
+                       visible: np.ndarray, category: str, candidates: int
+                       ) -> tuple[list[Hit], np.ndarray] | None:
+    """The category's top `candidates` by embedding and each one's similarity residual to the
+    visible landmarks; None with fewer than MIN_VISIBLE visible points."""
     visible = np.asarray(visible, bool) & np.isfinite(photo_landmarks).all(1)
     if visible.sum() < MIN_VISIBLE:
-        return fuse_structures(bank, query, k=k, category=category, reg=reg)
+        return None
     hits = bank.search(query, candidates, category=category)
     if not hits:
         raise ValueError(f"the structure bank has no {category!r} entries")
     pts = np.asarray(photo_landmarks, np.float64)[visible]
     targets = np.stack([bank.entry_landmarks(h.row)[visible] for h in hits]).astype(np.float64)
-    residual = similarity_residuals(pts, targets)
-    chosen = [hits[i] for i in np.argsort(residual, kind="stable")[:k]]
-    return _fuse_hits(bank, query, chosen, category, reg)
+    return hits, similarity_residuals(pts, targets)
+
+
+def landmark_fit(bank: StructureBank, query: np.ndarray, photo_landmarks: np.ndarray,
+                 visible: np.ndarray, category: str, candidates: int = CANDIDATES
+                 ) -> float | None:
+    """How well `category`'s structures can explain the parsed landmarks: the best
+    similarity residual among its candidates, scaled by √(n / (n − 2)) for n visible points
+    (a similarity spends 4 of the 2n coordinates, so a schema with fewer points would fit
+    better by chance). None with too few visible points or no entries of the category."""
+    try:
+        fit = _fitted_candidates(bank, query, photo_landmarks, visible, category, candidates)
+    except ValueError:
+        return None
+    if fit is None:
+        return None
+    n = int((np.asarray(visible, bool) & np.isfinite(photo_landmarks).all(1)).sum())
+    return float(fit[1].min()) * float(np.sqrt(n / (n - 2)))
 
 
 def structure_on_landmarks(bank: StructureBank, query: np.ndarray, category: str,

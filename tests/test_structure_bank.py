@@ -205,3 +205,45 @@ def test_landmark_fit_picks_the_shape_the_photo_shows() -> None:
     # Too few visible points: the embedding alone decides.
     few = fuse_with_landmarks(bank, misleading, photo_lm, np.arange(8) < 3, "tall")
     assert np.allclose(few.landmarks, plain.landmarks)
+
+
+def test_landmark_fit_is_lower_for_the_shape_the_photo_shows() -> None:
+    from models.slle import landmark_fit
+
+    bank = _bank()
+    lm, _ = _rect(0.3, 0.7)
+    photo = lm * 0.8 + 0.05
+    every = np.ones(8, bool)
+    tall = landmark_fit(bank, _embed(0.3, 0.7), photo, every, "tall", candidates=300)
+    wide = landmark_fit(bank, _embed(0.3, 0.7), photo, every, "wide", candidates=300)
+    assert tall is not None and wide is not None and tall < 0.01 < wide
+    # No evidence: too few visible points, or no structure of the category.
+    assert landmark_fit(bank, _embed(0.3, 0.7), photo, np.arange(8) < 3, "tall") is None
+    assert landmark_fit(bank, _embed(0.3, 0.7), photo, every, "round") is None
+
+
+def test_category_fit_speaks_against_a_schema_the_parse_does_not_fit() -> None:
+    """A skirt photo read as a tank top: the tank top's structures cannot explain the
+    points, so its log residual is the higher; categories outside the likeliest get the
+    worst one measured."""
+    import torch
+
+    from models.garments import CATEGORIES, generate
+    from models.pipelines.stages import StructureAligner, parse_garment
+    from models.structurenet import embed_photos, normalise_photos, photo_tensor_uint8
+
+    s = generate(1_000_002, size=512)
+    assert s.category == "skirt"
+    aligner = StructureAligner()
+    aligner.load()
+    parsed = parse_garment(aligner.parser, s.wild_image)
+    crop = photo_tensor_uint8(s.wild_image, aligner.structurenet.photo_size, parsed.mask > 0.5)
+    with torch.inference_mode():
+        query = embed_photos(aligner.structurenet, normalise_photos(crop[None]))[0]
+    log_p = np.full(len(CATEGORIES), -10.0)
+    log_p[CATEGORIES.index("skirt")], log_p[CATEGORIES.index("tank_top")] = -0.1, -1.0
+    aligner.FIT_CATEGORIES = 2
+    fits = aligner._log_fits(parsed, aligner.fresh_bank(), query, log_p)
+    skirt, tank = fits[CATEGORIES.index("skirt")], fits[CATEGORIES.index("tank_top")]
+    assert skirt < tank - 1.0  # residual more than e× smaller
+    assert fits[CATEGORIES.index("jeans")] == tank

@@ -86,6 +86,21 @@ def test_training_writes_weights_card_and_resumes(tmp_path: Path) -> None:
     assert state["step"] == 5 and len(state["history"]) == 2
 
 
+def test_hard_negative_batches_group_one_category() -> None:
+    from models.train.structurenet import batch_indices
+
+    cats = torch.arange(1100) % 11
+    idx = batch_indices(cats, 128, 0.5, 32, torch.Generator().manual_seed(0))
+    assert idx.shape == (128,)
+    for g in range(2):  # half the batch: two groups of 32 pairs of one category each
+        assert len(torch.unique(cats[idx[32 * g: 32 * (g + 1)]])) == 1
+    assert len(torch.unique(cats[idx[64:]])) > 5  # the rest uniform
+    # Without hard negatives the draw is the plain uniform one (the shipped weights' batches).
+    plain = batch_indices(cats, 128, 0.0, 32, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, torch.randint(1100, (128,), generator=torch.Generator()
+                                            .manual_seed(0)))
+
+
 @pytest.mark.skipif(not (DEFAULT_WEIGHTS / "model.safetensors").is_file(),
                     reason="shipped weights not trained yet")
 def test_shipped_weights_retrieve_their_own_structure() -> None:

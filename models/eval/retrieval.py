@@ -124,6 +124,7 @@ def _recall(with_targets: StructureBank, samples: list[EvalSample], emb: np.ndar
                                                                             4)}
 
 
+@torch.no_grad()  # not set_grad_enabled(False): that leaked into whatever ran next
 def benchmark_retrieval(
     split: str = "test",
     n: int = 500,
@@ -134,7 +135,6 @@ def benchmark_retrieval(
     zero_shot_bank_n: int = 500,
     workers: int = 2,
 ) -> dict:
-    torch.set_grad_enabled(False)
     weights = Path(weights or DEFAULT_WEIGHTS)
     model = StructureNet.from_pretrained(weights)
     bank = StructureBank.load(bank_path or default_bank_path())

@@ -43,6 +43,12 @@ class TrainConfig(TrainRun):
     warmup: int = 100
     eval_every: int = 400
     withhold: tuple[str, ...] = field(default_factory=lambda: WITHHELD_DEFAULT)
+    # Hard negatives: this share of each batch comes in groups of `hard_group` pairs of one
+    # category. In a random batch over 11 categories most negatives differ by category alone,
+    # so the loss never has to tell one sleeve length or hem width from another (0: the
+    # shipped tiny weights' random batches).
+    hard_share: float = 0.0
+    hard_group: int = 32
 
 
 def _pairs(cfg: TrainConfig, model: StructureNet, split: str, n: int) -> PairArrays:
@@ -104,6 +110,22 @@ def evaluate(model: StructureNet, pairs: PairArrays, device: str) -> dict[str, f
     }
 
 
+def batch_indices(categories: torch.Tensor, batch: int, hard_share: float, group: int,
+                  gen: torch.Generator) -> torch.Tensor:
+    """`batch` pair indices: round(hard_share · batch / group) groups of `group` pairs that
+    share a category (drawn uniformly among the categories present), the rest uniform."""
+    n_groups = min(int(round(hard_share * batch / max(1, group))), batch // max(1, group))
+    present = torch.unique(categories)
+    parts = []
+    for _ in range(n_groups):
+        cat = present[torch.randint(len(present), (1,), generator=gen)]
+        rows = torch.nonzero(categories == cat).squeeze(1)
+        parts.append(rows[torch.randint(len(rows), (group,), generator=gen)])
+    rest = batch - n_groups * group
+    parts.append(torch.randint(len(categories), (rest,), generator=gen))
+    return torch.cat(parts)
+
+
 def _augment(photos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Colour jitter per photo (the garment world already varies light, blur and noise)."""
     b = photos.shape[0]
@@ -132,7 +154,7 @@ def train(cfg: TrainConfig) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
 
     def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
-        idx = torch.randint(len(photos), (cfg.batch,), generator=gen)
+        idx = batch_indices(cats, cfg.batch, cfg.hard_share, cfg.hard_group, gen)
         x = _augment(photos[idx], gen).to(cfg.device)
         y = (maps[idx].float() / 255.0).to(cfg.device)
         photo_f, struct_f, scale = model(x, y)
