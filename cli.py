@@ -98,7 +98,8 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     given = {k: getattr(args, k, None) for k in
-             ("steps", "n_train", "minutes", "device", "out", "run_dir", "vae_out")}
+             ("steps", "n_train", "minutes", "device", "out", "run_dir", "vae_out",
+              "generator")}
     for key in ("steps", "n_train"):
         if given[key] is not None and given[key] < 1:
             raise CLIError(f"--{key.replace('_', '-')} must be at least 1")
@@ -370,6 +371,11 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
         if name in ("vae", "generator"):
             p.add_argument("--vae-out", type=Path, default=None,
                            help="latent-space weights folder")
+        if name == "vae":
+            p.add_argument("--generator", type=Path, default=None,
+                           help="a generator folder (a run's candidate/) to fine-tune the "
+                           "decoder for; it ships with the decoder if the pair beats the "
+                           "shipped pair (default: the shipped generator)")
         p.add_argument("--out", type=Path, default=None, help="weights folder")
         p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")

@@ -4,6 +4,7 @@ on garment-world photos whose true flat-lay is known."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,34 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     assert [h["step"] for h in history] == [0, 1, 2]  # the shipped decoder first
     after = load_file(tmp_path / "vae" / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(after[k], v) for k, v in encoder.items())
+    # A run's last EMA weights as a candidate, and the decoder fine-tuned for it: the baseline
+    # is the shipped pair, the samples and evaluations are the candidate's.
+    from models.train.generator import write_candidate
+    from models.train.vae_decoder import _ship_candidate
+
+    candidate = write_candidate(cfg)
+    ema = torch.load(tmp_path / "run" / "generator" / "checkpoint.pt",
+                     weights_only=False)["ema_unet"]
+    saved = load_file(candidate / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in ema.items())
+    shutil.rmtree(tmp_path / "run" / "vae-decoder")
+    cfg.generator = str(candidate)
+    train_latent_space(cfg)
+    history = [json.loads(line) for line in
+               (tmp_path / "run" / "vae-decoder" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 1, 2]
+    _ship_candidate(candidate, tmp_path / "gen", history[-1])
+    shipped = load_file(tmp_path / "gen" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(shipped[k], v) for k, v in saved.items())
+    record = json.loads((tmp_path / "gen" / "generator.json").read_text())
+    assert record["metrics"]["delta_e"] == history[-1]["delta_e"]
+    assert "--generator" in record["metrics"]["measured_with"]
+    FlatLayGenerator.from_pretrained(tmp_path / "vae", tmp_path / "gen")
+    # Without a shipped pair there is nothing to fine-tune for a candidate.
+    with pytest.raises(ValueError, match="--generator"):
+        train_latent_space(GeneratorTrainConfig(vae_out=str(tmp_path / "none"),
+                                                out=str(tmp_path / "none-gen"),
+                                                generator=str(candidate)))
 
 
 # --- The bridge ------------------------------------------------------------------------------

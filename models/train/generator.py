@@ -67,6 +67,9 @@ class GeneratorTrainConfig(TrainRun):
     steps: int | None = None
     minutes: float | None = None
     n_train: int | None = None
+    # `train vae` only: a generator folder (a run's `candidate/`) to fine-tune the decoder for
+    # instead of the shipped generator; the two ship together if the pair beats what ships.
+    generator: str = ""
     eval_every: int = 550
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -513,7 +516,38 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
                    f"ΔE {best['delta_e']} beat what was there")
     else:
         tqdm.write(f"not exported: no validation beat the weights in {out} ({best})")
+        if shipped is not None and history:
+            folder = write_candidate(cfg)
+            tqdm.write(f"the run's last EMA weights are in {folder}: `flatlay train vae "
+                       f"--generator {folder}` fine-tunes the decoder for them and ships the "
+                       "two together if they beat the shipped pair")
     return final
+
+
+def write_candidate(cfg: GeneratorTrainConfig) -> Path:
+    """The EMA weights of the run's last checkpoint as a generator folder, `<run>/candidate`.
+
+    Measured through a decoder fine-tuned for the generator before them, a generator that
+    moved scores a worse ΔE than it would through a decoder fine-tuned for it (the decoder
+    learned to undo the old one's colour errors), so a run that did not beat the shipped
+    weights is kept for `flatlay train vae --generator`, which judges the pair."""
+    m = cfg.model
+    run = Path(cfg.run_dir) / "generator"
+    state = load_checkpoint(run, "cpu")
+    if state is None:
+        raise FileNotFoundError(f"{run} holds no checkpoint")
+    unet, cond = build_denoiser(m["unet"]), Conditioner(**m["conditioner"])
+    unet.load_state_dict(state["ema_unet"])
+    cond.load_state_dict(state["ema_cond"])
+    history = state["history"]
+    n_train = cfg.n_train or cfg.train["pairs"]["n_train"]
+    training = _training_record(cfg, "generator", state["seconds"], n_train,
+                                cfg.train["pairs"]["n_val"])
+    training["steps_this_run"] = state["step"]
+    folder = run / "candidate"
+    _export_generator(folder, unet, cond, BridgeSchedule(**m["bridge"]), m, cfg, training,
+                      history, state.get("lineage", []))
+    return folder
 
 
 def _beats(metrics: dict, best: dict | None) -> bool:

@@ -53,6 +53,7 @@ from models.train.generator import (
     load_bridge,
     pixel_loss,
     train_vae,
+    write_generator_card,
     write_vae_card,
 )
 
@@ -68,15 +69,21 @@ def train_latent_space(cfg: GeneratorTrainConfig) -> dict:
     if (Path(cfg.vae_out) / "vae" / "config.json").is_file() and \
             (Path(cfg.out) / "generator.json").is_file():
         return finetune_decoder(cfg)
+    if cfg.generator:
+        raise ValueError("--generator fine-tunes a shipped decoder for a candidate generator; "
+                         f"{cfg.vae_out} and {cfg.out} must hold a VAE and a generator first")
     return train_vae(cfg)
 
 
 def _shipped(cfg: GeneratorTrainConfig):  # noqa: ANN202
-    """The shipped VAE and adapter (trainable; a fresh adapter if none ships) and the shipped
-    bridge (frozen) with its schedule and generator.json."""
+    """The shipped VAE and adapter (trainable; a fresh adapter if none ships) and the bridge
+    the decoder is fine-tuned for (frozen; `cfg.generator`, else the shipped one) with its
+    schedule and generator.json."""
     from diffusers import AutoencoderKL
 
-    vae_dir, gen_dir = Path(cfg.vae_out), Path(cfg.out)
+    vae_dir, gen_dir = Path(cfg.vae_out), Path(cfg.generator or cfg.out)
+    if not (gen_dir / "generator.json").is_file():
+        raise FileNotFoundError(f"{gen_dir} holds no generator (generator.json)")
     vae = AutoencoderKL.from_pretrained(vae_dir / "vae", low_cpu_mem_usage=False).to(cfg.device)
     adapter = _adapter(vae_dir, cfg.device) or DecoderAdapter(
         targets=decoder_targets(vae), width=cfg.model["adapter"]["width"]).to(cfg.device)
@@ -127,7 +134,10 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
         rng.bit_generator.state = state["rng"]
         step, history, baseline = state["step"], state["history"], state["baseline"]
     if baseline is None:
-        baseline = _evaluate(ema_vae, ema_adapter, unet, cond, schedule, m, val,
+        # What ships: the shipped generator through the shipped decoder (a candidate
+        # generator must beat it together with the decoder fine-tuned for it).
+        shipped = load_bridge(Path(cfg.out), cfg.device) if cfg.generator else (unet, cond)
+        baseline = _evaluate(ema_vae, ema_adapter, *shipped, schedule, m, val,
                              run / "val-000000.png")
         record_eval(run, history, {"step": 0, "minutes": 0.0, "loss": None, **baseline})
     best = {k: baseline[k] for k in ("ssim_garment", "delta_e")}
@@ -184,16 +194,37 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
                 best = {key: metrics[key] for key in ("ssim_garment", "delta_e")}
                 _export(cfg, ema_vae, ema_adapter, time.time() - started, step, train, val,
                         history, lineage)
+                if cfg.generator:
+                    _ship_candidate(Path(cfg.generator), Path(cfg.out), metrics)
                 exported = True
         if step % cfg.ckpt_every == 0 or last:
             save_checkpoint(run, {**state_dicts(parts), "rng": rng.bit_generator.state,
                                   "step": step, "history": history, "baseline": baseline,
                                   "lineage": lineage})
     bar.close()
-    tqdm.write(f"exported to {cfg.vae_out}: the generator's validation output through the new "
-               f"decoder {best} beat the shipped decoder's" if exported else
-               f"not exported: no validation beat the shipped decoder ({best})")
+    pair = f" and {cfg.generator} to {cfg.out}" if cfg.generator else ""
+    tqdm.write(f"exported to {cfg.vae_out}{pair}: the generator's validation output through "
+               f"the new decoder {best} beat the shipped pair's" if exported else
+               f"not exported: no validation beat the shipped pair ({best})")
     return history[-1] if history else {}
+
+
+def _ship_candidate(candidate: Path, out: Path, metrics: dict) -> None:
+    """The candidate generator into `out`, its record's metrics those of the pair that beat
+    the shipped one (its own were measured through the decoder before)."""
+    import shutil
+
+    for part in ("unet", "conditioner"):
+        shutil.rmtree(out / part, ignore_errors=True)
+        shutil.copytree(candidate / part, out / part)
+    record = json.loads((candidate / "generator.json").read_text())
+    record["metrics"] = {**record["metrics"], **metrics,
+                         "measured_with": "the decoder fine-tuned for it (flatlay train vae "
+                                          "--generator)"}
+    record["history"] = [*record["history"], record["metrics"]]
+    (out / "generator.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_generator_card(out, record["training"], record["metrics"], record["history"],
+                         record["lineage"])
 
 
 def _lineage(out: Path) -> list[dict]:
