@@ -676,7 +676,8 @@ def _training_record(cfg: GeneratorTrainConfig, what: str, seconds: float, n_tra
         "command": f"flatlay train {what} --config {cfg.config}"
                    + (f" --minutes {cfg.minutes:g}" if cfg.minutes else "")
                    + (f" --steps {cfg.steps}" if cfg.steps and not cfg.minutes else "")
-                   + (f" --n-train {cfg.n_train}" if cfg.n_train else ""),
+                   + (f" --n-train {cfg.n_train}" if cfg.n_train else "")
+                   + (f" --generator {cfg.generator}" if cfg.generator else ""),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("model", "train")},
         "model_config": str(config_path("generator", cfg.config)),
         "train_config": str(config_path("generator", cfg.config, train=True)),
@@ -738,10 +739,12 @@ def _vae_lineage_text(training: dict, lineage: list[dict]) -> str:
 ## This run: {training['what']}
 
 {training.get('steps_this_run')} steps in {training['seconds_this_run'] / 60:.0f} minutes
-(`models/train/vae_decoder.py`): half of each batch is the shipped generator's samples for a
-training pair, half the truth's latents with noise; garment-weighted L1 plus the garment's Lab
-distance. `ssim_garment`/`delta_e` above: the shipped generator's validation output (32
-pairs) decoded through these weights; step 0 is the decoder this run started from.
+(`models/train/vae_decoder.py`): half of each batch is the generator's samples for a training
+pair (the shipped one's, or with `--generator` the candidate's that shipped with it), half the
+truth's latents with noise; garment-weighted L1 plus the garment's Lab
+distance. `ssim_garment`/`delta_e` above: that generator's validation output (32 pairs)
+decoded through these weights; step 0 is the shipped generator through the decoder this run
+started from.
 
 | earlier run | steps | aligned SSIM_g | aligned ΔE | generated SSIM_g | generated ΔE |
 |---|---|---|---|---|---|
