@@ -218,7 +218,10 @@ def _ship_candidate(candidate: Path, out: Path, metrics: dict) -> None:
         shutil.rmtree(out / part, ignore_errors=True)
         shutil.copytree(candidate / part, out / part)
     record = json.loads((candidate / "generator.json").read_text())
+    training = record["training"]
     record["metrics"] = {**record["metrics"], **metrics,
+                         "step": training["steps_this_run"],
+                         "minutes": round(training["seconds_this_run"] / 60, 1),
                          "measured_with": "the decoder fine-tuned for it (flatlay train vae "
                                           "--generator)"}
     record["history"] = [*record["history"], record["metrics"]]
