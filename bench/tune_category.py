@@ -17,22 +17,21 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import write_variants  # noqa: E402
-from models.eval.quality import load_truth, run_and_score  # noqa: E402
+from models.eval.quality import _summary, load_truth, run_and_score  # noqa: E402
 from models.garments import SPLITS  # noqa: E402
 from models.pipeline import PipelineOptions, get_pipeline  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
 
-def mean(values: list[float]) -> float | None:
-    return round(float(np.mean(values)), 4) if values else None
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def main() -> None:
@@ -64,18 +63,17 @@ def main() -> None:
             scored = [run_and_score(run, t, PipelineOptions(output_size=args.size,
                                                              seed=t.seed))[0]
                       for t in tqdm(truths, desc=name)]
-            ok = [m for m in scored if m["failure"] is None]
-            right = [m for m in ok if m["category_ok"]]
-            wrong = [m for m in ok if not m["category_ok"]]
-            nme = [m["landmark_nme"] for m in ok if m.get("landmark_nme") is not None]
+            summary = _summary(scored)  # the quality benchmark's own aggregates
             rows.append({
                 "variant": name + (" (parser alone)" if vote == fit == 0 else "")
                 + (" (shipped)" if (vote, fit) == shipped else ""),
-                "n": len(ok), "category_accuracy": mean([m["category_ok"] for m in ok]),
-                "silhouette_iou": mean([m["silhouette_iou"] for m in ok]),
-                "iou_right": mean([m["silhouette_iou"] for m in right]),
-                "iou_wrong": mean([m["silhouette_iou"] for m in wrong]),
-                "landmark_nme": mean(nme)})
+                "n": summary["n_ok"],
+                **{key: rounded(summary[of]) for key, of in (
+                    ("category_accuracy", "category_accuracy"),
+                    ("silhouette_iou", "silhouette_iou"),
+                    ("iou_right", "silhouette_iou_category_right"),
+                    ("iou_wrong", "silhouette_iou_category_wrong"),
+                    ("landmark_nme", "landmark_nme"))}})
             print(rows[-1])
     finally:
         aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = shipped
