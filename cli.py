@@ -99,12 +99,17 @@ def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(str(exc)) from None
     given = {k: getattr(args, k, None) for k in
              ("steps", "n_train", "minutes", "device", "out", "run_dir", "vae_out",
-              "generator")}
+              "generator", "init", "zoom_share", "lr")}
     for key in ("steps", "n_train"):
         if given[key] is not None and given[key] < 1:
             raise CLIError(f"--{key.replace('_', '-')} must be at least 1")
-    if given["minutes"] is not None and not given["minutes"] > 0:
-        raise CLIError("--minutes must be above 0")
+    for key in ("minutes", "lr"):
+        if given[key] is not None and not given[key] > 0:
+            raise CLIError(f"--{key} must be above 0")
+    if given["init"] is not None and not (given["init"] / "config.json").is_file():
+        raise CLIError(f"--init {given['init']}: no weights there (config.json missing)")
+    if given["zoom_share"] is not None and not 0 <= given["zoom_share"] <= 1:
+        raise CLIError(f"--zoom-share must be in [0, 1], got {given['zoom_share']}")
     device = given["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {device}: no CUDA device on this machine")
@@ -376,6 +381,13 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
                            help="a generator folder (a run's candidate/) to fine-tune the "
                            "decoder for; it ships with the decoder if the pair beats the "
                            "shipped pair (default: the shipped generator)")
+        if name == "parser":
+            p.add_argument("--init", type=Path, default=None,
+                           help="weights folder to start from (default: from scratch)")
+            p.add_argument("--zoom-share", type=float, default=None,
+                           help="share of each batch that are second-look views, the garment's "
+                           "box zoomed to the input (0–1, default 0)")
+            p.add_argument("--lr", type=float, default=None, help="peak learning rate")
         p.add_argument("--out", type=Path, default=None, help="weights folder")
         p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")

@@ -1,11 +1,14 @@
 """The category decision's evidence, weighed on the validation split (never on test).
 
     python bench/tune_category.py [--n 200] [--size 1024] [--votes 0,0.5,1] [--fits 0.5,1,2]
+                                  [--parser DIR] [--looks off,0.5,1,0.5+detail]
 
 The category posterior is the parser's belief times the vote of the query's top global
 hits to the power VOTE_WEIGHT, times the landmark residual of the likeliest categories to the
 power −FIT_WEIGHT (`StructureAligner` in models/pipelines/stages.py); vote 0 and fit 0 is the
 parser alone. Each vote weight (without the fit), then each fit weight (at the shipped vote),
+then each second look of the parser (`GarmentParser.zoom`: off, or the weight of the zoomed
+pass in the category, `+detail` for its mask and landmarks too; at the shipped vote and fit),
 runs `flatten` on the first n validation photos, scored with the quality benchmark's metrics:
 category accuracy, silhouette IoU (overall, category right, category wrong) and landmark NME.
 Prints a table and writes bench/results/category-val.{md,json}.
@@ -25,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from bench.harness import write_variants  # noqa: E402
 from models.eval.quality import _summary, load_truth, run_and_score  # noqa: E402
 from models.garments import SPLITS  # noqa: E402
+from models.parser import GarmentParser  # noqa: E402
 from models.pipeline import PipelineOptions, get_pipeline  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -34,6 +38,27 @@ def rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+Look = tuple[bool, float, bool]  # GarmentParser's zoom, zoom_weight, zoom_detail
+
+
+def parse_look(text: str) -> Look:
+    if text == "off":
+        return (False, 0.5, False)
+    weight, _, detail = text.partition("+")
+    if detail not in ("", "detail") or not 0 <= float(weight) <= 1:
+        raise ValueError(text)
+    return (True, float(weight), detail == "detail")
+
+
+def look_of(parser: GarmentParser) -> Look:
+    return (parser.zoom, parser.zoom_weight, parser.zoom_detail)
+
+
+def look_name(look: Look) -> str:
+    zoom, weight, detail = look
+    return f"{weight:g}{'+detail' if detail else ''}" if zoom else "off"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
@@ -41,32 +66,48 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--votes", default="0,0.5,1", help="vote weights, comma-separated")
     ap.add_argument("--fits", default="0.5,1,2", help="fit weights, comma-separated")
+    ap.add_argument("--parser", type=Path, default=None,
+                    help="parser weights folder (default: the shipped parser)")
+    ap.add_argument("--looks", default="", help="second looks, comma-separated: off, a weight "
+                    "in [0, 1], or WEIGHT+detail")
     args = ap.parse_args()
     if args.n < 1:
         ap.error("--n must be ≥ 1")
     try:
         votes, fits = ([float(w) for w in text.split(",") if w.strip()]
                        for text in (args.votes, args.fits))
+        looks = [parse_look(text.strip()) for text in args.looks.split(",") if text.strip()]
     except ValueError:
-        ap.error("--votes and --fits take numbers separated by commas, e.g. 0,0.5,1")
+        ap.error("--votes and --fits take numbers separated by commas, e.g. 0,0.5,1; --looks "
+                 "off, weights in [0, 1] or WEIGHT+detail, e.g. off,0.5,1+detail")
     run = get_pipeline("flatten")
     aligner = run.aligner  # its stages 1–4; the weights are set on this instance only
-    shipped = aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT
-    variants = [(v, 0.0) for v in votes] + [(shipped[0], f) for f in fits if f]
+    aligner.load()
+    if args.parser is not None:
+        try:
+            aligner.parser = GarmentParser.from_pretrained(args.parser)
+        except (FileNotFoundError, ValueError) as exc:
+            ap.error(str(exc))
+    parser = aligner.parser
+    shipped = aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT, look_of(parser)
+    variants = ([(v, 0.0, shipped[2]) for v in votes]
+                + [(shipped[0], f, shipped[2]) for f in fits if f]
+                + [(shipped[0], shipped[1], look) for look in looks])
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
     rows = []
     try:
-        for vote, fit in variants:
+        for vote, fit, look in variants:
             aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = vote, fit
-            name = f"vote {vote:g}, fit {fit:g}"
+            parser.zoom, parser.zoom_weight, parser.zoom_detail = look
+            name = f"vote {vote:g}, fit {fit:g}, look {look_name(look)}"
             scored = [run_and_score(run, t, PipelineOptions(output_size=args.size,
                                                              seed=t.seed))[0]
                       for t in tqdm(truths, desc=name)]
             summary = _summary(scored)  # the quality benchmark's own aggregates
             rows.append({
                 "variant": name + (" (parser alone)" if vote == fit == 0 else "")
-                + (" (shipped)" if (vote, fit) == shipped else ""),
+                + (" (shipped)" if (vote, fit, look) == shipped else ""),
                 "n": summary["n_ok"],
                 **{key: rounded(summary[of]) for key, of in (
                     ("category_accuracy", "category_accuracy"),
@@ -76,11 +117,15 @@ def main() -> None:
                     ("landmark_nme", "landmark_nme"))}})
             print(rows[-1])
     finally:
-        aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = shipped
+        aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = shipped[:2]
+        parser.zoom, parser.zoom_weight, parser.zoom_detail = shipped[2]
+    command = (f"python bench/tune_category.py --n {args.n} --votes {args.votes} --fits "
+               f"{args.fits}" + (f" --parser {args.parser}" if args.parser else "")
+               + (f" --looks {args.looks}" if args.looks else ""))
     intro = ["# The category decision's evidence on the validation split", "",
              f"Validation seeds {start}–{start + args.n - 1}, `flatten`, {args.size}² photos; "
-             "metrics as `flatlay bench quality`. `python bench/tune_category.py --n "
-             f"{args.n} --votes {args.votes} --fits {args.fits}`.", ""]
+             f"parser {parser.meta.get('training', {}).get('command', 'shipped')!r}; metrics "
+             f"as `flatlay bench quality`. `{command}`.", ""]
     print(write_variants(args.out, "category-val", intro, rows,
                          [("n", "n", "d"), ("category_accuracy", "category acc", ".3f"),
                           ("silhouette_iou", "IoU", ".4f"), ("iou_right", "IoU cat right", ".3f"),

@@ -32,6 +32,9 @@ from models.pretrained import load_weights, read_meta, save_weights
 WORK_SIDE = 320
 # Colour distance (CIE76 ΔE) below which a pixel always counts as background.
 MIN_BACKGROUND_DELTA_E = 10.0
+# The second look (`GarmentParser.zoom`): the first pass's garment box plus this share of its
+# longer side on each side, parsed again so that the garment fills the parser's input.
+ZOOM_MARGIN = 0.15
 
 
 class GarmentNotFound(ValueError):
@@ -195,15 +198,49 @@ def letterbox(rgb: np.ndarray, size: int = PARSER_INPUT) -> tuple[np.ndarray, fl
     """The photo on a `size`² square, longer side fitted, padded with its border's median
     colour. Returns (square uint8, scale, (pad_x, pad_y)) with photo px = (sq px − pad)/scale."""
     h, w = rgb.shape[:2]
-    scale = size / max(h, w)
+    side = max(h, w)
+    scale = size / side
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    small = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BOX))
-    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
-    fill = tuple(int(v) for v in np.median(border, axis=0))
-    canvas = Image.new("RGB", (size, size), fill)
-    pad = ((size - nw) // 2, (size - nh) // 2)
-    canvas.paste(Image.fromarray(small), pad)
-    return np.asarray(canvas), scale, pad
+    square, scale, (pad_x, pad_y) = square_view(rgb, -((size - nw) // 2) / scale,
+                                                -((size - nh) // 2) / scale, side, size)
+    return square, scale, (round(pad_x), round(pad_y))  # whole pixels: the photo starts at 0
+
+
+def square_view(rgb: np.ndarray, x0: float, y0: float, side: float,
+                size: int = PARSER_INPUT, fill: int | None = None
+                ) -> tuple[np.ndarray, float, tuple]:
+    """The photo's square [x0, x0 + side)² (photo px; it may reach past the photo, filled with
+    `fill` or the border's median colour) resampled to `size`² by area averaging; `rgb` may
+    also be one channel. Returns (square uint8, scale, (pad_x, pad_y)) with photo px =
+    (sq px − pad)/scale, as `letterbox`."""
+    h, w = rgb.shape[:2]
+    scale = size / side
+    ix0, iy0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    ix1, iy1 = min(w, int(np.ceil(x0 + side))), min(h, int(np.ceil(y0 + side)))
+    if ix1 <= ix0 or iy1 <= iy0:
+        raise ValueError(f"the square at ({x0:.0f}, {y0:.0f}), side {side:.0f} misses the "
+                         f"{w}×{h} photo")
+    nw, nh = max(1, round((ix1 - ix0) * scale)), max(1, round((iy1 - iy0) * scale))
+    small = np.asarray(Image.fromarray(rgb[iy0:iy1, ix0:ix1]).resize(
+        (nw, nh), Image.Resampling.BOX))
+    if fill is None:
+        border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+        median = tuple(int(v) for v in np.median(border, axis=0).reshape(-1))
+    mode = "RGB" if rgb.ndim == 3 else "L"
+    colour = (fill,) * len(mode) if fill is not None else median
+    canvas = Image.new(mode, (size, size), colour if mode == "RGB" else colour[0])
+    at = (round((ix0 - x0) * scale), round((iy0 - y0) * scale))
+    canvas.paste(Image.fromarray(small), at)
+    return np.asarray(canvas), scale, (at[0] - ix0 * scale, at[1] - iy0 * scale)
+
+
+def zoom_square(box: tuple[float, float, float, float], margin: float = ZOOM_MARGIN
+                ) -> tuple[float, float, float]:
+    """(x0, y0, side) of the square centred on a (top, left, bottom, right) garment box, its
+    longer side plus `margin` of it on each side: the second look's view (`square_view`)."""
+    top, left, bottom, right = box
+    side = max(bottom - top, right - left, 1.0) * (1 + 2 * margin)
+    return (left + right - side) / 2, (top + bottom - side) / 2, side
 
 
 def normalise(batch: np.ndarray) -> torch.Tensor:
@@ -260,6 +297,10 @@ class GarmentParser:
     """The trained parser with its pre- and post-processing; `parse(rgb)` per photo."""
 
     VISIBLE = 0.5
+    # The second look's share of the category and whether its mask and landmarks replace the
+    # first pass's; chosen on validation photos (`bench/tune_category.py --looks`).
+    ZOOM_WEIGHT = 0.5
+    ZOOM_DETAIL = False
 
     def __init__(self, net: ParserNet, meta: dict[str, Any] | None = None,
                  mirror: bool = True) -> None:
@@ -270,6 +311,10 @@ class GarmentParser:
         # equivariant, and on 600 validation photos `flatten`'s landmark NME fell from
         # 0.0158 to 0.0154 and silhouette IoU rose from 0.819 to 0.822 (docs/flatten.md).
         self.mirror = mirror
+        # The second look (`_second_look`), for weights trained on its views (their config
+        # says so: `flatlay train parser --zoom-share`).
+        self.zoom = bool(self.meta.get("second_look", False))
+        self.zoom_weight, self.zoom_detail = self.ZOOM_WEIGHT, self.ZOOM_DETAIL
         perm = np.zeros(sum(num_landmarks(c) for c in CATEGORIES), np.int64)
         for c, (start, stop) in self.offsets.items():
             perm[start:stop] = start + flip_permutation(c)
@@ -291,10 +336,12 @@ class GarmentParser:
     def parse(self, rgb: np.ndarray, category: str | None = None) -> ParsedGarment:
         """rgb (H, W, 3) uint8 → ParsedGarment. `category` forces the landmark schema read
         out (for example a category the caller already knows)."""
+        h, w = rgb.shape[:2]
         square, scale, pad = letterbox(rgb)
         out = self._forward(normalise(square[None]))
+        if self.zoom:
+            out, scale, pad = self._second_look(rgb, out, scale, pad)
         probs = torch.softmax(out["category"][0], -1).numpy()
-        h, w = rgb.shape[:2]
         parsed = ParsedGarment(
             mask=self._photo_mask(out["mask"][0, 0], scale, pad, (h, w)),
             category="",
@@ -307,6 +354,27 @@ class GarmentParser:
                  "scale": scale, "pad": pad, "shape": (h, w)},
         )
         return self.read_as(parsed, category or CATEGORIES[int(probs.argmax())])
+
+    def _second_look(self, rgb: np.ndarray, out: dict[str, torch.Tensor], scale: float,
+                     pad: tuple) -> tuple[dict[str, torch.Tensor], float, tuple]:
+        """Parse the square around the first pass's garment box again, where the garment
+        fills the input. The category is the mean of both passes' probabilities, weighted
+        `zoom_weight` for the second; with `zoom_detail` mask, landmarks and visibility come
+        from the second look (finer on the garment). No garment found: the first pass."""
+        cells = torch.nonzero(out["mask"][0, 0] > 0)
+        if len(cells) == 0:
+            return out, scale, pad
+        k = PARSER_INPUT / MASK_SIZE  # square px per mask cell
+        (top, left), (bottom, right) = cells.min(0).values.tolist(), cells.max(0).values.tolist()
+        box = ((top * k - pad[1]) / scale, (left * k - pad[0]) / scale,
+               ((bottom + 1) * k - pad[1]) / scale, ((right + 1) * k - pad[0]) / scale)
+        square, zoom_scale, zoom_pad = square_view(rgb, *zoom_square(box))
+        zoomed = self._forward(normalise(square[None]))
+        p = ((1 - self.zoom_weight) * torch.softmax(out["category"], -1)
+             + self.zoom_weight * torch.softmax(zoomed["category"], -1))
+        if not self.zoom_detail:
+            return {**out, "category": torch.log(p)}, scale, pad
+        return {**zoomed, "category": torch.log(p)}, zoom_scale, zoom_pad
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network on one letterboxed photo, averaged with its mirror image when

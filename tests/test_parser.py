@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from models.garments import CATEGORIES, flip_permutation, generate, num_landmarks
 from models.parser import (
@@ -16,7 +17,9 @@ from models.parser import (
     ParserNet,
     letterbox,
     soft_argmax,
+    square_view,
     total_landmarks,
+    zoom_square,
 )
 
 
@@ -127,3 +130,85 @@ def test_train_parser_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) 
 
     assert main(["train", "parser", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+    assert main(["train", "parser", "--zoom-share", "1.5"]) == 2
+    assert "--zoom-share must be in [0, 1]" in capsys.readouterr().err
+    assert main(["train", "parser", "--lr", "0"]) == 2
+    assert "--lr must be above 0" in capsys.readouterr().err
+    assert main(["train", "parser", "--init", "no/such/weights"]) == 2
+    assert "no weights there" in capsys.readouterr().err
+
+
+def test_square_view_maps_photo_pixels_and_fills_past_the_edge() -> None:
+    rgb = np.full((200, 300, 3), 40, np.uint8)
+    rgb[100:110, 150:160] = (250, 10, 10)  # a marker at photo px (150–160, 100–110)
+    square, scale, (pad_x, pad_y) = square_view(rgb, 100.0, 50.0, 160.0)
+    assert square.shape == (128, 128, 3) and scale == pytest.approx(128 / 160)
+    ys, xs = np.nonzero(square[..., 0] > 150)
+    assert (xs.mean() + 0.5 - pad_x) / scale == pytest.approx(155, abs=1.0)
+    assert (ys.mean() + 0.5 - pad_y) / scale == pytest.approx(105, abs=1.0)
+    # A square reaching past the photo's right and bottom edges: filled, not stretched.
+    square, scale, (pad_x, pad_y) = square_view(rgb, 250.0, 150.0, 100.0, fill=255)
+    assert (square[-10:, -10:] == 255).all() and (square[:20, :20] == 40).all()
+    mask = square_view(np.zeros((200, 300), np.uint8), 250.0, 150.0, 100.0, 64, fill=0)[0]
+    assert mask.shape == (64, 64) and not mask.any()
+    with pytest.raises(ValueError, match="misses"):
+        square_view(rgb, 400.0, 0.0, 50.0)
+
+
+def test_zoom_square_centres_the_box_with_a_margin() -> None:
+    x0, y0, side = zoom_square((10.0, 20.0, 110.0, 70.0), margin=0.25)  # 100 tall, 50 wide
+    assert side == pytest.approx(150.0)
+    assert (x0 + side / 2, y0 + side / 2) == pytest.approx((45.0, 60.0))
+
+
+def test_second_look_views_keep_landmarks_on_the_garment() -> None:
+    from models.train.parser import _one, _one_zoom
+
+    for seed in range(6):
+        whole, zoomed = _one(seed), _one_zoom(seed)
+        assert whole[2] == zoomed[2]
+        assert zoomed[1].mean() > 0.05  # the garment is in the view
+        photo, mask, _, lm, vis = zoomed
+        grown = ndimage.binary_dilation(mask, iterations=3)
+        cells = np.clip((lm[vis.astype(bool)] * 64).astype(int), 0, 63)
+        assert grown[cells[:, 1], cells[:, 0]].mean() > 0.9
+
+
+def test_second_look_changes_only_what_it_is_weighted_for(parser: GarmentParser) -> None:
+    rgb = generate(1_100_003, size=384).wild_image
+    first = parser.parse(rgb)
+    parser.zoom, parser.zoom_weight, parser.zoom_detail = True, 0.0, False
+    try:
+        same = parser.parse(rgb)
+        np.testing.assert_allclose(list(same.category_probs.values()),
+                                   list(first.category_probs.values()), atol=1e-5)
+        np.testing.assert_allclose(same.landmarks, first.landmarks)
+        parser.zoom_weight, parser.zoom_detail = 1.0, True
+        zoomed = parser.parse(rgb)
+        assert sum(zoomed.category_probs.values()) == pytest.approx(1.0, abs=1e-3)
+        assert zoomed.mask.shape == first.mask.shape
+        # The second look sees the same garment: masks agree, landmarks are near.
+        a, b = zoomed.mask > 0.5, first.mask > 0.5
+        assert (a & b).sum() / (a | b).sum() > 0.7
+        if zoomed.category == first.category:
+            assert np.abs(zoomed.landmarks - first.landmarks).mean() < 0.05
+    finally:
+        parser.zoom, parser.zoom_weight, parser.zoom_detail = (
+            False, GarmentParser.ZOOM_WEIGHT, GarmentParser.ZOOM_DETAIL)
+
+
+def test_warm_start_with_second_look_views(tmp_path: Path) -> None:
+    from models.train.parser import ParserTrainConfig, train_parser
+
+    cfg = ParserTrainConfig(out=str(tmp_path / "w"), run_dir=str(tmp_path / "run"),
+                            init=str(PARSER_WEIGHTS), zoom_share=0.5, n_train=16, n_val=8,
+                            steps=2, batch=4, eval_every=2, workers=1, device="cpu")
+    metrics = train_parser(cfg)
+    assert {"category_accuracy", "zoom_category_accuracy"} <= set(metrics)
+    meta = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert meta["second_look"] is True and meta["model_cfg"]["width"] == 16
+    assert "--init" in meta["training"]["command"]
+    assert GarmentParser.from_pretrained(tmp_path / "w").zoom
+    assert not GarmentParser.from_pretrained(PARSER_WEIGHTS).zoom
+    with pytest.raises(ValueError, match="zoom_share"):
+        ParserTrainConfig(zoom_share=1.5)

@@ -6,6 +6,11 @@ per-landmark spatial cross-entropy against a Gaussian on the heatmap grid (visib
 in-frame landmarks only) and visibility BCE on the photo's category channels. Horizontal
 flips swap left and right landmarks. A checkpoint every `ckpt_every` steps, resumed
 automatically; weights, config and a model card at the end.
+
+`zoom_share` of each batch are second-look views (`GarmentParser.zoom`): the square around the
+garment's visible box, its edges jittered as a first pass's box would be, at the parser's
+input size. `init` warm-starts from a weights folder (a longer schedule or a new view mix
+without training from scratch).
 """
 
 from __future__ import annotations
@@ -14,12 +19,11 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from models.config import model_config
 from models.garments import CATEGORIES, SPLITS, flip_permutation, generate, num_landmarks
@@ -32,6 +36,8 @@ from models.parser import (
     landmark_offsets,
     normalise,
     soft_argmax,
+    square_view,
+    zoom_square,
 )
 from models.train.common import TrainRun, numpy_rng, render_map, supervised_loop
 
@@ -52,40 +58,78 @@ class ParserTrainConfig(TrainRun):
     weight_decay: float = 1e-4
     warmup: int = 100
     eval_every: int = 500
+    # Share of each batch drawn from second-look views (0: whole photos only).
+    zoom_share: float = 0.0
+    # Weights folder to start from ("" trains from scratch).
+    init: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.zoom_share <= 1.0:
+            raise ValueError(f"zoom_share must be in [0, 1], got {self.zoom_share}")
 
 
-def _one(seed: int) -> tuple:
+# How far a first pass's garment box is off, as a share of the box's longer side per edge,
+# and the margins drawn around it: the second look is trained on boxes it will really get.
+ZOOM_JITTER = 0.08
+ZOOM_MARGINS = (0.05, 0.3)  # around GarmentParser's 0.15 (models.parser.ZOOM_MARGIN)
+
+
+def _zoom_view(seed: int, photo: np.ndarray, mask: np.ndarray
+               ) -> tuple[float, float, float] | None:
+    """The second look's square (x0, y0, side) in photo px for this photo, or None when no
+    garment is visible."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    rng = np.random.default_rng([seed, 1])
+    box = np.array([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], np.float64)
+    box += rng.uniform(-ZOOM_JITTER, ZOOM_JITTER, 4) * max(box[2] - box[0], box[3] - box[1])
+    return zoom_square(tuple(box), rng.uniform(*ZOOM_MARGINS))
+
+
+def _one(seed: int, zoom: bool = False) -> tuple:
     s = generate(seed, size=RENDER)
-    photo = np.asarray(Image.fromarray(s.wild_image).resize((PARSER_INPUT,) * 2,
-                                                              Image.Resampling.BOX))
-    mask = np.asarray(Image.fromarray(s.wild_mask.astype(np.uint8) * 255).resize(
-        (MASK_SIZE,) * 2, Image.Resampling.BOX)) > 127
+    view = _zoom_view(seed, s.wild_image, s.wild_mask) if zoom else None
+    x0, y0, side = view or (0.0, 0.0, float(RENDER))  # the render is square
+    photo, scale, (pad_x, pad_y) = square_view(s.wild_image, x0, y0, side)
+    mask = square_view(s.wild_mask.astype(np.uint8) * 255, x0, y0, side, MASK_SIZE,
+                       fill=0)[0] > 127
     lm = np.zeros((MAX_L, 2), np.float32)
     vis = np.zeros(MAX_L, np.uint8)
     n = len(s.wild_landmarks)
-    lm[:n] = s.wild_landmarks
-    inside = ((s.wild_landmarks >= 0) & (s.wild_landmarks < 1)).all(1)
-    vis[:n] = s.wild_visibility.astype(bool) & inside
+    in_photo = ((s.wild_landmarks >= 0) & (s.wild_landmarks < 1)).all(1)
+    lm[:n] = (s.wild_landmarks * RENDER * scale + (pad_x, pad_y)) / PARSER_INPUT
+    in_view = ((lm[:n] >= 0) & (lm[:n] < 1)).all(1)
+    vis[:n] = s.wild_visibility.astype(bool) & in_photo & in_view
     return photo, mask, CATEGORIES.index(s.category), lm, vis
 
 
-def render_parser_data(seeds: list[int], workers: int, desc: str) -> dict[str, np.ndarray]:
+def _one_zoom(seed: int) -> tuple:
+    return _one(seed, zoom=True)
+
+
+def render_parser_data(seeds: list[int], workers: int, desc: str, zoom: bool = False
+                       ) -> dict[str, np.ndarray]:
     """photos (N, 128, 128, 3) uint8, masks (N, 64, 64) bool, categories (N,), landmarks
-    (N, MAX_L, 2) in the photo's unit square, visible (N, MAX_L) uint8."""
-    rows = render_map(_one, seeds, workers, desc)
+    (N, MAX_L, 2) in the view's unit square, visible (N, MAX_L) uint8. The view: the whole
+    photo, or with `zoom` the second look's square."""
+    rows = render_map(_one_zoom if zoom else _one, seeds, workers, desc)
     cols = list(zip(*rows, strict=True))
     return {"photos": np.stack(cols[0]), "masks": np.stack(cols[1]),
             "categories": np.array(cols[2], np.int64), "landmarks": np.stack(cols[3]),
             "visible": np.stack(cols[4]), "seeds": np.array(seeds, np.int64)}
 
 
-def parser_data(run_dir: Path, split: str, n: int, workers: int) -> dict[str, np.ndarray]:
-    cache = run_dir / f"parser-{split}-{n}-{PARSER_INPUT}.npz"
+def parser_data(run_dir: Path, split: str, n: int, workers: int, zoom: bool = False
+                ) -> dict[str, np.ndarray]:
+    cache = run_dir / f"parser-{split}-{n}-{PARSER_INPUT}{'-zoom' if zoom else ''}.npz"
     if cache.is_file():
         with np.load(cache) as z:
             return {k: z[k] for k in z.files}
     start = SPLITS[split][0]
-    data = render_parser_data(list(range(start, start + n)), workers, f"render {split}")
+    data = render_parser_data(list(range(start, start + n)), workers,
+                              f"render {split}{' (zoom)' if zoom else ''}", zoom)
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **data)
     return data
@@ -204,34 +248,54 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     train_data = parser_data(run, "train", cfg.n_train, cfg.workers)
     val_data = parser_data(run, "val", cfg.n_val, cfg.workers)
-    model = cfg.model or model_config("parser", cfg.config)
-    net = ParserNet.from_config(model).to(cfg.device)
+    zoom_train = zoom_val = None
+    if cfg.zoom_share > 0:
+        zoom_train = parser_data(run, "train", cfg.n_train, cfg.workers, zoom=True)
+        zoom_val = parser_data(run, "val", cfg.n_val, cfg.workers, zoom=True)
+    if cfg.init:
+        start = GarmentParser.from_pretrained(Path(cfg.init))
+        net, model = start.net.to(cfg.device), start.meta["model_cfg"]
+    else:
+        model = cfg.model or model_config("parser", cfg.config)
+        net = ParserNet.from_config(model).to(cfg.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
+    n_zoom = round(cfg.batch * cfg.zoom_share)
 
     def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
-        idx = rng.integers(len(train_data["photos"]), size=cfg.batch)
-        batch = _batch(train_data, idx, rng, augment=True)
+        parts = [(train_data, cfg.batch - n_zoom), (zoom_train, n_zoom)]
+        batches = [_batch(data, rng.integers(len(data["photos"]), size=n), rng, augment=True)
+                   for data, n in parts if n > 0]
+        batch = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
         out = net(batch["x"].to(cfg.device))
         return parser_loss(out, {k: v.to(cfg.device) for k, v in batch.items()})
+
+    def validate() -> dict[str, Any]:
+        metrics = evaluate(net, val_data, cfg.device)
+        if zoom_val is not None:
+            metrics |= {f"zoom_{k}": v for k, v in evaluate(net, zoom_val, cfg.device).items()
+                        if k != "n"}
+        return metrics
 
     started = time.time()
     history = supervised_loop(
         cfg, net, opt, desc="train parser", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
         eval_every=cfg.eval_every, batch_loss=batch_loss,
-        evaluate=lambda: evaluate(net, val_data, cfg.device),
-        rng=numpy_rng(rng))
-    final = history[-1] if history else evaluate(net, val_data, cfg.device)
+        evaluate=validate, rng=numpy_rng(rng))
+    final = history[-1] if history else validate()
     training = {
-        "command": f"flatlay train parser --config {cfg.config} --steps {cfg.steps}",
+        "command": f"flatlay train parser --config {cfg.config} --steps {cfg.steps}"
+                   + (f" --init {cfg.init}" if cfg.init else "")
+                   + (f" --zoom-share {cfg.zoom_share}" if cfg.zoom_share else "")
+                   + (f" --lr {cfg.lr}" if cfg.lr != ParserTrainConfig.lr else ""),
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": round(time.time() - started, 1),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
-    GarmentParser(net.cpu()).save_pretrained(Path(cfg.out), {"training": training,
-                                                             "metrics": final})
+    GarmentParser(net.cpu()).save_pretrained(Path(cfg.out), {
+        "training": training, "metrics": final, "second_look": cfg.zoom_share > 0})
     write_parser_card(Path(cfg.out), training, final, history)
     return final
 
