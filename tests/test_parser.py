@@ -208,6 +208,9 @@ def test_warm_start_with_second_look_views(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "w" / "config.json").read_text())
     assert meta["second_look"] is True and meta["model_cfg"]["width"] == 16
     assert "--init" in meta["training"]["command"]
+    assert meta["training"]["cumulative_steps"] == 6000 + 2  # the shipped run's, then these
+    card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    assert "Warm-started from" in card and "2nd look category" in card
     assert GarmentParser.from_pretrained(tmp_path / "w").zoom
     assert not GarmentParser.from_pretrained(PARSER_WEIGHTS).zoom
     with pytest.raises(ValueError, match="zoom_share"):

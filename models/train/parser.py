@@ -252,9 +252,16 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     if cfg.zoom_share > 0:
         zoom_train = parser_data(run, "train", cfg.n_train, cfg.workers, zoom=True)
         zoom_val = parser_data(run, "val", cfg.n_val, cfg.workers, zoom=True)
+    before = {"cumulative_steps": 0, "cumulative_minutes": 0.0}
     if cfg.init:
         start = GarmentParser.from_pretrained(Path(cfg.init))
         net, model = start.net.to(cfg.device), start.meta["model_cfg"]
+        done = start.meta.get("training", {})
+        before = {"weights": cfg.init, "command": done.get("command", "?"),
+                  "cumulative_steps": done.get("cumulative_steps",
+                                               done.get("config", {}).get("steps", 0)),
+                  "cumulative_minutes": done.get("cumulative_minutes", round(
+                      done.get("seconds_this_run", 0.0) / 60, 1))}
     else:
         model = cfg.model or model_config("parser", cfg.config)
         net = ParserNet.from_config(model).to(cfg.device)
@@ -294,6 +301,10 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
         "seconds_this_run": round(time.time() - started, 1),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
+    training |= {"started_from": before if cfg.init else None,
+                 "cumulative_steps": before["cumulative_steps"] + cfg.steps,
+                 "cumulative_minutes": round(before["cumulative_minutes"]
+                                             + training["seconds_this_run"] / 60, 1)}
     GarmentParser(net.cpu()).save_pretrained(Path(cfg.out), {
         "training": training, "metrics": final, "second_look": cfg.zoom_share > 0})
     write_parser_card(Path(cfg.out), training, final, history)
@@ -301,28 +312,42 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
 
 
 def write_parser_card(folder: Path, training: dict, metrics: dict, history: list[dict]) -> None:
+    zoom = "zoom_category_accuracy" in metrics
     rows = "\n".join(
         f"| {h['step']} | {h['loss']} | {h['mask_iou']:.3f} | {h['category_accuracy']:.3f} | "
-        f"{h['landmark_nme']:.4f} | {h['visibility_accuracy']:.3f} |" for h in history)
+        f"{h['landmark_nme']:.4f} | {h['visibility_accuracy']:.3f} |"
+        + (f" {h['zoom_mask_iou']:.3f} | {h['zoom_category_accuracy']:.3f} | "
+           f"{h['zoom_landmark_nme']:.4f} |" if zoom else "") for h in history)
     c = training["config"]
+    origin = training.get("started_from")
+    start = ("Trained from scratch" if not origin else
+             f"Warm-started from `{origin['weights']}` (`{origin['command']}`, "
+             f"{origin['cumulative_steps']} steps before this run) and trained")
+    views = (f"\n- A share of {c['zoom_share']} of each batch are second-look views (the visible "
+             "garment's box, edges jittered, with a margin, at the input size); the weights' "
+             "config turns `GarmentParser`'s second look on." if zoom else "")
+    head = ("| step | loss | mask IoU | category acc. | landmark NME | visibility acc. |"
+            + (" 2nd look mask IoU | 2nd look category | 2nd look NME |" if zoom else "")
+            + "\n|" + "---|" * (9 if zoom else 6))
     text = f"""# Garment parser ({folder.name})
 
 A small encoder–decoder CNN (`models.parser.ParserNet`, width {c['model']['width']}) on the
 whole photo letterboxed to {PARSER_INPUT}²: visible-garment mask ({MASK_SIZE}²), category,
 one landmark heatmap per (category, landmark) ({HEATMAP_SIZE}²) and landmark visibility.
-Trained from scratch on the procedural garment world only; nothing downloaded.
+{start} on the procedural garment world only; nothing downloaded.
 
 - Training command: `{training['command']}`
 - Data: garment-world train seeds {training['train_seeds'][0]}–{training['train_seeds'][1] - 1},
   validation seeds {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; rendered at
   {RENDER}² and reduced to {PARSER_INPUT}²; model seed {c['seed']}.
 - Steps {c['steps']} × batch {c['batch']}, AdamW lr {c['lr']} (cosine), horizontal flips with
-  left/right landmark swaps, colour jitter; on {training['machine']}.
+  left/right landmark swaps, colour jitter; on {training['machine']}. Cumulative
+  {training['cumulative_steps']} steps, {training['cumulative_minutes']} minutes of
+  training.{views}
 
 ## Validation
 
-| step | loss | mask IoU | category acc. | landmark NME | visibility acc. |
-|---|---|---|---|---|---|
+{head}
 {rows}
 
 Final: mask IoU {metrics['mask_iou']:.3f}, category accuracy {metrics['category_accuracy']:.3f},
