@@ -17,6 +17,7 @@ Prints a table and writes bench/results/category-val.{md,json}.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -119,8 +120,9 @@ def main() -> None:
     finally:
         aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = shipped[:2]
         parser.zoom, parser.zoom_weight, parser.zoom_detail = shipped[2]
-    command = (f"python bench/tune_category.py --n {args.n} --votes {args.votes} --fits "
-               f"{args.fits}" + (f" --parser {args.parser}" if args.parser else "")
+    command = (f"python bench/tune_category.py --n {args.n} --votes {shlex.quote(args.votes)} "
+               f"--fits {shlex.quote(args.fits)}"
+               + (f" --parser {args.parser}" if args.parser else "")
                + (f" --looks {args.looks}" if args.looks else ""))
     intro = ["# The category decision's evidence on the validation split", "",
              f"Validation seeds {start}–{start + args.n - 1}, `flatten`, {args.size}² photos; "
