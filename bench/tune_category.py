@@ -44,7 +44,7 @@ Look = tuple[bool, float, bool]  # GarmentParser's zoom, zoom_weight, zoom_detai
 
 def parse_look(text: str) -> Look:
     if text == "off":
-        return (False, 0.5, False)
+        return (False, GarmentParser.ZOOM_WEIGHT, GarmentParser.ZOOM_DETAIL)
     weight, _, detail = text.partition("+")
     if detail not in ("", "detail") or not 0 <= float(weight) <= 1:
         raise ValueError(text)

@@ -225,10 +225,11 @@ def square_view(rgb: np.ndarray, x0: float, y0: float, side: float,
         (nw, nh), Image.Resampling.BOX))
     if fill is None:
         border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
-        median = tuple(int(v) for v in np.median(border, axis=0).reshape(-1))
-    mode = "RGB" if rgb.ndim == 3 else "L"
-    colour = (fill,) * len(mode) if fill is not None else median
-    canvas = Image.new(mode, (size, size), colour if mode == "RGB" else colour[0])
+        colour = tuple(int(v) for v in np.median(border, axis=0).reshape(-1))
+    else:
+        colour = (fill,) * (3 if rgb.ndim == 3 else 1)
+    canvas = Image.new("RGB" if len(colour) == 3 else "L", (size, size),
+                       colour if len(colour) == 3 else colour[0])
     at = (round((ix0 - x0) * scale), round((iy0 - y0) * scale))
     canvas.paste(Image.fromarray(small), at)
     return np.asarray(canvas), scale, (at[0] - ix0 * scale, at[1] - iy0 * scale)

@@ -162,10 +162,10 @@ def test_zoom_square_centres_the_box_with_a_margin() -> None:
 
 
 def test_second_look_views_keep_landmarks_on_the_garment() -> None:
-    from models.train.parser import _one, _one_zoom
+    from models.train.parser import _one
 
     for seed in range(6):
-        whole, zoomed = _one(seed), _one_zoom(seed)
+        whole, zoomed = _one(seed), _one(seed, zoom=True)
         assert whole[2] == zoomed[2]
         assert zoomed[1].mean() > 0.05  # the garment is in the view
         photo, mask, _, lm, vis = zoomed

@@ -15,6 +15,7 @@ without training from scratch).
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -72,7 +73,7 @@ class ParserTrainConfig(TrainRun):
 # How far a first pass's garment box is off, as a share of the box's longer side per edge,
 # and the margins drawn around it: the second look is trained on boxes it will really get.
 ZOOM_JITTER = 0.08
-ZOOM_MARGINS = (0.05, 0.3)  # around GarmentParser's 0.15 (models.parser.ZOOM_MARGIN)
+ZOOM_MARGINS = (0.05, 0.3)  # around the margin the second look uses (ZOOM_MARGIN)
 
 
 def _zoom_view(seed: int, photo: np.ndarray, mask: np.ndarray
@@ -105,16 +106,12 @@ def _one(seed: int, zoom: bool = False) -> tuple:
     return photo, mask, CATEGORIES.index(s.category), lm, vis
 
 
-def _one_zoom(seed: int) -> tuple:
-    return _one(seed, zoom=True)
-
-
 def render_parser_data(seeds: list[int], workers: int, desc: str, zoom: bool = False
                        ) -> dict[str, np.ndarray]:
     """photos (N, 128, 128, 3) uint8, masks (N, 64, 64) bool, categories (N,), landmarks
     (N, MAX_L, 2) in the view's unit square, visible (N, MAX_L) uint8. The view: the whole
     photo, or with `zoom` the second look's square."""
-    rows = render_map(_one_zoom if zoom else _one, seeds, workers, desc)
+    rows = render_map(functools.partial(_one, zoom=zoom), seeds, workers, desc)
     cols = list(zip(*rows, strict=True))
     return {"photos": np.stack(cols[0]), "masks": np.stack(cols[1]),
             "categories": np.array(cols[2], np.int64), "landmarks": np.stack(cols[3]),
