@@ -177,25 +177,45 @@ def fuse_with_landmarks(
     k: int = DEFAULT_K,
     reg: float = DEFAULT_REG,
     candidates: int = CANDIDATES,
+    fit: CandidateFit | None = None,
 ) -> FusedStructure:
     """SLLE over the K candidates whose landmarks fit the photo's visible landmarks best.
 
     photo_landmarks: (L, 2) parsed, in the photo's pixels over its longer side (isotropic);
     visible: (L,) bool. With fewer than MIN_VISIBLE visible points it is `fuse_structures`.
+    `fit`: the same arguments' `fit_candidates`, when the category decision already has it.
     """
-    fit = _fitted_candidates(bank, query, photo_landmarks, visible, category, candidates)
+    if fit is None:
+        fit = fit_candidates(bank, query, photo_landmarks, visible, category, candidates)
     if fit is None:
         return fuse_structures(bank, query, k=k, category=category, reg=reg)
-    hits, residual = fit
-    chosen = [hits[i] for i in np.argsort(residual, kind="stable")[:k]]
+    chosen = [fit.hits[i] for i in np.argsort(fit.residuals, kind="stable")[:k]]
     return _fuse_hits(bank, query, chosen, category, reg)
 
 
-def _fitted_candidates(bank: StructureBank, query: np.ndarray, photo_landmarks: np.ndarray,
-                       visible: np.ndarray, category: str, candidates: int
-                       ) -> tuple[list[Hit], np.ndarray] | None:
-    """The category's top `candidates` by embedding and each one's similarity residual to the
-    visible landmarks; None with fewer than MIN_VISIBLE visible points."""
+@dataclass(frozen=True)
+class CandidateFit:
+    """A category's top candidates by embedding and each one's similarity residual to the
+    parsed visible landmarks (`n_visible` of them)."""
+
+    hits: list[Hit]
+    residuals: np.ndarray
+    n_visible: int
+
+    def score(self) -> float:
+        """The best residual scaled by √(n / (n − 2)) for n visible points (a similarity
+        spends 4 of the 2n coordinates, so a schema with fewer points would fit better by
+        chance)."""
+        n = self.n_visible
+        return float(self.residuals.min()) * float(np.sqrt(n / (n - 2)))
+
+
+def fit_candidates(bank: StructureBank, query: np.ndarray, photo_landmarks: np.ndarray,
+                   visible: np.ndarray, category: str, candidates: int = CANDIDATES
+                   ) -> CandidateFit | None:
+    """The category's top `candidates` by embedding, each with its similarity residual to the
+    visible landmarks; None with fewer than MIN_VISIBLE visible points. Raises ValueError
+    when the bank has no entries of the category."""
     visible = np.asarray(visible, bool) & np.isfinite(photo_landmarks).all(1)
     if visible.sum() < MIN_VISIBLE:
         return None
@@ -204,24 +224,19 @@ def _fitted_candidates(bank: StructureBank, query: np.ndarray, photo_landmarks: 
         raise ValueError(f"the structure bank has no {category!r} entries")
     pts = np.asarray(photo_landmarks, np.float64)[visible]
     targets = np.stack([bank.entry_landmarks(h.row)[visible] for h in hits]).astype(np.float64)
-    return hits, similarity_residuals(pts, targets)
+    return CandidateFit(hits, similarity_residuals(pts, targets), int(visible.sum()))
 
 
 def landmark_fit(bank: StructureBank, query: np.ndarray, photo_landmarks: np.ndarray,
                  visible: np.ndarray, category: str, candidates: int = CANDIDATES
                  ) -> float | None:
-    """How well `category`'s structures can explain the parsed landmarks: the best
-    similarity residual among its candidates, scaled by √(n / (n − 2)) for n visible points
-    (a similarity spends 4 of the 2n coordinates, so a schema with fewer points would fit
-    better by chance). None with too few visible points or no entries of the category."""
+    """How well `category`'s structures can explain the parsed landmarks (`CandidateFit.
+    score`). None with too few visible points or no entries of the category."""
     try:
-        fit = _fitted_candidates(bank, query, photo_landmarks, visible, category, candidates)
+        fit = fit_candidates(bank, query, photo_landmarks, visible, category, candidates)
     except ValueError:
         return None
-    if fit is None:
-        return None
-    n = int((np.asarray(visible, bool) & np.isfinite(photo_landmarks).all(1)).sum())
-    return float(fit[1].min()) * float(np.sqrt(n / (n - 2)))
+    return None if fit is None else fit.score()
 
 
 def structure_on_landmarks(bank: StructureBank, query: np.ndarray, category: str,

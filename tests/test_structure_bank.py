@@ -192,7 +192,7 @@ def test_similarity_residual_ignores_pose_but_not_shape() -> None:
 def test_landmark_fit_picks_the_shape_the_photo_shows() -> None:
     """An embedding that points at the wrong width: the photo's landmarks pull the fused
     structure back to the true shape."""
-    from models.slle import fuse_with_landmarks
+    from models.slle import fit_candidates, fuse_with_landmarks
 
     bank = _bank()
     true_lm, true_mask = _rect(0.3, 0.7)
@@ -202,6 +202,11 @@ def test_landmark_fit_picks_the_shape_the_photo_shows() -> None:
     fitted = fuse_with_landmarks(bank, misleading, photo_lm, np.ones(8, bool), "tall",
                                  candidates=300)
     assert _iou(fitted.silhouette, true_mask) > _iou(plain.silhouette, true_mask) + 0.05
+    # The category decision's fit, handed over, fuses the same structure.
+    fit = fit_candidates(bank, misleading, photo_lm, np.ones(8, bool), "tall", candidates=300)
+    again = fuse_with_landmarks(bank, misleading, photo_lm, np.ones(8, bool), "tall", fit=fit)
+    assert np.array_equal(again.silhouette, fitted.silhouette)
+    assert np.allclose(again.landmarks, fitted.landmarks)
     # Too few visible points: the embedding alone decides.
     few = fuse_with_landmarks(bank, misleading, photo_lm, np.arange(8) < 3, "tall")
     assert np.allclose(few.landmarks, plain.landmarks)
@@ -243,7 +248,9 @@ def test_category_fit_speaks_against_a_schema_the_parse_does_not_fit() -> None:
     log_p = np.full(len(CATEGORIES), -10.0)
     log_p[CATEGORIES.index("skirt")], log_p[CATEGORIES.index("tank_top")] = -0.1, -1.0
     aligner.FIT_CATEGORIES = 2
-    fits = aligner._log_fits(parsed, aligner.fresh_bank(), query, log_p)
+    fits, measured = aligner._log_fits(parsed, aligner.fresh_bank(), query, log_p)
     skirt, tank = fits[CATEGORIES.index("skirt")], fits[CATEGORIES.index("tank_top")]
     assert skirt < tank - 1.0  # residual more than e× smaller
     assert fits[CATEGORIES.index("jeans")] == tank
+    assert set(measured) == {"skirt", "tank_top"}
+    assert np.log(measured["skirt"].score()) == pytest.approx(skirt)

@@ -156,13 +156,17 @@ class StructureAligner:
         return self.bank
 
     def fuse(self, bank, query: np.ndarray, parsed, category: str,  # noqa: ANN001, ANN201
-             evidence=None):  # noqa: ANN001
+             evidence=None, fit=None):  # noqa: ANN001
         """Stage 4 for a decided category: SLLE over the structures that best fit the parsed
         landmarks, or the nearest structure; with a hint's `evidence`, among the category's
-        structures the hint does not speak against (HINT_FUSION)."""
+        structures the hint does not speak against (HINT_FUSION). `fit`: the category
+        decision's `CandidateFit` for this parse and query (unused once a hint changes
+        either the bank or the query)."""
         from models.hints import reranked_query, restrict_rows
         from models.slle import CANDIDATES, fuse_with_landmarks, nearest_structure
 
+        if evidence is not None:
+            fit = None
         if evidence is not None and self.HINT_FUSION == "restrict":
             bank = bank.subset(restrict_rows(evidence, bank.categories, category,
                                              minimum=max(CANDIDATES, self.K)))
@@ -171,13 +175,15 @@ class StructureAligner:
         if self.fusion == "nearest":
             return nearest_structure(bank, query, category=category)
         return fuse_with_landmarks(bank, query, _isotropic(parsed), parsed.visibility, category,
-                                   k=self.K)
+                                   k=self.K, fit=fit)
 
     def category_posterior(self, parsed, bank, query: np.ndarray  # noqa: ANN001
-                           ) -> dict[str, float]:
+                           ) -> tuple[dict[str, float], dict]:
         """The parser's category belief times the vote of the query's top global hits
         (add-half smoothed) to the power VOTE_WEIGHT, times the landmark fit (FIT_WEIGHT),
-        normalised over the categories. StructureNet's category head lowered accuracy."""
+        normalised over the categories; and the landmark fits measured on the way
+        (category → `CandidateFit`, for stage 4 to reuse). StructureNet's category head
+        lowered accuracy."""
         from collections import Counter
 
         from models.garments import CATEGORIES
@@ -188,32 +194,40 @@ class StructureAligner:
             votes = Counter(h.category for h in bank.search(query, CATEGORY_VOTERS))
             log_p += self.VOTE_WEIGHT * np.log(
                 np.array([votes.get(c, 0) for c in CATEGORIES]) + 0.5)
+        measured: dict = {}
         if self.FIT_WEIGHT:
-            log_p -= self.FIT_WEIGHT * self._log_fits(parsed, bank, query, log_p)
+            log_fits, measured = self._log_fits(parsed, bank, query, log_p)
+            log_p -= self.FIT_WEIGHT * log_fits
         p = np.exp(log_p - log_p.max())
-        return dict(zip(CATEGORIES, (p / p.sum()).tolist(), strict=True))
+        return dict(zip(CATEGORIES, (p / p.sum()).tolist(), strict=True)), measured
 
     def _log_fits(self, parsed, bank, query: np.ndarray,  # noqa: ANN001
-                  log_p: np.ndarray) -> np.ndarray:
+                  log_p: np.ndarray) -> tuple[np.ndarray, dict]:
         """log landmark residual per category (CATEGORIES order): the parse read with each of
         the FIT_CATEGORIES likeliest schemas against that category's structures; the others,
         and a likely one without enough visible points, get the worst residual measured
-        (all zero, no evidence, when fewer than two could be measured)."""
+        (all zero, no evidence, when fewer than two could be measured). Also the fits
+        themselves, category → `CandidateFit`."""
         from models.garments import CATEGORIES
-        from models.slle import landmark_fit
+        from models.slle import fit_candidates
 
-        fits: dict[int, float] = {}
+        logs: dict[int, float] = {}
+        measured: dict = {}
         for i in np.argsort(-log_p, kind="stable")[: self.FIT_CATEGORIES]:
             category = CATEGORIES[i]
             read = parsed if category == parsed.category else self.parser.read_as(parsed,
                                                                                   category)
-            residual = landmark_fit(bank, query, _isotropic(read), read.visibility, category)
-            if residual is not None:
-                fits[int(i)] = float(np.log(max(residual, 1e-4)))
-        if len(fits) < 2:
-            return np.zeros(len(CATEGORIES))
-        worst = max(fits.values())
-        return np.array([fits.get(i, worst) for i in range(len(CATEGORIES))])
+            try:
+                fit = fit_candidates(bank, query, _isotropic(read), read.visibility, category)
+            except ValueError:  # no entries of the category: no evidence either way
+                continue
+            if fit is not None:
+                measured[category] = fit
+                logs[int(i)] = float(np.log(max(fit.score(), 1e-4)))
+        if len(logs) < 2:
+            return np.zeros(len(CATEGORIES)), measured
+        worst = max(logs.values())
+        return np.array([logs.get(i, worst) for i in range(len(CATEGORIES))]), measured
 
     def align(self, rgb: np.ndarray, given: StructureSpec | None, size: int,
               clock: StageClock, hint: str | None = None) -> CoarseAlignment:
@@ -238,12 +252,13 @@ class StructureAligner:
                 query = embed_photos(self.structurenet, normalise_photos(crop[None]))[0]
         with clock.stage("retrieve"):
             bank = self.fresh_bank()
-            confidence, evidence, outcome = None, None, None
+            confidence, evidence, outcome, fits = None, None, None, {}
             if given is not None and hint:
                 outcome = {"text": hint, "won": "structure",
                            "why": "the request's structure decides the category and shape"}
             if given is None:
-                photo = posterior = self.category_posterior(parsed, bank, query)
+                posterior, fits = self.category_posterior(parsed, bank, query)
+                photo = posterior
                 if hint:
                     from models.hints import combine_categories, hint_evidence, hint_outcome
 
@@ -257,7 +272,8 @@ class StructureAligner:
                     parsed = self.parser.read_as(parsed, category)
             try:
                 if given is None:
-                    fused = self.fuse(bank, query, parsed, category, evidence)
+                    fused = self.fuse(bank, query, parsed, category, evidence,
+                                      fits.get(category))
                 else:
                     fused = structure_on_landmarks(bank, query, given.category,
                                                    given.landmarks, self.K)
