@@ -164,7 +164,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         metrics = out(cfg)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from None
-    print(f"saved {cfg.vae_out if args.model == 'vae' else cfg.out}: {metrics}")
+    # Neutral wording: with --minutes the generator and the VAE export only an improvement,
+    # and say so themselves in the line above.
+    where = cfg.vae_out if args.model == "vae" else cfg.out
+    print(f"{args.model} ({where}), last validation: {metrics}")
     return 0
 
 
