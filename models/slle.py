@@ -229,14 +229,14 @@ def fit_candidates(bank: StructureBank, query: np.ndarray, photo_landmarks: np.n
 
 def landmark_fit(bank: StructureBank, query: np.ndarray, photo_landmarks: np.ndarray,
                  visible: np.ndarray, category: str, candidates: int = CANDIDATES
-                 ) -> float | None:
-    """How well `category`'s structures can explain the parsed landmarks (`CandidateFit.
-    score`). None with too few visible points or no entries of the category."""
+                 ) -> CandidateFit | None:
+    """How well `category`'s structures can explain the parsed landmarks (its `score()`),
+    as evidence for the category decision: None, no evidence either way, with too few
+    visible points or no entries of the category."""
     try:
-        fit = fit_candidates(bank, query, photo_landmarks, visible, category, candidates)
+        return fit_candidates(bank, query, photo_landmarks, visible, category, candidates)
     except ValueError:
         return None
-    return None if fit is None else fit.score()
 
 
 def structure_on_landmarks(bank: StructureBank, query: np.ndarray, category: str,

@@ -221,7 +221,7 @@ def test_landmark_fit_is_lower_for_the_shape_the_photo_shows() -> None:
     every = np.ones(8, bool)
     tall = landmark_fit(bank, _embed(0.3, 0.7), photo, every, "tall", candidates=300)
     wide = landmark_fit(bank, _embed(0.3, 0.7), photo, every, "wide", candidates=300)
-    assert tall is not None and wide is not None and tall < 0.01 < wide
+    assert tall is not None and wide is not None and tall.score() < 0.01 < wide.score()
     # No evidence: too few visible points, or no structure of the category.
     assert landmark_fit(bank, _embed(0.3, 0.7), photo, np.arange(8) < 3, "tall") is None
     assert landmark_fit(bank, _embed(0.3, 0.7), photo, every, "round") is None

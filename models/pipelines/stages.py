@@ -209,7 +209,7 @@ class StructureAligner:
         (all zero, no evidence, when fewer than two could be measured). Also the fits
         themselves, category → `CandidateFit`."""
         from models.garments import CATEGORIES
-        from models.slle import fit_candidates
+        from models.slle import landmark_fit
 
         logs: dict[int, float] = {}
         measured: dict = {}
@@ -217,10 +217,7 @@ class StructureAligner:
             category = CATEGORIES[i]
             read = parsed if category == parsed.category else self.parser.read_as(parsed,
                                                                                   category)
-            try:
-                fit = fit_candidates(bank, query, _isotropic(read), read.visibility, category)
-            except ValueError:  # no entries of the category: no evidence either way
-                continue
+            fit = landmark_fit(bank, query, _isotropic(read), read.visibility, category)
             if fit is not None:
                 measured[category] = fit
                 logs[int(i)] = float(np.log(max(fit.score(), 1e-4)))
