@@ -382,3 +382,33 @@ def test_the_generator_round_trips_through_its_folders(tmp_path: Path) -> None:
         {"resolution": 32, "sampling": {"steps": 8}}))
     with pytest.raises(FileNotFoundError, match="flatlay train generator"):
         FlatLayGenerator.from_pretrained(tmp_path / "vae", tmp_path / "gen")
+
+
+def test_the_training_ssim_is_the_benchmarks_garment_ssim_and_its_gradient_restores_detail(
+) -> None:
+    from models.eval.quality import ssim_scores
+    from models.train.generator import garment_ssim
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[4:33, 9:38] = True
+
+    def tensor(rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.dstack([rgb / 127.5 - 1, mask * 2.0 - 1])).permute(
+            2, 0, 1)[None].float()
+
+    blurred = np.asarray(Image.fromarray(truth).resize((10, 10)).resize((40, 40)))
+    # Edges included (skimage mirrors them with the edge pixel repeated).
+    assert garment_ssim(tensor(blurred), tensor(truth)).item() == pytest.approx(
+        ssim_scores(blurred, truth, mask)[0], abs=1e-4)
+    out = tensor(blurred).requires_grad_(True)
+    opt = torch.optim.Adam([out], lr=0.02)
+    first = None
+    for _ in range(30):
+        loss = 1 - garment_ssim(out, tensor(truth))
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first

@@ -3,9 +3,10 @@
 Both read the pairs that the real stages 1–5 make (`generator_pairs`, cached once under the
 run folder). `vae`: an AutoencoderKL on the true flat-lays (random crops: the model is fully
 convolutional), L1 + a small KL, then the zero-initialised decoder adapter on (latent of the
-truth, W, V) → truth with the autoencoder frozen. `generator`: the denoiser and conditioner
-with v-prediction on the frozen VAE's latents; each condition level is dropped at random (and
-`noretrieval`'s input swapped in), so one run serves every ablation. Checkpoints every
+truth, W, V) → truth with the autoencoder frozen. `generator`: the bridge's denoiser and
+conditioner on the frozen VAE's latents (x̂₀ from x_τ, between the coarse latent and the
+truth's); each condition level is dropped at random (and `noretrieval`'s input swapped in), so
+one run serves every ablation. Checkpoints every
 `ckpt_every` steps (resumed automatically), EMA weights, validation grids as PNG, weights with
 their configs and a model card at the end.
 """
@@ -362,6 +363,34 @@ def pixel_loss(decoded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return l1, (lab * mask).sum() / area / 100.0
 
 
+def _symmetric_pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Pad the last two axes by mirroring with the edge repeated (scipy's 'reflect', which
+    skimage's SSIM filters with; torch's 'reflect' leaves the edge out)."""
+    x = torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], -1)
+    return torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], -2)
+
+
+def garment_ssim(decoded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The benchmark's garment SSIM (`models.eval.quality.ssim_scores`: skimage's defaults, a
+    7×7 uniform window with the sample covariance, the map averaged over RGB and inside the
+    true alpha), differentiable: both (N, 4, R, R) in [-1, 1]."""
+    win = 7
+    mask = (target[:, 3:] > 0).float()
+    x = (decoded[:, :3].clamp(-1, 1) + 1) / 2
+    y = (target[:, :3] + 1) / 2
+
+    def mean(z: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(_symmetric_pad(z, win // 2), win, stride=1)
+
+    ux, uy = mean(x), mean(y)
+    cov = win * win / (win * win - 1)
+    vx, vy = cov * (mean(x * x) - ux * ux), cov * (mean(y * y) - uy * uy)
+    vxy = cov * (mean(x * y) - ux * uy)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    smap = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return (smap.mean(1, keepdim=True) * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 @dataclass
 class Budget:
     """When a run stops and how far along its schedule it is: a step count, or a wall-clock
@@ -383,8 +412,8 @@ class Budget:
 
 def train_generator(cfg: GeneratorTrainConfig) -> dict:
     """The bridge's denoiser and conditioner on the frozen VAE's latents (`bridge`): x̂₀ from
-    x_τ with a latent MSE, plus L1 and Lab losses on decoded garments for `pixel_batch` of
-    each batch. Validation every `eval_minutes` and at the end; the EMA weights go to
+    x_τ with a latent MSE, plus L1, Lab and SSIM losses on decoded garments for `pixel_batch`
+    of each batch. Validation every `eval_minutes` and at the end; the EMA weights go to
     `cfg.out` whenever they beat what is there (garment SSIM up and ΔE down, or both level
     with one better)."""
     torch.manual_seed(cfg.seed)
@@ -472,9 +501,12 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
             # decoder and adapter (with W and V, as the pipeline decodes).
             sel = idx[:k]
             decoded = decode_aligned(vae, pred[:k], adapter, _photos(train, sel).to(cfg.device))
-            l1, lab = pixel_loss(decoded, _targets(train, sel).to(cfg.device))
-            loss = loss + t["pixel_weight"] * l1 + t["lab_weight"] * lab
-            logs.update(l1=l1.item(), lab=lab.item())
+            target = _targets(train, sel).to(cfg.device)
+            l1, lab = pixel_loss(decoded, target)
+            ssim = garment_ssim(decoded, target)
+            loss = loss + t["pixel_weight"] * l1 + t["lab_weight"] * lab \
+                + t["ssim_weight"] * (1 - ssim)
+            logs.update(l1=l1.item(), lab=lab.item(), ssim=ssim.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -50,6 +50,7 @@ from models.train.generator import (
     _targets,
     _training_record,
     _vae_eval,
+    garment_ssim,
     load_bridge,
     pixel_loss,
     train_vae,
@@ -172,7 +173,8 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
         out = decode_aligned(vae, z, adapter, _photos(train, idx).to(cfg.device))
         l1 = _garment_l1(out, target, t.get("garment_weight", 0.0))
         _, lab = pixel_loss(out, target)
-        loss = l1 + t["decoder_lab_weight"] * lab
+        ssim = garment_ssim(out, target)
+        loss = l1 + t["decoder_lab_weight"] * lab + t["decoder_ssim_weight"] * (1 - ssim)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -182,7 +184,7 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
         _ema_update(ema_adapter, adapter, decay)
         step += 1
         bar.update(1)
-        bar.set_postfix(l1=f"{l1.item():.4f}", lab=f"{lab.item():.4f}")
+        bar.set_postfix(l1=f"{l1.item():.4f}", lab=f"{lab.item():.4f}", ssim=f"{ssim.item():.4f}")
         last = budget.done(step)
         if time.time() >= next_eval or last:
             next_eval = time.time() + 60 * t["decoder_eval_minutes"]
