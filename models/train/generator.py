@@ -773,10 +773,10 @@ def _vae_lineage_text(training: dict, lineage: list[dict]) -> str:
 {training.get('steps_this_run')} steps in {training['seconds_this_run'] / 60:.0f} minutes
 (`models/train/vae_decoder.py`): half of each batch is the generator's samples for a training
 pair (the shipped one's, or with `--generator` the candidate's that shipped with it), half the
-truth's latents with noise; garment-weighted L1 plus the garment's Lab
-distance. `ssim_garment`/`delta_e` above: that generator's validation output (32 pairs)
-decoded through these weights; step 0 is the shipped generator through the decoder this run
-started from.
+truth's latents with noise; garment-weighted L1, the garment's Lab distance and 1 − its
+SSIM (loss weights {training.get('loss_weights', '—')}). `ssim_garment`/`delta_e` above:
+that generator's validation output (32 pairs) decoded through these weights; step 0 is the
+shipped generator through the decoder this run started from.
 
 | earlier run | steps | aligned SSIM_g | aligned ΔE | generated SSIM_g | generated ΔE |
 |---|---|---|---|---|---|

@@ -250,6 +250,8 @@ def _export(cfg: GeneratorTrainConfig, vae, adapter, seconds: float, step: int, 
     training = _training_record(cfg, "vae", seconds, len(train["seed"]), len(val["seed"]))
     training["steps_this_run"] = step
     training["what"] = "decoder and adapter fine-tuned; encoder frozen"
+    training["loss_weights"] = {k: cfg.train["vae"][k] for k in (
+        "garment_weight", "decoder_lab_weight", "decoder_ssim_weight")}
     (out / "training.json").write_text(json.dumps(
         {"training": training, "metrics": history[-1], "history": history,
          "lineage": lineage}, indent=2) + "\n")
