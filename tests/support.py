@@ -133,7 +133,14 @@ class ServiceProcesses:
     def client(self, api_key: str | None = None) -> httpx.Client:
         key = api_key or self.api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers)
+        # Drop pooled connections before the server closes them idle (its keep-alive timeout):
+        # reusing one the server is closing fails with "Server disconnected" (a test waited on
+        # a worker's shutdown longer than that and flaked on its next request).
+        from service.settings import Settings
+
+        idle = Settings.model_fields["keep_alive_timeout_s"].default / 2
+        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers,
+                            limits=httpx.Limits(keepalive_expiry=idle))
 
 
 def create_key(env: dict[str, str], tenant: str, *args: str) -> str:
