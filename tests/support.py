@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from skimage import data as skdata
 
+from service.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A t-shirt outline in a unit square (x, y), y down.
@@ -136,8 +138,6 @@ class ServiceProcesses:
         # Drop pooled connections before the server closes them idle (its keep-alive timeout):
         # reusing one the server is closing fails with "Server disconnected" (a test waited on
         # a worker's shutdown longer than that and flaked on its next request).
-        from service.settings import Settings
-
         idle = Settings.model_fields["keep_alive_timeout_s"].default / 2
         return httpx.Client(base_url=self.base_url, timeout=30, headers=headers,
                             limits=httpx.Limits(keepalive_expiry=idle))

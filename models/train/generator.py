@@ -6,9 +6,8 @@ convolutional), L1 + a small KL, then the zero-initialised decoder adapter on (l
 truth, W, V) → truth with the autoencoder frozen. `generator`: the bridge's denoiser and
 conditioner on the frozen VAE's latents (x̂₀ from x_τ, between the coarse latent and the
 truth's); each condition level is dropped at random (and `noretrieval`'s input swapped in), so
-one run serves every ablation. Checkpoints every
-`ckpt_every` steps (resumed automatically), EMA weights, validation grids as PNG, weights with
-their configs and a model card at the end.
+one run serves every ablation. Checkpoints every `ckpt_every` steps (resumed automatically),
+EMA weights, validation grids as PNG, weights with their configs and a model card at the end.
 """
 
 from __future__ import annotations
@@ -349,14 +348,20 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
                         200 * (f[:, 1] - f[:, 2])], 1)
 
 
+def _garment_pixels(decoded: torch.Tensor, target: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(decoded RGB, true RGB, true garment mask (N, 1, R, R)), RGB in [0, 1], from decoded
+    images and their targets, both (N, 4, R, R) in [-1, 1]: what the pixel losses compare."""
+    mask = (target[:, 3:] > 0).float()
+    return (decoded[:, :3].clamp(-1, 1) + 1) / 2, (target[:, :3] + 1) / 2, mask
+
+
 def pixel_loss(decoded: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(L1 on the garment's RGB, mean Lab distance on it / 100) of decoded images against
     their targets, both (N, 4, R, R) in [-1, 1], inside the true alpha: what the benchmark's
     garment SSIM and ΔE look at."""
-    mask = (target[:, 3:] > 0).float()
+    rgb_out, rgb_true, mask = _garment_pixels(decoded, target)
     area = mask.sum().clamp(min=1.0)
-    rgb_out = ((decoded[:, :3].clamp(-1, 1) + 1) / 2)
-    rgb_true = (target[:, :3] + 1) / 2
     l1 = ((rgb_out - rgb_true).abs() * mask).sum() / (3 * area)
     lab = ((rgb_to_lab(rgb_out) - rgb_to_lab(rgb_true)).pow(2).sum(1, keepdim=True)
            + 1e-6).sqrt()
@@ -375,9 +380,7 @@ def garment_ssim(decoded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     7×7 uniform window with the sample covariance, the map averaged over RGB and inside the
     true alpha), differentiable: both (N, 4, R, R) in [-1, 1]."""
     win = 7
-    mask = (target[:, 3:] > 0).float()
-    x = (decoded[:, :3].clamp(-1, 1) + 1) / 2
-    y = (target[:, :3] + 1) / 2
+    x, y, mask = _garment_pixels(decoded, target)
 
     def mean(z: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(_symmetric_pad(z, win // 2), win, stride=1)
