@@ -25,7 +25,7 @@ from models.generator.autoencoder import (
 )
 from models.generator.bridge import BridgeSchedule
 from models.generator.conditioning import Conditioner
-from models.generator.denoiser import build_denoiser
+from models.generator.denoiser import build_denoiser, deepen_denoiser
 from models.generator.detail import generated_alpha, transfer_detail
 from models.generator.sampling import DenoiserInputs, FlatLayGenerator, predict_x0
 from models.pipeline import (
@@ -351,6 +351,34 @@ def test_a_few_training_steps_lower_the_bridge_loss_on_a_fixed_batch() -> None:
     # Step 0 is the coarse latent's own error; training corrects it.
     assert losses[0] == pytest.approx(float(((inputs.coarse - x0) ** 2).mean()), rel=1e-5)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_a_deepened_denoiser_computes_the_same_and_its_new_layers_learn() -> None:
+    torch.manual_seed(0)
+    unet = build_denoiser(TINY_UNET).eval()
+    with torch.no_grad():  # as if trained: every weight, the output layer too, non-zero
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x0, inputs, validity = _batch()
+    tau = torch.tensor([0.1, 0.5, 0.9])
+    with torch.no_grad():
+        before = predict_x0(unet, inputs.coarse, tau * 1000, inputs)
+    for layers in (2, 3):
+        deep = deepen_denoiser(unet, layers).eval()
+        assert deep.config.layers_per_block == layers
+        assert len(deep.down_blocks[0].resnets) == layers
+        assert sum(p.numel() for p in deep.parameters()) > sum(
+            p.numel() for p in unet.parameters())
+        with torch.no_grad():
+            assert torch.allclose(predict_x0(deep, inputs.coarse, tau * 1000, inputs), before,
+                                  atol=1e-5)
+    loss = torch.nn.functional.mse_loss(predict_x0(deep, inputs.coarse, tau * 1000, inputs), x0)
+    loss.backward()
+    # The zeroed layers are not stuck: their gradients are not zero.
+    assert deep.down_blocks[0].resnets[2].conv2.weight.grad.abs().sum() > 0
+    assert deep.up_blocks[0].resnets[1].conv2.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="deepen"):
+        deepen_denoiser(deep, 2)
 
 
 def test_the_generator_round_trips_through_its_folders(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from models.generator.autoencoder import (
 )
 from models.generator.bridge import BridgeSchedule
 from models.generator.conditioning import Conditioner, crop_tensor, images_to_tensor
-from models.generator.denoiser import build_denoiser
+from models.generator.denoiser import build_denoiser, deepen_denoiser
 from models.generator.sampling import (
     DenoiserInputs,
     FlatLayGenerator,
@@ -461,7 +461,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         # No checkpoint (a fresh machine: runs/ does not travel), but a shipped bridge: this
         # run continues from it instead of from zero.
         shipped_bridge = load_bridge(out, cfg.device)
-        unet.load_state_dict(shipped_bridge[0].state_dict())
+        unet.load_state_dict(_grown(shipped_bridge[0], m["unet"]).state_dict())
         cond.load_state_dict(shipped_bridge[1].state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         ema_cond.load_state_dict(cond.state_dict())
@@ -583,6 +583,17 @@ def write_candidate(cfg: GeneratorTrainConfig) -> Path:
     _export_generator(folder, unet, cond, BridgeSchedule(**m["bridge"]), m, cfg, training,
                       history, state.get("lineage", []))
     return folder
+
+
+def _grown(unet: torch.nn.Module, config: dict) -> torch.nn.Module:
+    """The shipped denoiser in the architecture `config` asks for: deepened (the same
+    function, `deepen_denoiser`) when the config has more layers per block."""
+    layers = config.get("layers_per_block", 1)
+    if unet.config.layers_per_block == layers:
+        return unet
+    tqdm.write(f"deepening the shipped denoiser: {unet.config.layers_per_block} → {layers} "
+               "layers per block, the same function")
+    return deepen_denoiser(unet, layers)
 
 
 def _beats(metrics: dict, best: dict | None) -> bool:
