@@ -254,6 +254,19 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
         train_latent_space(GeneratorTrainConfig(vae_out=str(tmp_path / "none"),
                                                 out=str(tmp_path / "none-gen"),
                                                 generator=str(candidate)))
+    # A config with more layers per block than the shipped denoiser warm-starts from it
+    # deepened: its weights where they were, the new layers' output convolutions at zero.
+    layers = cfg.model["unet"]["layers_per_block"]
+    cfg.model = {**cfg.model, "unet": {**cfg.model["unet"], "layers_per_block": layers + 1}}
+    cfg.generator, cfg.steps = None, 1
+    settings["generator"]["steps"] = 1
+    (tmp_path / "run" / "generator" / "checkpoint.pt").unlink()
+    train_generator(cfg)
+    state = torch.load(tmp_path / "run" / "generator" / "checkpoint.pt",
+                       weights_only=False)["unet"]
+    assert torch.allclose(state["down_blocks.0.resnets.0.conv1.weight"],
+                          shipped["down_blocks.0.resnets.0.conv1.weight"], atol=1e-4)
+    assert state[f"down_blocks.0.resnets.{layers}.conv2.weight"].abs().max() < 1e-4
 
 
 # --- The bridge ------------------------------------------------------------------------------

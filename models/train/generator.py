@@ -731,6 +731,8 @@ def _training_record(cfg: GeneratorTrainConfig, what: str, seconds: float, n_tra
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + n_val],
         "seconds_this_run": round(seconds, 1),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        **({"loss_weights": {k: cfg.train["generator"].get(k, 0.0) for k in (
+            "pixel_weight", "lab_weight", "ssim_weight")}} if what == "generator" else {}),
     }
 
 
@@ -841,8 +843,9 @@ trained as a bridge from the coarse latent ŷ (W through the VAE encoder) to the
 (ResShift-style residual shifting, `models/generator/bridge.py`; schedule in `generator.json`),
 predicting x̂₀ = ŷ + a correction through a zero-initialised output layer. Conditioned by Ŝ and
 landmark heatmaps of L̂, ŷ and V as input channels, and by ê and the garment crop's reference
-tokens (`conditioner/`) in cross-attention. Loss: latent MSE, plus L1 and Lab distance on the
-garment pixels of a few decoded images per batch. Each condition level was dropped at random
+tokens (`conditioner/`) in cross-attention. Loss: latent MSE, plus L1, Lab distance and
+1 − SSIM on the garment pixels of a few decoded images per batch (weights
+{training.get('loss_weights', '—')}). Each condition level was dropped at random
 in training, so the ablations and `noretrieval` are these weights with a level switched off.
 Config: `{training['model_config']}`.
 
