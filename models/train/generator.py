@@ -461,7 +461,8 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         # No checkpoint (a fresh machine: runs/ does not travel), but a shipped bridge: this
         # run continues from it instead of from zero.
         shipped_bridge = load_bridge(out, cfg.device)
-        unet.load_state_dict(_grown(shipped_bridge[0], m["unet"]).state_dict())
+        unet.load_state_dict(_grown(shipped_bridge[0], unet.config.layers_per_block)
+                             .state_dict())
         cond.load_state_dict(shipped_bridge[1].state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         ema_cond.load_state_dict(cond.state_dict())
@@ -585,10 +586,9 @@ def write_candidate(cfg: GeneratorTrainConfig) -> Path:
     return folder
 
 
-def _grown(unet: torch.nn.Module, config: dict) -> torch.nn.Module:
-    """The shipped denoiser in the architecture `config` asks for: deepened (the same
-    function, `deepen_denoiser`) when the config has more layers per block."""
-    layers = config.get("layers_per_block", 1)
+def _grown(unet: torch.nn.Module, layers: int) -> torch.nn.Module:
+    """The shipped denoiser with the `layers` per block of the one this run builds: deepened
+    (the same function, `deepen_denoiser`) when that has more."""
     if unet.config.layers_per_block == layers:
         return unet
     tqdm.write(f"deepening the shipped denoiser: {unet.config.layers_per_block} → {layers} "
