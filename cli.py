@@ -198,7 +198,7 @@ def _cmd_bank_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_bank_add(args: argparse.Namespace) -> int:
-    from models.bank_builder import world_structures
+    from models.bank_builder import embedded_by, world_structures
     from models.garments import CATEGORIES
 
     path, bank = _load_bank(args.bank)
@@ -206,6 +206,11 @@ def _cmd_bank_add(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown category {args.category!r}; available: {', '.join(CATEGORIES)}")
     if args.n < 1 or args.seed < 0:
         raise CLIError("--n must be at least 1 and --seed non-negative")
+    folder, model = _weights(args.weights)
+    if bank.model.get("fingerprint") and not embedded_by(bank, model):
+        raise CLIError(f"{path} was embedded by other StructureNet weights than {folder}; "
+                       f"`flatlay bank reembed --bank {path} --weights {folder}` first; "
+                       "nothing was added")
     structures = world_structures(list(range(args.seed, args.seed + args.n)), args.weights,
                                   category=args.category, workers=args.workers,
                                   id_prefix=args.id_prefix)
@@ -215,6 +220,30 @@ def _cmd_bank_add(args: argparse.Namespace) -> int:
         raise CLIError(f"{exc}; nothing was added") from None
     bank.save(path)
     print(f"added {len(structures)} {args.category} structures to {path}: {len(bank)} entries")
+    return 0
+
+
+def _weights(folder: Path | None):  # noqa: ANN202 (torch models are imported lazily)
+    from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+
+    folder = Path(folder or DEFAULT_WEIGHTS)
+    try:
+        return folder, StructureNet.from_pretrained(folder)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _cmd_bank_reembed(args: argparse.Namespace) -> int:
+    from models.bank_builder import embedded_by, reembed_bank
+
+    path, bank = _load_bank(args.bank)
+    folder, model = _weights(args.weights)
+    if embedded_by(bank, model):
+        print(f"{path}: already embedded by {folder} ({model.fingerprint}); nothing to do")
+        return 0
+    bank = reembed_bank(bank, model)
+    bank.save(path)
+    print(f"{path}: {len(bank)} structures embedded again by {folder} ({model.fingerprint})")
     return 0
 
 
@@ -415,6 +444,11 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--id-prefix", default="added", help="prefix of the new entry ids")
     p.set_defaults(func=_cmd_bank_add)
+    p = bsub.add_parser("reembed", help="embed a bank's structures again with other "
+                        "StructureNet weights (after retraining)")
+    p.add_argument("--bank", type=Path, default=None, help="bank folder (default: shipped)")
+    p.add_argument("--weights", type=Path, default=None, help="StructureNet weights folder")
+    p.set_defaults(func=_cmd_bank_reembed)
     p = bsub.add_parser("info", help="size, model and categories of a bank")
     p.add_argument("--bank", type=Path, default=None)
     p.set_defaults(func=_cmd_bank_info)

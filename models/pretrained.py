@@ -5,6 +5,7 @@ takes a local folder)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -36,3 +37,10 @@ def load_weights(folder: Path, net: nn.Module) -> nn.Module:
     """The folder's model.safetensors into `net` (strict), on the CPU."""
     net.load_state_dict(load_file(str(Path(folder) / "model.safetensors"), device="cpu"))
     return net
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """A short digest of the folder's model.safetensors: which weights, not just which name
+    (a retrained model keeps its folder name)."""
+    digest = hashlib.sha256((Path(folder) / "model.safetensors").read_bytes())
+    return digest.hexdigest()[:16]

@@ -26,7 +26,7 @@ from torch import nn
 
 from models import config
 from models.config import config_id, config_names
-from models.pretrained import load_weights, read_meta, save_weights
+from models.pretrained import load_weights, read_meta, save_weights, weights_fingerprint
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "structurenet-tiny"
@@ -66,6 +66,14 @@ class StructureNet(nn.Module):
         self.photo_size = int(config["photo_cfg"]["image_size"])
         self.structure_size = int(config["structure_cfg"]["image_size"])
         self.photo = _build_vision_tower(self.embed_dim, config["photo_cfg"])
+        # `photo_mask`: the photo tower also sees the parsed garment mask as a 4th channel, so
+        # the silhouette it must match is given, not inferred from texture against background.
+        self.photo_channels = 4 if config.get("photo_mask") else 3
+        if self.photo_channels != 3:  # both open_clip towers open with `conv1` on RGB
+            stem = self.photo.conv1
+            self.photo.conv1 = nn.Conv2d(self.photo_channels, stem.out_channels,
+                                         stem.kernel_size, stem.stride, stem.padding,
+                                         bias=stem.bias is not None)
         self.structure = _build_vision_tower(self.embed_dim, config["structure_cfg"])
         self.logit_scale = nn.Parameter(torch.tensor(float(config.get("init_logit_scale",
                                                                       math.log(1 / 0.07)))))
@@ -77,13 +85,16 @@ class StructureNet(nn.Module):
         n_lm = int(config.get("aux_landmarks", 0))
         self.category_head = nn.Linear(self.embed_dim, n_cat) if n_cat else None
         self.landmark_head = nn.Linear(self.embed_dim, 2 * n_lm) if n_lm else None
+        # Which weights (`from_pretrained`): a bank records the fingerprint it was embedded
+        # with, and one embedded by other weights is embedded again before it is searched.
+        self.fingerprint: str | None = None
 
     @classmethod
     def from_config(cls, name: str) -> StructureNet:
         return cls(model_config(name), name=config_id("structurenet", name))
 
     def encode_photo(self, photos: torch.Tensor) -> torch.Tensor:
-        """(B, 3, P, P) normalised photos → (B, D) unit vectors."""
+        """(B, C, P, P) normalised photo views (`photo_view`) → (B, D) unit vectors."""
         return F.normalize(self.photo(photos), dim=-1)
 
     def encode_structure(self, maps: torch.Tensor) -> torch.Tensor:
@@ -105,6 +116,7 @@ class StructureNet(nn.Module):
     def from_pretrained(cls, folder: Path, device: str | torch.device = "cpu") -> StructureNet:
         meta = read_meta(folder, "StructureNet", "flatlay train structurenet")
         model = cls(meta["model_cfg"], name=meta.get("name", "custom"))
+        model.fingerprint = weights_fingerprint(folder)
         return load_weights(folder, model).to(device).eval()
 
 
@@ -112,30 +124,51 @@ class StructureNet(nn.Module):
 
 
 def photo_tensor_uint8(rgb: np.ndarray, size: int, mask: np.ndarray | None = None,
-                       pad: float = 0.06) -> np.ndarray:
-    """The photo tower's view of a photo: (size, size, 3) uint8.
+                       pad: float = 0.06, with_mask: bool = False, crop: bool = True
+                       ) -> np.ndarray:
+    """The photo tower's view of a photo: (size, size, 3) uint8, or (size, size, 4) with the
+    mask cropped the same way as the 4th channel (`with_mask`; no mask: all zero).
 
-    With a garment mask (H, W), the photo is cropped to the mask's square box plus `pad`;
-    without, the whole photo is letterboxed to a square (outside the photo is black).
+    With a garment mask (H, W) and `crop`, the photo is cropped to the mask's square box plus
+    `pad`; otherwise the whole photo is letterboxed to a square (outside the photo is black).
     """
     h, w = rgb.shape[:2]
-    if mask is not None and mask.any():
+    if crop and mask is not None and mask.any():
         ys, xs = np.nonzero(mask)
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
         half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 * (1 + 2 * pad) + 1
     else:
         cy, cx, half = h / 2, w / 2, max(h, w) / 2
-    # A square canvas around the box; outside the photo stays black.
-    canvas = Image.new("RGB", (int(np.ceil(2 * half)), int(np.ceil(2 * half))))
-    canvas.paste(Image.fromarray(rgb), (int(round(half - cx)), int(round(half - cy))))
-    return np.asarray(canvas.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+    def square(img: Image.Image) -> np.ndarray:
+        # A square canvas around the box; outside the photo stays black (0).
+        side = int(np.ceil(2 * half))
+        canvas = Image.new(img.mode, (side, side))
+        canvas.paste(img, (int(round(half - cx)), int(round(half - cy))))
+        return np.asarray(canvas.resize((size, size), Image.Resampling.BILINEAR,
+                                        reducing_gap=2.0))
+
+    view = square(Image.fromarray(rgb))
+    if not with_mask:
+        return view
+    m = mask if mask is not None else np.zeros((h, w), bool)
+    return np.concatenate([view, square(Image.fromarray(m.astype(np.uint8) * 255))[..., None]],
+                          axis=-1)
+
+
+def photo_view(model: StructureNet, rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """What `model`'s photo tower embeds of a photo and its parsed garment mask: the crop, with
+    the mask as a 4th channel where the model was trained with it."""
+    return photo_tensor_uint8(rgb, model.photo_size, mask, with_mask=model.photo_channels == 4)
 
 
 def normalise_photos(photos: np.ndarray) -> torch.Tensor:
-    """(N, P, P, 3) uint8 → (N, 3, P, P) float tensor, normalised for the photo tower."""
+    """(N, P, P, C) uint8 views → (N, C, P, P) float tensor, normalised for the photo tower
+    (a 4th channel, the mask, maps to [-1, 1])."""
     t = torch.from_numpy(np.array(photos, copy=True)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(PHOTO_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(PHOTO_STD).view(1, 3, 1, 1)
+    c = t.shape[1]
+    mean = torch.tensor((*PHOTO_MEAN, 0.5)[:c]).view(1, c, 1, 1)
+    std = torch.tensor((*PHOTO_STD, 0.5)[:c]).view(1, c, 1, 1)
     return (t - mean) / std
 
 
@@ -173,7 +206,7 @@ def embed_structures(model: StructureNet, maps: np.ndarray, batch: int = 256) ->
 
 @torch.no_grad()
 def embed_photos(model: StructureNet, photos: torch.Tensor, batch: int = 128) -> np.ndarray:
-    """(N, 3, P, P) normalised photos → (N, D) float32 unit embeddings."""
+    """(N, C, P, P) normalised photo views → (N, D) float32 unit embeddings."""
     model.eval()
     device = next(model.parameters()).device
     out = [model.encode_photo(photos[i : i + batch].to(device)).cpu()

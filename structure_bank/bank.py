@@ -165,6 +165,19 @@ class StructureBank:
         out._ids = {m["id"]: i for i, m in enumerate(out.meta)}
         return out
 
+    def reembedded(self, embeddings: np.ndarray, model: dict) -> StructureBank:
+        """The same entries under `embeddings` (N, D) from another embedding `model` (its
+        header record): a bank moved to new weights keeps every structure it holds."""
+        embeddings = np.asarray(embeddings, np.float32)
+        if embeddings.shape != (len(self), self.embedding_dim):
+            raise ValueError(f"embeddings shape {embeddings.shape}, expected "
+                             f"({len(self)}, {self.embedding_dim})")
+        out = self.subset(np.arange(len(self)))
+        out.model = dict(model)
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        out.embeddings = embeddings / np.maximum(norms, 1e-12)
+        return out
+
     # Search ------------------------------------------------------------------------------------
 
     def use_index(self, kind: str = "exact", **kwargs: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,3 +47,16 @@ def add_to_runtime_bank(path: Path, structures: list[Structure]) -> int:
         bank.add(structures)
         bank.save(path)
         return len(bank)
+
+
+def migrate_runtime_bank(path: Path, is_current: Callable[[StructureBank], bool],
+                         migrate: Callable[[StructureBank], StructureBank]) -> StructureBank:
+    """The bank at `path`, passed through `migrate` and saved unless `is_current` already
+    holds: under the lock, so of several workers finding it stale one migrates it and the
+    others load the result."""
+    with _locked(Path(path)):
+        bank = StructureBank.load(path)
+        if not is_current(bank):
+            bank = migrate(bank)
+            bank.save(path)
+        return bank

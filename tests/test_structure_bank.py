@@ -235,16 +235,16 @@ def test_category_fit_speaks_against_a_schema_the_parse_does_not_fit() -> None:
 
     from models.garments import CATEGORIES, generate
     from models.pipelines.stages import StructureAligner, parse_garment
-    from models.structurenet import embed_photos, normalise_photos, photo_tensor_uint8
+    from models.structurenet import embed_photos, normalise_photos, photo_view
 
     s = generate(1_000_002, size=512)
     assert s.category == "skirt"
     aligner = StructureAligner()
     aligner.load()
     parsed = parse_garment(aligner.parser, s.wild_image)
-    crop = photo_tensor_uint8(s.wild_image, aligner.structurenet.photo_size, parsed.mask > 0.5)
+    view = photo_view(aligner.structurenet, s.wild_image, parsed.mask > 0.5)
     with torch.inference_mode():
-        query = embed_photos(aligner.structurenet, normalise_photos(crop[None]))[0]
+        query = embed_photos(aligner.structurenet, normalise_photos(view[None]))[0]
     log_p = np.full(len(CATEGORIES), -10.0)
     log_p[CATEGORIES.index("skirt")], log_p[CATEGORIES.index("tank_top")] = -0.1, -1.0
     aligner.FIT_CATEGORIES = 2
@@ -254,3 +254,89 @@ def test_category_fit_speaks_against_a_schema_the_parse_does_not_fit() -> None:
     assert fits[CATEGORIES.index("jeans")] == tank
     assert set(measured) == {"skirt", "tank_top"}
     assert np.log(measured["skirt"].score()) == pytest.approx(skirt)
+
+
+def test_a_bank_reembedded_keeps_its_structures() -> None:
+    bank = _bank(20)
+    new = np.random.default_rng(3).normal(size=(20, 48)).astype(np.float32)
+    again = bank.reembedded(new, {"weights": "w", "fingerprint": "abc"})
+    assert again.model == {"weights": "w", "fingerprint": "abc"}
+    assert [m["id"] for m in again.meta] == [m["id"] for m in bank.meta]
+    assert np.array_equal(again.landmarks, bank.landmarks)
+    assert np.array_equal(again.silhouettes, bank.silhouettes)
+    assert np.allclose(np.linalg.norm(again.embeddings, axis=1), 1.0, atol=1e-6)
+    assert np.allclose(again.embeddings[4], new[4] / np.linalg.norm(new[4]), atol=1e-6)
+    assert again.search(new[7], 1)[0].id == "r7"  # the index is built on the new vectors
+    assert np.array_equal(bank.embeddings[0], _bank(20).embeddings[0])  # the old one intact
+    with pytest.raises(ValueError, match="embeddings shape"):
+        bank.reembedded(new[:19], {})
+
+
+def test_the_shipped_bank_is_embedded_by_the_shipped_weights() -> None:
+    """Retraining StructureNet without rebuilding the bank would search one embedding space
+    with queries from another; the bank's header fingerprint catches it."""
+    from models.bank_builder import embedded_by
+    from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+    from structure_bank.builder import default_bank_path
+
+    bank = StructureBank.load(default_bank_path())
+    assert embedded_by(bank, StructureNet.from_pretrained(DEFAULT_WEIGHTS))
+
+
+def test_a_stale_runtime_bank_is_embedded_again_once(tmp_path: Path) -> None:
+    """A runtime bank copied before a StructureNet upgrade: the service embeds its structures
+    again with the weights it runs (on disk, once), and searches a consistent space."""
+    from models import pipeline
+    from models.bank_builder import embedded_by, reembed_bank
+    from models.pipelines.stages import StructureAligner
+    from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+    from structure_bank.builder import default_bank_path
+
+    shipped = StructureBank.load(default_bank_path())
+    stale = shipped.reembedded(np.random.default_rng(0).normal(
+        size=(len(shipped), shipped.embedding_dim)), {"weights": "old", "fingerprint": "0ld"})
+    stale = stale.subset(np.arange(0, len(shipped), 50))
+    stale.save(tmp_path / "bank")
+    pipeline.configure(tmp_path / "bank")
+    try:
+        aligner = StructureAligner()
+        aligner.load()
+        bank = aligner.fresh_bank()
+    finally:
+        pipeline.configure(None)
+    model = StructureNet.from_pretrained(DEFAULT_WEIGHTS)
+    on_disk = StructureBank.load(tmp_path / "bank")
+    assert embedded_by(bank, model) and embedded_by(on_disk, model)
+    assert len(on_disk) == len(stale) and on_disk.meta == stale.meta
+    expected = reembed_bank(stale, model).embeddings
+    assert np.allclose(on_disk.embeddings, expected, atol=1e-5)
+    assert np.allclose(on_disk.embeddings, shipped.embeddings[::50], atol=1e-4)
+
+
+def test_bank_reembed_and_add_keep_one_embedding_space(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    """`flatlay bank reembed` moves a bank to the weights given (a second run has nothing to
+    do); `bank add` refuses to put other weights' embeddings into a bank and adds nothing;
+    a folder with no bank is a clear error."""
+    from cli import main
+    from models.bank_builder import embedded_by
+    from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+    from structure_bank.builder import default_bank_path
+
+    shipped = StructureBank.load(default_bank_path()).subset(np.arange(0, 6000, 100))
+    stale = shipped.reembedded(shipped.embeddings[::-1], {"weights": "old", "fingerprint": "0"})
+    stale.save(tmp_path / "bank")
+    bank = str(tmp_path / "bank")
+    assert main(["bank", "add", "--bank", bank, "--category", "skirt", "--n", "2"]) == 2
+    assert "other StructureNet weights" in capsys.readouterr().err
+    assert len(StructureBank.load(tmp_path / "bank")) == len(stale)
+    assert main(["bank", "reembed", "--bank", bank]) == 0
+    assert "embedded again" in capsys.readouterr().out
+    moved = StructureBank.load(tmp_path / "bank")
+    assert embedded_by(moved, StructureNet.from_pretrained(DEFAULT_WEIGHTS))
+    assert np.allclose(moved.embeddings, shipped.embeddings, atol=1e-4)
+    assert main(["bank", "reembed", "--bank", bank]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert main(["bank", "reembed", "--bank", str(tmp_path / "none")]) == 2
+    assert "is not a structure bank (no bank.json)" in capsys.readouterr().err

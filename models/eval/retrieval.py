@@ -2,9 +2,9 @@
 the garment world's ground truth.
 
 Photos are embedded as the pipeline embeds them: cropped to the shipped parser's garment
-mask (`photo_tensor_uint8` with the parsed mask, as stage 2 does); that view is the headline.
-Two more views are reported beside it: the whole photo, and the crop to the garment's true
-box (what a perfect parser would give).
+mask (`photo_view`, as stage 2 does); that view is the headline. Two more views are reported
+beside it: the whole photo (with the parsed mask, for a model that sees one), and the crop to
+the garment's true box and mask (what a perfect parser would give).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from models.structurenet import (
     embed_photos,
     normalise_photos,
     photo_tensor_uint8,
+    photo_view,
 )
 from models.train.pairs import RENDER_SIZE, flat_silhouette
 from structure_bank import StructureBank
@@ -43,30 +44,31 @@ class EvalSample:
     category: str
     landmarks: np.ndarray  # (L, 2) canonical, ground truth flat-lay
     silhouette: np.ndarray  # (128, 128) bool
-    photo_whole: np.ndarray  # (P, P, 3) uint8
-    photo_box: np.ndarray  # (P, P, 3) uint8
-    photo_parsed: np.ndarray  # (P, P, 3) uint8: the crop the pipeline embeds
+    photo_whole: np.ndarray  # (P, P, C) uint8
+    photo_box: np.ndarray  # (P, P, C) uint8
+    photo_parsed: np.ndarray  # (P, P, C) uint8: the view the pipeline embeds
 
 
-def render_eval(seeds: list[int], photo_size: int, category: str | None = None) -> list[EvalSample]:
+def render_eval(seeds: list[int], model: StructureNet, category: str | None = None
+                ) -> list[EvalSample]:
     from models.pipeline import PipelineError
     from models.pipelines.stages import load_parser, parse_garment
 
     parser = load_parser()
+    size, with_mask = model.photo_size, model.photo_channels == 4
     out = []
     for seed in tqdm(seeds, desc="render and parse test photos", leave=False):
         s = generate(int(seed), size=RENDER_SIZE, category=category)
-        whole = photo_tensor_uint8(s.wild_image, photo_size)
         try:  # the pipeline's own crop; a photo it refuses is embedded whole
             mask = parse_garment(parser, s.wild_image).mask > 0.5
-            parsed = photo_tensor_uint8(s.wild_image, photo_size, mask)
         except PipelineError:
-            parsed = whole
+            mask = None
+        whole = photo_tensor_uint8(s.wild_image, size, mask, with_mask=with_mask, crop=False)
         out.append(EvalSample(
             seed=int(seed), category=s.category, landmarks=s.flat_landmarks,
             silhouette=flat_silhouette(s.flat_mask), photo_whole=whole,
-            photo_box=photo_tensor_uint8(s.wild_image, photo_size, s.wild_mask),
-            photo_parsed=parsed,
+            photo_box=photo_tensor_uint8(s.wild_image, size, s.wild_mask, with_mask=with_mask),
+            photo_parsed=photo_view(model, s.wild_image, mask),
         ))
     return out
 
@@ -140,7 +142,7 @@ def benchmark_retrieval(
     bank = StructureBank.load(bank_path or default_bank_path())
     start = SPLITS[split][0]
     seeds = list(range(start, start + n))
-    samples = render_eval(seeds, model.photo_size)
+    samples = render_eval(seeds, model)
     with_targets = bank.subset(np.arange(len(bank)))
     with_targets.add(world_structures(seeds, weights, workers=workers, id_prefix="test"))
 
@@ -191,7 +193,7 @@ def zero_shot(model: StructureNet, bank: StructureBank, weights: Path, split: st
     photos before and after its structures are added to the bank (no retraining)."""
     cat = ZERO_SHOT_CATEGORY
     start = SPLITS[split][0] + 50_000  # apart from the main test seeds
-    samples = render_eval(list(range(start, start + n)), model.photo_size, category=cat)
+    samples = render_eval(list(range(start, start + n)), model, category=cat)
     emb = _embed(model, samples, "parsed")
     without = _without_category(bank, cat)
     before = _quality(without, samples, emb, k)

@@ -140,6 +140,7 @@ class StructureAligner:
 
     def fresh_bank(self):  # noqa: ANN201 (structure_bank is imported lazily)
         """The bank, reloaded when its file changed (`POST /structures` appends to it)."""
+        from models.bank_builder import embedded_by
         from structure_bank import StructureBank
         from structure_bank.builder import default_bank_path
 
@@ -151,9 +152,31 @@ class StructureAligner:
             ensure_runtime_bank(path)
         stamp = (str(path), (Path(path) / "bank.json").stat().st_mtime)
         if self.bank is None or stamp != self._bank_stamp:
-            self.bank = StructureBank.load(path)
-            self._bank_stamp = stamp
+            bank = StructureBank.load(path)
+            if self.structurenet is not None and not embedded_by(bank, self.structurenet):
+                bank = self._reembedded(bank, path, configured is not None)
+                stamp = (str(path), (Path(path) / "bank.json").stat().st_mtime)
+            self.bank, self._bank_stamp = bank, stamp
         return self.bank
+
+    def _reembedded(self, bank, path: Path, runtime: bool):  # noqa: ANN001, ANN202
+        """A bank embedded by other StructureNet weights (a runtime bank copied before an
+        upgrade), embedded again by ours: a runtime bank on disk, once, under its lock; the
+        shipped bank in memory (`flatlay bank build` rebuilds it with the weights)."""
+        import logging
+
+        from models.bank_builder import embedded_by, reembed_bank
+        from structure_bank.runtime import migrate_runtime_bank
+
+        def again(old):  # noqa: ANN001, ANN202
+            return reembed_bank(old, self.structurenet)
+
+        logging.getLogger(__name__).warning(
+            "structure bank %s was embedded by other StructureNet weights (%s); embedding "
+            "its %d structures again", path, bank.model.get("fingerprint"), len(bank))
+        if not runtime:
+            return again(bank)
+        return migrate_runtime_bank(path, lambda b: embedded_by(b, self.structurenet), again)
 
     def fuse(self, bank, query: np.ndarray, parsed, category: str,  # noqa: ANN001, ANN201
              evidence=None, fit=None):  # noqa: ANN001
@@ -235,7 +258,7 @@ class StructureAligner:
         import torch
 
         from models.slle import structure_on_landmarks
-        from models.structurenet import embed_photos, normalise_photos, photo_tensor_uint8
+        from models.structurenet import embed_photos, normalise_photos, photo_view
         from models.warp import warp_photo
 
         if self.parser is None:
@@ -244,9 +267,10 @@ class StructureAligner:
             parsed = parse_garment(self.parser, rgb, given.category if given else None)
             garment = parsed.mask > 0.5
         with clock.stage("embed"):
-            crop = photo_tensor_uint8(rgb, self.structurenet.photo_size, garment)
+            view = photo_view(self.structurenet, rgb, garment)
             with torch.inference_mode():
-                query = embed_photos(self.structurenet, normalise_photos(crop[None]))[0]
+                query = embed_photos(self.structurenet, normalise_photos(view[None]))[0]
+            crop = view[..., :3]
         with clock.stage("retrieve"):
             bank = self.fresh_bank()
             confidence, evidence, outcome, fits = None, None, None, {}

@@ -6,6 +6,7 @@ once, in parallel, into one `.npz` per seed range, and training reads arrays.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,10 @@ SILHOUETTE_SIZE = 128
 
 @dataclass
 class PairArrays:
-    """N pairs. photos: (N, P, P, 3) uint8 photo crops; maps: (N, 3, S, S) uint8 structure
-    maps (×255); categories: (N,) int16 index into CATEGORIES; seeds: (N,) int64;
-    landmarks: (N, Lmax, 2) float32 canonical, NaN-padded; silhouettes: (N, 128·128/8) uint8
-    packed flat-lay masks."""
+    """N pairs. photos: (N, P, P, C) uint8 photo views (C 4: the parsed mask last); maps:
+    (N, 3, S, S) uint8 structure maps (×255); categories: (N,) int16 index into CATEGORIES;
+    seeds: (N,) int64; landmarks: (N, Lmax, 2) float32 canonical, NaN-padded; silhouettes:
+    (N, 128·128/8) uint8 packed flat-lay masks."""
 
     photos: np.ndarray
     maps: np.ndarray
@@ -84,15 +85,58 @@ def _crop_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     return box
 
 
-def _one(args: tuple[int, int, int, str | None]) -> tuple:
-    from models.structurenet import photo_tensor_uint8, structure_map
+def structure_map_u8(landmarks: np.ndarray, silhouette: np.ndarray, size: int) -> np.ndarray:
+    """`structure_map` as cached and embedded everywhere: (3, size, size) uint8 (×255)."""
+    from models.structurenet import structure_map
 
-    seed, photo_size, map_size, category = args
+    return (structure_map(landmarks, silhouette, size) * 255 + 0.5).astype(np.uint8)
+
+
+# What the photo tower is trained on: "box", the photo cropped to a simulated parser box
+# (`_crop_mask`, the shipped tiny weights); "parsed", the photo and the shipped parser's
+# mask as the pipeline crops and embeds them (`photo_view`), the mask as a 4th channel.
+PHOTO_VIEWS = ("box", "parsed")
+
+
+@functools.cache
+def _parser():  # noqa: ANN202 (torch is imported lazily)
+    import torch
+
+    from models.parser import PARSER_WEIGHTS, GarmentParser
+
+    torch.set_num_threads(1)  # one per render process
+    # Its own instance, not the pipeline's: the second look changes only the category
+    # (ZOOM_DETAIL off), so the mask is the same without it, for a third less parsing.
+    parser = GarmentParser.from_pretrained(PARSER_WEIGHTS)
+    parser.zoom = parser.zoom and parser.zoom_detail
+    return parser
+
+
+def _parsed_mask(rgb: np.ndarray) -> np.ndarray | None:
+    """The shipped parser's garment mask, or None where the pipeline refuses the photo (it
+    then embeds the whole photo)."""
+    from models.pipeline import PipelineError
+    from models.pipelines.stages import parse_garment
+
+    try:
+        return parse_garment(_parser(), rgb).mask > 0.5
+    except PipelineError:
+        return None
+
+
+def _one(args: tuple[int, int, int, str | None, str]) -> tuple:
+    from models.structurenet import photo_tensor_uint8
+
+    seed, photo_size, map_size, category, view = args
     s = generate(seed, size=RENDER_SIZE, category=category)
-    rng = np.random.default_rng([seed, 99])
-    photo = photo_tensor_uint8(s.wild_image, photo_size, _crop_mask(s.wild_mask, rng))
+    if view == "parsed":
+        photo = photo_tensor_uint8(s.wild_image, photo_size, _parsed_mask(s.wild_image),
+                                   with_mask=True)
+    else:
+        rng = np.random.default_rng([seed, 99])
+        photo = photo_tensor_uint8(s.wild_image, photo_size, _crop_mask(s.wild_mask, rng))
     sil = flat_silhouette(s.flat_mask)
-    smap = (structure_map(s.flat_landmarks, sil, map_size) * 255 + 0.5).astype(np.uint8)
+    smap = structure_map_u8(s.flat_landmarks, sil, map_size)
     lm = np.full((MAX_LANDMARKS, 2), np.nan, np.float32)
     lm[: len(s.flat_landmarks)] = s.flat_landmarks
     return (photo, smap, CATEGORIES.index(s.category), seed, lm, np.packbits(sil.ravel()))
@@ -105,9 +149,13 @@ def render_pairs(
     workers: int = 2,
     category: str | None = None,
     desc: str = "pairs",
+    view: str = "box",
 ) -> PairArrays:
-    """Render the pairs of `seeds` (in order) with `workers` processes and a progress bar."""
-    jobs = [(int(s), photo_size, map_size, category) for s in seeds]
+    """Render the pairs of `seeds` (in order) with `workers` processes and a progress bar;
+    `view` (PHOTO_VIEWS) says how the photo is cropped."""
+    if view not in PHOTO_VIEWS:
+        raise ValueError(f"view must be one of {PHOTO_VIEWS}, not {view!r}")
+    jobs = [(int(s), photo_size, map_size, category, view) for s in seeds]
     rows = render_map(_one, jobs, workers, desc)
     cols = list(zip(*rows, strict=True))
     return PairArrays(

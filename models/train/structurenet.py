@@ -49,25 +49,34 @@ class TrainConfig(TrainRun):
     # shipped tiny weights' random batches).
     hard_share: float = 0.0
     hard_group: int = 32
+    # How the photo is cropped (models.train.pairs.PHOTO_VIEWS): "parsed" trains on what the
+    # pipeline embeds, the parser's crop and mask (a config with `photo_mask` sees the mask).
+    view: str = "parsed"
 
 
 def _pairs(cfg: TrainConfig, model: StructureNet, split: str, n: int) -> PairArrays:
     """Cached pairs of the first `n` seeds of `split`, less the withheld categories."""
-    cache = Path(cfg.run_dir) / f"pairs-{split}-{n}-{PAIR_PHOTO_SIZE}-{model.structure_size}.npz"
+    cache = (Path(cfg.run_dir)
+             / f"pairs-{split}-{n}-{PAIR_PHOTO_SIZE}-{model.structure_size}-{cfg.view}.npz")
     if cache.is_file():
         return PairArrays.load(cache)
     start = SPLITS[split][0]
     pairs = render_pairs(list(range(start, start + n)), PAIR_PHOTO_SIZE, model.structure_size,
-                         workers=cfg.workers, desc=f"render {split} pairs")
+                         workers=cfg.workers, desc=f"render {split} pairs", view=cfg.view)
     keep = ~np.isin(pairs.categories, [CATEGORIES.index(c) for c in cfg.withhold])
     pairs = PairArrays(**{k: v[keep] for k, v in pairs.__dict__.items()})
     pairs.save(cache)
     return pairs
 
 
-def tower_photos(pairs: PairArrays, size: int) -> torch.Tensor:
-    """The cached photo crops, normalised and resized to the photo tower's input size."""
-    photos = normalise_photos(pairs.photos)
+def tower_photos(pairs: PairArrays, model: StructureNet) -> torch.Tensor:
+    """The cached photo views with the channels `model` takes, normalised and resized to its
+    photo tower's input size."""
+    if pairs.photos.shape[-1] < model.photo_channels:
+        raise ValueError(f"{model.name} sees the parsed mask; these pairs have none (view "
+                         "'parsed' renders it)")
+    photos = normalise_photos(pairs.photos[..., :model.photo_channels])
+    size = model.photo_size
     if photos.shape[-1] != size:
         photos = F.interpolate(photos, size=(size, size), mode="bilinear", antialias=True,
                                align_corners=False)
@@ -92,7 +101,7 @@ def aux_loss(model: StructureNet, features: torch.Tensor, categories: torch.Tens
 def evaluate(model: StructureNet, pairs: PairArrays, device: str) -> dict[str, float]:
     """Photo → structure retrieval among the pairs: recall@1, @5, top-1 category accuracy."""
     model.eval()
-    photos = tower_photos(pairs, model.photo_size)
+    photos = tower_photos(pairs, model)
     maps = torch.from_numpy(pairs.maps).float() / 255.0
     p = torch.cat([model.encode_photo(photos[i:i + 256].to(device)).cpu()
                    for i in range(0, len(photos), 256)])
@@ -131,7 +140,8 @@ def _augment(photos: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     b = photos.shape[0]
     gain = 1 + 0.25 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
     bias = 0.3 * (torch.rand(b, 3, 1, 1, generator=gen) - 0.5)
-    return photos * gain + bias
+    rgb = photos[:, :3] * gain + bias
+    return torch.cat([rgb, photos[:, 3:]], dim=1)  # a mask channel stays as parsed
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -141,7 +151,7 @@ def train(cfg: TrainConfig) -> dict:
     model = StructureNet.from_config(cfg.config).to(cfg.device)
     train_pairs = _pairs(cfg, model, "train", cfg.n_train)
     val_pairs = _pairs(cfg, model, "val", cfg.n_val)
-    photos = tower_photos(train_pairs, model.photo_size)
+    photos = tower_photos(train_pairs, model)
     maps = torch.from_numpy(train_pairs.maps)
     cats = torch.from_numpy(train_pairs.categories.astype(np.int64))
     lms = torch.from_numpy(train_pairs.landmarks)
@@ -176,8 +186,8 @@ def train(cfg: TrainConfig) -> dict:
 
     final = history[-1] if history else evaluate(model, val_pairs, cfg.device)
     training = {
-        "command": "flatlay train structurenet --config "
-        + cfg.config.removeprefix("structurenet-"),
+        "command": f"flatlay train structurenet --config "
+        f"{cfg.config.removeprefix('structurenet-')} --steps {cfg.steps}",
         "config": asdict(cfg),
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
@@ -211,6 +221,9 @@ landmark heatmaps on the canonical canvas). Trained only on the procedural garme
 - Withheld from training on purpose (zero-shot test): {', '.join(training['withheld_categories'])}.
 - Steps {training['config']['steps']} × batch {training['config']['batch']}, lr
   {training['config']['lr']}, on {training['machine']}.
+- Photo view `{training['config'].get('view', 'box')}` (`models.train.pairs.PHOTO_VIEWS`);
+  hard negatives: {training['config'].get('hard_share', 0.0)} of each batch in groups of
+  {training['config'].get('hard_group', 32)} pairs of one category.
 
 ## Validation (photo → own structure among {metrics.get('n')} validation pairs)
 
