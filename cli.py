@@ -198,8 +198,9 @@ def _cmd_bank_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_bank_add(args: argparse.Namespace) -> int:
-    from models.bank_builder import embedded_by, world_structures
+    from models.bank_builder import world_structures
     from models.garments import CATEGORIES
+    from models.structurenet import embedded_by
 
     path, bank = _load_bank(args.bank)
     if args.category not in CATEGORIES:
@@ -234,7 +235,7 @@ def _weights(folder: Path | None):  # noqa: ANN202 (torch models are imported la
 
 
 def _cmd_bank_reembed(args: argparse.Namespace) -> int:
-    from models.bank_builder import embedded_by, reembed_bank
+    from models.structurenet import embedded_by, reembed_bank
 
     path, bank = _load_bank(args.bank)
     folder, model = _weights(args.weights)

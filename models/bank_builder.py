@@ -15,8 +15,10 @@ from models.structurenet import (
     DEFAULT_WEIGHTS,
     StructureNet,
     embed_structures,
+    embedding_record,
+    structure_map_u8,
 )
-from models.train.pairs import SILHOUETTE_SIZE, render_pairs, structure_map_u8
+from models.train.pairs import SILHOUETTE_SIZE, render_pairs
 from structure_bank.bank import Structure, StructureBank
 from structure_bank.schema import CATEGORIES
 
@@ -75,25 +77,3 @@ def embed_structure(model, landmarks: np.ndarray, silhouette: np.ndarray) -> np.
     smap = structure_map_u8(landmarks, silhouette, model.structure_size)
     return embed_structures(model, smap[None].astype(np.float32) / 255.0)[0]
 
-
-def embedding_record(model: StructureNet) -> dict:
-    """What a bank's header says of the StructureNet weights that embedded it: their name
-    and fingerprint (`StructureNet.from_pretrained`)."""
-    return {"weights": model.name, "fingerprint": model.fingerprint}
-
-
-def embedded_by(bank: StructureBank, model: StructureNet) -> bool:
-    """Whether the bank's embeddings come from `model`'s weights (its header's fingerprint)."""
-    return model.fingerprint is not None and bank.model.get("fingerprint") == model.fingerprint
-
-
-def reembed_bank(bank: StructureBank, model: StructureNet, batch: int = 512) -> StructureBank:
-    """The bank's entries embedded again by `model`'s structure tower, from the landmarks and
-    silhouettes it stores: a bank built with other StructureNet weights searched by this
-    model's photo tower would return noise."""
-    embs = [embed_structures(model, np.stack([
-        structure_map_u8(bank.entry_landmarks(r), bank.entry_silhouette(r),
-                         model.structure_size) for r in range(a, min(a + batch, len(bank)))]
-    ).astype(np.float32) / 255.0) for a in range(0, len(bank), batch)]
-    embs = np.concatenate(embs) if embs else np.zeros((0, bank.embedding_dim), np.float32)
-    return bank.reembedded(embs, {**bank.model, **embedding_record(model)})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import open_clip
@@ -27,6 +27,9 @@ from torch import nn
 from models import config
 from models.config import config_id, config_names
 from models.pretrained import load_weights, read_meta, save_weights, weights_fingerprint
+
+if TYPE_CHECKING:
+    from structure_bank.bank import StructureBank
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "structurenet-tiny"
@@ -193,6 +196,11 @@ def structure_map(landmarks: np.ndarray, silhouette: np.ndarray, size: int) -> n
     return np.stack([sil, heat, ordered]).astype(np.float32)
 
 
+def structure_map_u8(landmarks: np.ndarray, silhouette: np.ndarray, size: int) -> np.ndarray:
+    """`structure_map` as cached and embedded everywhere: (3, size, size) uint8 (×255)."""
+    return (structure_map(landmarks, silhouette, size) * 255 + 0.5).astype(np.uint8)
+
+
 @torch.no_grad()
 def embed_structures(model: StructureNet, maps: np.ndarray, batch: int = 256) -> np.ndarray:
     """(N, 3, S, S) structure maps → (N, D) float32 unit embeddings."""
@@ -213,3 +221,25 @@ def embed_photos(model: StructureNet, photos: torch.Tensor, batch: int = 128) ->
            for i in range(0, len(photos), batch)]
     return torch.cat(out).numpy().astype(np.float32)
 
+
+def embedding_record(model: StructureNet) -> dict:
+    """What a bank's header says of the StructureNet weights that embedded it: their name
+    and fingerprint (`StructureNet.from_pretrained`)."""
+    return {"weights": model.name, "fingerprint": model.fingerprint}
+
+
+def embedded_by(bank: StructureBank, model: StructureNet) -> bool:
+    """Whether the bank's embeddings come from `model`'s weights (its header's fingerprint)."""
+    return model.fingerprint is not None and bank.model.get("fingerprint") == model.fingerprint
+
+
+def reembed_bank(bank: StructureBank, model: StructureNet, batch: int = 512) -> StructureBank:
+    """The bank's entries embedded again by `model`'s structure tower, from the landmarks and
+    silhouettes it stores: a bank built with other StructureNet weights searched by this
+    model's photo tower would return noise."""
+    embs = [embed_structures(model, np.stack([
+        structure_map_u8(bank.entry_landmarks(r), bank.entry_silhouette(r),
+                         model.structure_size) for r in range(a, min(a + batch, len(bank)))]
+    ).astype(np.float32) / 255.0) for a in range(0, len(bank), batch)]
+    embs = np.concatenate(embs) if embs else np.zeros((0, bank.embedding_dim), np.float32)
+    return bank.reembedded(embs, {**bank.model, **embedding_record(model)})

@@ -275,8 +275,7 @@ def test_a_bank_reembedded_keeps_its_structures() -> None:
 def test_the_shipped_bank_is_embedded_by_the_shipped_weights() -> None:
     """Retraining StructureNet without rebuilding the bank would search one embedding space
     with queries from another; the bank's header fingerprint catches it."""
-    from models.bank_builder import embedded_by
-    from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+    from models.structurenet import DEFAULT_WEIGHTS, StructureNet, embedded_by
     from structure_bank.builder import default_bank_path
 
     bank = StructureBank.load(default_bank_path())
@@ -287,9 +286,8 @@ def test_a_stale_runtime_bank_is_embedded_again_once(tmp_path: Path) -> None:
     """A runtime bank copied before a StructureNet upgrade: the service embeds its structures
     again with the weights it runs (on disk, once), and searches a consistent space."""
     from models import pipeline
-    from models.bank_builder import embedded_by, reembed_bank
     from models.pipelines.stages import StructureAligner
-    from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+    from models.structurenet import DEFAULT_WEIGHTS, StructureNet, embedded_by, reembed_bank
     from structure_bank.builder import default_bank_path
 
     shipped = StructureBank.load(default_bank_path())
@@ -320,8 +318,7 @@ def test_bank_reembed_and_add_keep_one_embedding_space(tmp_path: Path,
     do); `bank add` refuses to put other weights' embeddings into a bank and adds nothing;
     a folder with no bank is a clear error."""
     from cli import main
-    from models.bank_builder import embedded_by
-    from models.structurenet import DEFAULT_WEIGHTS, StructureNet
+    from models.structurenet import DEFAULT_WEIGHTS, StructureNet, embedded_by
     from structure_bank.builder import default_bank_path
 
     shipped = StructureBank.load(default_bank_path()).subset(np.arange(0, 6000, 100))

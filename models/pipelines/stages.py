@@ -140,7 +140,7 @@ class StructureAligner:
 
     def fresh_bank(self):  # noqa: ANN201 (structure_bank is imported lazily)
         """The bank, reloaded when its file changed (`POST /structures` appends to it)."""
-        from models.bank_builder import embedded_by
+        from models.structurenet import embedded_by
         from structure_bank import StructureBank
         from structure_bank.builder import default_bank_path
 
@@ -165,7 +165,7 @@ class StructureAligner:
         shipped bank in memory (`flatlay bank build` rebuilds it with the weights)."""
         import logging
 
-        from models.bank_builder import embedded_by, reembed_bank
+        from models.structurenet import embedded_by, reembed_bank
         from structure_bank.runtime import migrate_runtime_bank
 
         def again(old):  # noqa: ANN001, ANN202

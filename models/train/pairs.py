@@ -85,13 +85,6 @@ def _crop_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     return box
 
 
-def structure_map_u8(landmarks: np.ndarray, silhouette: np.ndarray, size: int) -> np.ndarray:
-    """`structure_map` as cached and embedded everywhere: (3, size, size) uint8 (×255)."""
-    from models.structurenet import structure_map
-
-    return (structure_map(landmarks, silhouette, size) * 255 + 0.5).astype(np.uint8)
-
-
 # What the photo tower is trained on: "box", the photo cropped to a simulated parser box
 # (`_crop_mask`, the shipped tiny weights); "parsed", the photo and the shipped parser's
 # mask as the pipeline crops and embeds them (`photo_view`), the mask as a 4th channel.
@@ -125,7 +118,7 @@ def _parsed_mask(rgb: np.ndarray) -> np.ndarray | None:
 
 
 def _one(args: tuple[int, int, int, str | None, str]) -> tuple:
-    from models.structurenet import photo_tensor_uint8
+    from models.structurenet import photo_tensor_uint8, structure_map_u8
 
     seed, photo_size, map_size, category, view = args
     s = generate(seed, size=RENDER_SIZE, category=category)
