@@ -212,7 +212,7 @@ def _cmd_bank_add(args: argparse.Namespace) -> int:
         raise CLIError(f"{path} was embedded by other StructureNet weights than {folder}; "
                        f"`flatlay bank reembed --bank {path} --weights {folder}` first; "
                        "nothing was added")
-    structures = world_structures(list(range(args.seed, args.seed + args.n)), args.weights,
+    structures = world_structures(list(range(args.seed, args.seed + args.n)), model,
                                   category=args.category, workers=args.workers,
                                   id_prefix=args.id_prefix)
     try:

@@ -28,13 +28,13 @@ BANK_SEED_START = 500_000
 
 def world_structures(
     seeds: list[int],
-    weights: Path | None = None,
+    model: StructureNet,
     category: str | None = None,
     workers: int = 2,
     id_prefix: str = "gw",
 ) -> list[Structure]:
-    """Structures of the garment-world garments `seeds` (forced to `category` if given)."""
-    model = StructureNet.from_pretrained(weights or DEFAULT_WEIGHTS)
+    """Structures of the garment-world garments `seeds` (forced to `category` if given),
+    embedded by `model`'s structure tower (the caller loads it once)."""
     pairs = render_pairs(seeds, model.photo_size, model.structure_size, workers=workers,
                          category=category, desc="render structures")
     embs = embed_structures(model, pairs.maps.astype(np.float32) / 255.0)
@@ -60,12 +60,12 @@ def build_bank(
     workers: int = 2,
 ) -> StructureBank:
     """A bank of the `n` garment-world garments from `seed_start` on (train split)."""
-    structures = world_structures(list(range(seed_start, seed_start + n)), weights, None,
+    model = StructureNet.from_pretrained(Path(weights or DEFAULT_WEIGHTS))
+    structures = world_structures(list(range(seed_start, seed_start + n)), model, None,
                                   workers)
     bank = StructureBank(embedding_dim=len(structures[0].embedding),
                          silhouette_size=SILHOUETTE_SIZE,
-                         model={**embedding_record(StructureNet.from_pretrained(
-                                    Path(weights or DEFAULT_WEIGHTS))),
+                         model={**embedding_record(model),
                                 "seeds": [seed_start, seed_start + n]})
     bank.add(structures)
     return bank

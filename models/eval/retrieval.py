@@ -144,7 +144,7 @@ def benchmark_retrieval(
     seeds = list(range(start, start + n))
     samples = render_eval(seeds, model)
     with_targets = bank.subset(np.arange(len(bank)))
-    with_targets.add(world_structures(seeds, weights, workers=workers, id_prefix="test"))
+    with_targets.add(world_structures(seeds, model, workers=workers, id_prefix="test"))
 
     result: dict = {"split": split, "n": n, "k": k, "bank_size": len(bank),
                     "weights": weights.name}
@@ -171,7 +171,7 @@ def benchmark_retrieval(
         fuse_ms.append((time.perf_counter() - t) * 1000)
     result["slle_ms_p50"] = round(float(np.percentile(fuse_ms, 50)), 3)
     result["per_category"] = _per_category(bank, samples, emb, k)
-    result["zero_shot"] = zero_shot(model, bank, weights, split, zero_shot_n, zero_shot_bank_n, k,
+    result["zero_shot"] = zero_shot(model, bank, split, zero_shot_n, zero_shot_bank_n, k,
                                     workers)
     return result
 
@@ -187,7 +187,7 @@ def _per_category(bank: StructureBank, samples: list[EvalSample], emb: np.ndarra
     return out
 
 
-def zero_shot(model: StructureNet, bank: StructureBank, weights: Path, split: str, n: int,
+def zero_shot(model: StructureNet, bank: StructureBank, split: str, n: int,
               bank_n: int, k: int, workers: int) -> dict:
     """A category StructureNet never saw and the bank lacks: silhouette IoU of its test
     photos before and after its structures are added to the bank (no retraining)."""
@@ -199,7 +199,7 @@ def zero_shot(model: StructureNet, bank: StructureBank, weights: Path, split: st
     before = _quality(without, samples, emb, k)
     added = world_structures(list(range(BANK_SEED_START + 200_000,
                                         BANK_SEED_START + 200_000 + bank_n)),
-                             weights, category=cat, workers=workers, id_prefix="added")
+                             model, category=cat, workers=workers, id_prefix="added")
     without.add(added)
     after = _quality(without, samples, emb, k)
     return {
