@@ -38,6 +38,8 @@ from models.train.pairs import SILHOUETTE_SIZE  # noqa: E402
 from structure_bank.bank import StructureBank  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
+LEGEND = {"slle": "SLLE over the neighbours", "top1": "top-1", "accuracy": "the top-10 vote",
+          "flatten": "flatten (the service's structure)"}
 COLUMNS = [("entries", "entries", "d"), ("category_accuracy", "category (vote)", ".3f"),
            ("silhouette_iou_slle", "IoU SLLE", ".4f"), ("silhouette_iou_top1", "IoU top-1", ".4f"),
            ("landmark_nme_slle", "NME SLLE", ".5f"), ("landmark_nme_top1", "NME top-1", ".5f"),
@@ -72,18 +74,22 @@ def plot(rows: list[dict], path: Path) -> None:
     sizes = [r["entries"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
     for ax, (keys, title) in zip(axes, [
-            (("silhouette_iou_slle", "silhouette_iou_top1"), "silhouette IoU (higher is better)"),
-            (("landmark_nme_slle", "landmark_nme_top1"), "landmark NME (lower is better)"),
-            (("category_accuracy",), "category by the vote")], strict=True):
+            (("silhouette_iou_slle", "silhouette_iou_top1", "flatten_iou"),
+             "silhouette IoU (higher is better)"),
+            (("landmark_nme_slle", "landmark_nme_top1", "flatten_nme"),
+             "landmark NME (lower is better)"),
+            (("category_accuracy", "flatten_category"), "category")], strict=True):
         for key in keys:
-            ax.plot(sizes, [r[key] for r in rows], marker="o",
-                    label=key.rsplit("_", 1)[-1].replace("slle", "SLLE"))
+            if rows[0].get(key) is None:
+                continue
+            ax.plot(sizes, [r[key] for r in rows], marker="o", label=LEGEND[key.split("_")[-1]
+                                                                           if "flatten" not in key
+                                                                           else "flatten"])
         ax.set_xscale("log")
         ax.set_xlabel("bank entries")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
