@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from bench.harness import write_variants  # noqa: E402
 from models.bank_builder import BANK_SEED_START, world_structures  # noqa: E402
 from models.eval.quality import load_truth, run_and_score  # noqa: E402
-from models.eval.retrieval import _embed, _quality, render_eval  # noqa: E402
+from models.eval.retrieval import embed_view, render_eval, structure_quality  # noqa: E402
 from models.garments import SPLITS  # noqa: E402
 from models.pipeline import PipelineOptions, configure, get_pipeline  # noqa: E402
 from models.structurenet import DEFAULT_WEIGHTS, StructureNet, embedding_record  # noqa: E402
@@ -118,7 +118,7 @@ def main() -> None:
     model = StructureNet.from_pretrained(DEFAULT_WEIGHTS)
     start = SPLITS[args.split][0]
     samples = render_eval(list(range(start, start + args.n)), model)
-    emb = _embed(model, samples, "parsed")
+    emb = embed_view(model, samples, "parsed")
     bank = StructureBank(embedding_dim=model.embed_dim, silhouette_size=SILHOUETTE_SIZE,
                          model=embedding_record(model))
     truths = [load_truth(start + i, args.size) for i in range(min(args.pipeline_n, args.n))]
@@ -138,7 +138,7 @@ def main() -> None:
             mb = sum(f.stat().st_size for f in folder.iterdir()) / 1e6
             served = service_structure(folder, truths, args.size) if truths else {}
         rows.append({"variant": f"{size:,} entries", "entries": size,
-                     **_quality(bank, samples, emb, args.k), **served,
+                     **structure_quality(bank, samples, emb, args.k), **served,
                      "search_ms_p50": float(np.percentile(timings, 50)), "bank_mb": mb})
         print(rows[-1], flush=True)
     intro = [f"# Bank growth ({args.split})", "",

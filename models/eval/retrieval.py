@@ -82,7 +82,8 @@ def landmark_nme(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.linalg.norm(pred - truth, axis=1).mean() / CANONICAL_DIAGONAL)
 
 
-def _embed(model: StructureNet, samples: list[EvalSample], view: str) -> np.ndarray:
+def embed_view(model: StructureNet, samples: list[EvalSample], view: str) -> np.ndarray:
+    """The samples' photos in one view (`parsed`, `whole`, `box`) through the photo tower."""
     photos = np.stack([getattr(s, f"photo_{view}") for s in samples])
     with torch.inference_mode():
         return embed_photos(model, normalise_photos(photos))
@@ -92,7 +93,10 @@ def _without_category(bank: StructureBank, category: str) -> StructureBank:
     return bank.subset(np.flatnonzero(bank.categories != category))
 
 
-def _quality(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray, k: int) -> dict:
+def structure_quality(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray, k: int
+                      ) -> dict:
+    """Category by the vote, and SLLE's and top-1's silhouette IoU and landmark NME (category
+    right) of the structures `bank` gives the queries `emb`."""
     cat_ok, nme_slle, nme_top1, iou_slle, iou_top1 = [], [], [], [], []
     for s, q in zip(samples, emb, strict=True):
         cat = choose_category(bank, q)
@@ -148,9 +152,10 @@ def benchmark_retrieval(
 
     result: dict = {"split": split, "n": n, "k": k, "bank_size": len(bank),
                     "weights": weights.name}
-    embeddings = {view: _embed(model, samples, view) for view in ("parsed", "whole", "box")}
+    embeddings = {view: embed_view(model, samples, view) for view in ("parsed", "whole", "box")}
     for view, emb in embeddings.items():
-        metrics = {**_recall(with_targets, samples, emb), **_quality(bank, samples, emb, k)}
+        metrics = {**_recall(with_targets, samples, emb),
+                   **structure_quality(bank, samples, emb, k)}
         if view == "parsed":
             result.update(metrics)
         else:
@@ -183,7 +188,7 @@ def _per_category(bank: StructureBank, samples: list[EvalSample], emb: np.ndarra
         idx = [i for i, s in enumerate(samples) if s.category == cat]
         if idx:
             out[cat] = {"n": len(idx),
-                        **_quality(bank, [samples[i] for i in idx], emb[idx], k)}
+                        **structure_quality(bank, [samples[i] for i in idx], emb[idx], k)}
     return out
 
 
@@ -194,14 +199,14 @@ def zero_shot(model: StructureNet, bank: StructureBank, split: str, n: int,
     cat = ZERO_SHOT_CATEGORY
     start = SPLITS[split][0] + 50_000  # apart from the main test seeds
     samples = render_eval(list(range(start, start + n)), model, category=cat)
-    emb = _embed(model, samples, "parsed")
+    emb = embed_view(model, samples, "parsed")
     without = _without_category(bank, cat)
-    before = _quality(without, samples, emb, k)
+    before = structure_quality(without, samples, emb, k)
     added = world_structures(list(range(BANK_SEED_START + 200_000,
                                         BANK_SEED_START + 200_000 + bank_n)),
                              model, category=cat, workers=workers, id_prefix="added")
     without.add(added)
-    after = _quality(without, samples, emb, k)
+    after = structure_quality(without, samples, emb, k)
     return {
         "category": cat,
         "n": n,
