@@ -37,7 +37,7 @@ def world_structures(
     embedded by `model`'s structure tower (the caller loads it once)."""
     pairs = render_pairs(seeds, model.photo_size, model.structure_size, workers=workers,
                          category=category, desc="render structures")
-    embs = embed_structures(model, pairs.maps.astype(np.float32) / 255.0)
+    embs = embed_structures(model, pairs.maps)
     out = []
     for i, seed in enumerate(pairs.seeds):
         cat = CATEGORIES[int(pairs.categories[i])]
@@ -75,5 +75,5 @@ def embed_structure(model, landmarks: np.ndarray, silhouette: np.ndarray) -> np.
     """One structure's embedding with `model`'s structure tower: (D,) float32 unit vector,
     from the map as the bank's builder embeds it."""
     smap = structure_map_u8(landmarks, silhouette, model.structure_size)
-    return embed_structures(model, smap[None].astype(np.float32) / 255.0)[0]
+    return embed_structures(model, smap[None])[0]
 

@@ -203,10 +203,12 @@ def structure_map_u8(landmarks: np.ndarray, silhouette: np.ndarray, size: int) -
 
 @torch.no_grad()
 def embed_structures(model: StructureNet, maps: np.ndarray, batch: int = 256) -> np.ndarray:
-    """(N, 3, S, S) structure maps → (N, D) float32 unit embeddings."""
+    """(N, 3, S, S) uint8 structure maps (`structure_map_u8`, as cached) → (N, D) float32
+    unit embeddings; scaled to [0, 1] a batch at a time, never as one float copy."""
     model.eval()
     device = next(model.parameters()).device
-    out = [model.encode_structure(torch.from_numpy(maps[i : i + batch]).to(device)).cpu()
+    out = [model.encode_structure(torch.from_numpy(maps[i : i + batch]).to(device).float()
+                                  / 255.0).cpu()
            for i in range(0, len(maps), batch)]
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.embed_dim),
                                                                           np.float32)
@@ -240,6 +242,6 @@ def reembed_bank(bank: StructureBank, model: StructureNet, batch: int = 512) -> 
     embs = [embed_structures(model, np.stack([
         structure_map_u8(bank.entry_landmarks(r), bank.entry_silhouette(r),
                          model.structure_size) for r in range(a, min(a + batch, len(bank)))]
-    ).astype(np.float32) / 255.0) for a in range(0, len(bank), batch)]
+    )) for a in range(0, len(bank), batch)]
     embs = np.concatenate(embs) if embs else np.zeros((0, bank.embedding_dim), np.float32)
     return bank.reembedded(embs, {**bank.model, **embedding_record(model)})
