@@ -30,7 +30,12 @@ sys.path.insert(0, str(REPO))
 from bench.harness import write_variants  # noqa: E402
 from models.bank_builder import BANK_SEED_START, world_structures  # noqa: E402
 from models.eval.quality import load_truth, run_and_score  # noqa: E402
-from models.eval.retrieval import embed_view, render_eval, structure_quality  # noqa: E402
+from models.eval.retrieval import (  # noqa: E402
+    embed_view,
+    render_eval,
+    search_ms,
+    structure_quality,
+)
 from models.garments import SPLITS  # noqa: E402
 from models.pipeline import PipelineOptions, configure, get_pipeline  # noqa: E402
 from models.structurenet import DEFAULT_WEIGHTS, StructureNet, embedding_record  # noqa: E402
@@ -127,11 +132,7 @@ def main() -> None:
         seeds = list(range(BANK_SEED_START + have, BANK_SEED_START + size))
         bank.add(world_structures(seeds, model, workers=args.workers))
         have = size
-        timings = []
-        for q in emb:
-            t = time.perf_counter()
-            bank.search(q, args.k)
-            timings.append((time.perf_counter() - t) * 1000)
+        timings = search_ms(bank, emb, args.k)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "bank"
             bank.save(folder)

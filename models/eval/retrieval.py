@@ -93,6 +93,16 @@ def _without_category(bank: StructureBank, category: str) -> StructureBank:
     return bank.subset(np.flatnonzero(bank.categories != category))
 
 
+def search_ms(bank: StructureBank, emb: np.ndarray, k: int) -> list[float]:
+    """Milliseconds of each query's top-`k` search in `bank`."""
+    timings = []
+    for q in emb:
+        t = time.perf_counter()
+        bank.search(q, k)
+        timings.append((time.perf_counter() - t) * 1000)
+    return timings
+
+
 def structure_quality(bank: StructureBank, samples: list[EvalSample], emb: np.ndarray, k: int
                       ) -> dict:
     """Category by the vote, and SLLE's and top-1's silhouette IoU and landmark NME (category
@@ -162,11 +172,7 @@ def benchmark_retrieval(
             result[EXTRA_VIEWS[view]] = metrics
 
     emb = embeddings["parsed"]
-    timings = []
-    for q in emb:
-        t = time.perf_counter()
-        bank.search(q, k)
-        timings.append((time.perf_counter() - t) * 1000)
+    timings = search_ms(bank, emb, k)
     result["search_ms_p50"] = round(float(np.percentile(timings, 50)), 4)
     result["search_ms_p99"] = round(float(np.percentile(timings, 99)), 4)
     fuse_ms = []
