@@ -191,7 +191,8 @@ def _cmd_bank_build(args: argparse.Namespace) -> int:
     out = Path(args.out or default_bank_path())
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; pass --overwrite to replace it")
-    bank = build_bank(args.n, args.weights, workers=args.workers)
+    _, model = _weights(args.weights)
+    bank = build_bank(args.n, model, workers=args.workers)
     bank.save(out)
     print(f"wrote {out}: {len(bank)} entries {bank.category_counts()}")
     return 0

@@ -7,12 +7,9 @@ The bank itself, its on-disk format and where the shipped one lives are structur
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from models.structurenet import (
-    DEFAULT_WEIGHTS,
     StructureNet,
     embed_structures,
     embedding_record,
@@ -55,12 +52,12 @@ def world_structures(
 
 def build_bank(
     n: int,
-    weights: Path | None = None,
+    model: StructureNet,
     seed_start: int = BANK_SEED_START,
     workers: int = 2,
 ) -> StructureBank:
-    """A bank of the `n` garment-world garments from `seed_start` on (train split)."""
-    model = StructureNet.from_pretrained(Path(weights or DEFAULT_WEIGHTS))
+    """A bank of the `n` garment-world garments from `seed_start` on (train split), embedded
+    by `model`."""
     structures = world_structures(list(range(seed_start, seed_start + n)), model, None,
                                   workers)
     bank = StructureBank(embedding_dim=len(structures[0].embedding),

@@ -337,3 +337,9 @@ def test_bank_reembed_and_add_keep_one_embedding_space(tmp_path: Path,
     assert "nothing to do" in capsys.readouterr().out
     assert main(["bank", "reembed", "--bank", str(tmp_path / "none")]) == 2
     assert "is not a structure bank (no bank.json)" in capsys.readouterr().err
+    for command in (["bank", "build", "--n", "2", "--out", str(tmp_path / "new")],
+                    ["bank", "add", "--bank", bank, "--category", "skirt", "--n", "2"]):
+        assert main([*command, "--weights", str(tmp_path / "none")]) == 2
+        assert "holds no StructureNet" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    assert len(StructureBank.load(tmp_path / "bank")) == len(stale)
