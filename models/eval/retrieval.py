@@ -51,18 +51,14 @@ class EvalSample:
 
 def render_eval(seeds: list[int], model: StructureNet, category: str | None = None
                 ) -> list[EvalSample]:
-    from models.pipeline import PipelineError
-    from models.pipelines.stages import load_parser, parse_garment
+    from models.pipelines.stages import load_parser, parsed_mask
 
     parser = load_parser()
     size, with_mask = model.photo_size, model.photo_channels == 4
     out = []
     for seed in tqdm(seeds, desc="render and parse test photos", leave=False):
         s = generate(int(seed), size=RENDER_SIZE, category=category)
-        try:  # the pipeline's own crop; a photo it refuses is embedded whole
-            mask = parse_garment(parser, s.wild_image).mask > 0.5
-        except PipelineError:
-            mask = None
+        mask = parsed_mask(parser, s.wild_image)  # the pipeline's own crop
         whole = photo_tensor_uint8(s.wild_image, size, mask, with_mask=with_mask, crop=False)
         out.append(EvalSample(
             seed=int(seed), category=s.category, landmarks=s.flat_landmarks,

@@ -334,6 +334,16 @@ class StructureAligner:
         return photo_box, canvas_box
 
 
+def parsed_mask(parser, rgb: np.ndarray) -> np.ndarray | None:  # noqa: ANN001
+    """The parser's garment mask (H, W) bool, or None where stage 1 refuses the photo: the
+    view stage 2 embeds is then the whole photo (training pairs and the retrieval benchmark
+    make that view the same way)."""
+    try:
+        return parse_garment(parser, rgb).mask > 0.5
+    except PipelineError:
+        return None
+
+
 def _isotropic(parsed) -> np.ndarray:  # noqa: ANN001
     """Parsed landmarks in the photo's pixels over its longer side (the unit square of a
     non-square photo would stretch them)."""

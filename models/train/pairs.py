@@ -105,25 +105,14 @@ def _parser():  # noqa: ANN202 (torch is imported lazily)
     return parser
 
 
-def _parsed_mask(rgb: np.ndarray) -> np.ndarray | None:
-    """The shipped parser's garment mask, or None where the pipeline refuses the photo (it
-    then embeds the whole photo)."""
-    from models.pipeline import PipelineError
-    from models.pipelines.stages import parse_garment
-
-    try:
-        return parse_garment(_parser(), rgb).mask > 0.5
-    except PipelineError:
-        return None
-
-
 def _one(args: tuple[int, int, int, str | None, str]) -> tuple:
+    from models.pipelines.stages import parsed_mask
     from models.structurenet import photo_tensor_uint8, structure_map_u8
 
     seed, photo_size, map_size, category, view = args
     s = generate(seed, size=RENDER_SIZE, category=category)
     if view == "parsed":
-        photo = photo_tensor_uint8(s.wild_image, photo_size, _parsed_mask(s.wild_image),
+        photo = photo_tensor_uint8(s.wild_image, photo_size, parsed_mask(_parser(), s.wild_image),
                                    with_mask=True)
     else:
         rng = np.random.default_rng([seed, 99])
