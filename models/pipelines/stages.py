@@ -73,6 +73,16 @@ def parse_garment(parser, rgb: np.ndarray, category: str | None = None):  # noqa
     return parsed
 
 
+def parsed_mask(parser, rgb: np.ndarray) -> np.ndarray | None:  # noqa: ANN001
+    """The parser's garment mask (H, W) bool, or None where stage 1 refuses the photo: the
+    view stage 2 embeds is then the whole photo (training pairs and the retrieval benchmark
+    make that view the same way)."""
+    try:
+        return parse_garment(parser, rgb).mask > 0.5
+    except PipelineError:
+        return None
+
+
 @dataclass
 class CoarseAlignment:
     """What stages 1–5 give the generator: the parse, the photo's structure embedding e
@@ -332,16 +342,6 @@ class StructureAligner:
                                 [sx.max(), sy.max()], [sx.min(), sy.max()]], np.float64)
                       + 0.5) / n
         return photo_box, canvas_box
-
-
-def parsed_mask(parser, rgb: np.ndarray) -> np.ndarray | None:  # noqa: ANN001
-    """The parser's garment mask (H, W) bool, or None where stage 1 refuses the photo: the
-    view stage 2 embeds is then the whole photo (training pairs and the retrieval benchmark
-    make that view the same way)."""
-    try:
-        return parse_garment(parser, rgb).mask > 0.5
-    except PipelineError:
-        return None
 
 
 def _isotropic(parsed) -> np.ndarray:  # noqa: ANN001
