@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from models.config import model_config
-from models.garments import CATEGORIES, SPLITS, flip_permutation, generate, num_landmarks
+from models.garments import (
+    CATEGORIES,
+    SPLITS,
+    GarmentSample,
+    flip_permutation,
+    generate,
+    num_landmarks,
+)
 from models.parser import (
     HEATMAP_SIZE,
     MASK_SIZE,
@@ -89,8 +96,8 @@ def _zoom_view(seed: int, photo: np.ndarray, mask: np.ndarray
     return zoom_square(tuple(box), rng.uniform(*ZOOM_MARGINS))
 
 
-def _one(seed: int, zoom: bool = False) -> tuple:
-    s = generate(seed, size=RENDER)
+def _view(s: GarmentSample, seed: int, zoom: bool) -> tuple:
+    """One training view of the rendered sample: the whole photo, or its second look."""
     view = _zoom_view(seed, s.wild_image, s.wild_mask) if zoom else None
     x0, y0, side = view or (0.0, 0.0, float(RENDER))  # the render is square
     photo, scale, (pad_x, pad_y) = square_view(s.wild_image, x0, y0, side)
@@ -106,29 +113,68 @@ def _one(seed: int, zoom: bool = False) -> tuple:
     return photo, mask, CATEGORIES.index(s.category), lm, vis
 
 
-def render_parser_data(seeds: list[int], workers: int, desc: str, zoom: bool = False
-                       ) -> dict[str, np.ndarray]:
-    """photos (N, 128, 128, 3) uint8, masks (N, 64, 64) bool, categories (N,), landmarks
-    (N, MAX_L, 2) in the view's unit square, visible (N, MAX_L) uint8. The view: the whole
-    photo, or with `zoom` the second look's square."""
-    rows = render_map(functools.partial(_one, zoom=zoom), seeds, workers, desc)
+def _one(seed: int, zoom: bool = False) -> tuple:
+    return _view(generate(seed, size=RENDER), seed, zoom)
+
+
+def _both(seed: int) -> tuple[tuple, tuple]:
+    """The whole photo and its second look from one render (rendering is the cost)."""
+    s = generate(seed, size=RENDER)
+    return _view(s, seed, False), _view(s, seed, True)
+
+
+def _stack(rows: list[tuple], seeds: list[int]) -> dict[str, np.ndarray]:
     cols = list(zip(*rows, strict=True))
     return {"photos": np.stack(cols[0]), "masks": np.stack(cols[1]),
             "categories": np.array(cols[2], np.int64), "landmarks": np.stack(cols[3]),
             "visible": np.stack(cols[4]), "seeds": np.array(seeds, np.int64)}
 
 
+def render_parser_data(seeds: list[int], workers: int, desc: str, zoom: bool = False
+                       ) -> dict[str, np.ndarray]:
+    """photos (N, 128, 128, 3) uint8, masks (N, 64, 64) bool, categories (N,), landmarks
+    (N, MAX_L, 2) in the view's unit square, visible (N, MAX_L) uint8. The view: the whole
+    photo, or with `zoom` the second look's square."""
+    return _stack(render_map(functools.partial(_one, zoom=zoom), seeds, workers, desc), seeds)
+
+
+def _cache(run_dir: Path, split: str, n: int, zoom: bool) -> Path:
+    return run_dir / f"parser-{split}-{n}-{PARSER_INPUT}{'-zoom' if zoom else ''}.npz"
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
 def parser_data(run_dir: Path, split: str, n: int, workers: int, zoom: bool = False
                 ) -> dict[str, np.ndarray]:
-    cache = run_dir / f"parser-{split}-{n}-{PARSER_INPUT}{'-zoom' if zoom else ''}.npz"
+    cache = _cache(run_dir, split, n, zoom)
     if cache.is_file():
-        with np.load(cache) as z:
-            return {k: z[k] for k in z.files}
+        return _load(cache)
     start = SPLITS[split][0]
     data = render_parser_data(list(range(start, start + n)), workers,
                               f"render {split}{' (zoom)' if zoom else ''}", zoom)
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **data)
+    return data
+
+
+def parser_views(run_dir: Path, split: str, n: int, workers: int
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The whole-photo and second-look data of a split, each rendered once and cached; where
+    neither is cached, both come from one render of each seed (half the cost)."""
+    whole, zoom = _cache(run_dir, split, n, False), _cache(run_dir, split, n, True)
+    if whole.is_file() or zoom.is_file():
+        return (parser_data(run_dir, split, n, workers),
+                parser_data(run_dir, split, n, workers, zoom=True))
+    start = SPLITS[split][0]
+    seeds = list(range(start, start + n))
+    rows = render_map(_both, seeds, workers, f"render {split} (whole and zoom)")
+    data = _stack([r[0] for r in rows], seeds), _stack([r[1] for r in rows], seeds)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for path, d in zip((whole, zoom), data, strict=True):
+        np.savez(path, **d)
     return data
 
 
@@ -243,12 +289,13 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    train_data = parser_data(run, "train", cfg.n_train, cfg.workers)
-    val_data = parser_data(run, "val", cfg.n_val, cfg.workers)
     zoom_train = zoom_val = None
     if cfg.zoom_share > 0:
-        zoom_train = parser_data(run, "train", cfg.n_train, cfg.workers, zoom=True)
-        zoom_val = parser_data(run, "val", cfg.n_val, cfg.workers, zoom=True)
+        train_data, zoom_train = parser_views(run, "train", cfg.n_train, cfg.workers)
+        val_data, zoom_val = parser_views(run, "val", cfg.n_val, cfg.workers)
+    else:
+        train_data = parser_data(run, "train", cfg.n_train, cfg.workers)
+        val_data = parser_data(run, "val", cfg.n_val, cfg.workers)
     before = {"cumulative_steps": 0, "cumulative_minutes": 0.0}
     if cfg.init:
         start = GarmentParser.from_pretrained(Path(cfg.init))
