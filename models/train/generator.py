@@ -684,12 +684,12 @@ def _on_white(x: np.ndarray) -> np.ndarray:
             ).astype(np.uint8)
 
 
-def _generator_eval(generator: FlatLayGenerator, val: dict, grid: Path,
-                    n: int = 32) -> dict[str, float]:
-    """SSIM and ΔE at the working resolution on n validation pairs (full, and
+def _generator_eval(generator: FlatLayGenerator, val: dict, grid: Path) -> dict[str, float]:
+    """SSIM and ΔE at the working resolution on every cached validation pair (full, and
     `noretrieval`), beside W itself and the coarse image ŷ decoded (where the bridge
-    starts), and a grid of the first 8."""
-    idx = np.arange(min(n, len(val["seed"])))
+    starts), and a grid of the first 8. All of them, not a first few: on 32 pairs the
+    export rule once passed a pair that the 200-photo pipeline table rejected."""
+    idx = np.arange(len(val["seed"]))
     conds = _val_conditions(val, idx)
     truth = val["target"][idx, ..., :3]
     mask = val["target"][idx, ..., 3] > 127
@@ -771,6 +771,12 @@ and V (SSIM inside the true mask, ΔE2000 inside it).{_vae_lineage_text(training
     (folder / "MODEL_CARD.md").write_text(text)
 
 
+def _n_val(training: dict) -> int:
+    """How many validation pairs a run's metrics were measured on (`_generator_eval`)."""
+    first, end = training["val_seeds"]
+    return end - first
+
+
 def _vae_lineage_text(training: dict, lineage: list[dict]) -> str:
     """A fine-tuning run's card says what it changed and what it started from."""
     if not training.get("what"):
@@ -791,8 +797,8 @@ def _vae_lineage_text(training: dict, lineage: list[dict]) -> str:
 pair (the shipped one's, or with `--generator` the candidate's that shipped with it), half the
 truth's latents with noise; garment-weighted L1, the garment's Lab distance and 1 − its
 SSIM (loss weights {training.get('loss_weights', '—')}). `ssim_garment`/`delta_e` above:
-that generator's validation output (32 pairs) decoded through these weights; step 0 is the
-shipped generator through the decoder this run started from.
+that generator's validation output ({_n_val(training)} pairs) decoded through these weights;
+step 0 is the shipped generator through the decoder this run started from.
 
 | earlier run | steps | aligned SSIM_g | aligned ΔE | generated SSIM_g | generated ΔE |
 |---|---|---|---|---|---|
@@ -857,7 +863,7 @@ Config: `{training['model_config']}`.
   validation seeds {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; model seed
   {training['config']['seed']}; on {training['machine']}.
 
-## Validation (32 validation pairs, working resolution, default step count)
+## Validation ({_n_val(training)} validation pairs, working resolution, default step count)
 
 `ssim_garment`/`delta_e`: the generated flat-lay; `noretrieval_*`: the same weights from the
 cutout; `coarse_*`: ŷ decoded, where the bridge starts; `warp_*`: W itself on white.
