@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from bench.harness import write_variants  # noqa: E402
 from models.eval.retrieval import iou, landmark_nme  # noqa: E402
 from models.garments import SPLITS, generate  # noqa: E402
-from models.pipelines.stages import StructureAligner, _isotropic, parse_garment  # noqa: E402
+from models.pipelines.stages import StructureAligner, isotropic_landmarks, parse_garment  # noqa: E402
 from models.slle import SHAPE_K, fuse_with_landmarks  # noqa: E402
 from models.structurenet import embed_photos, normalise_photos, photo_view  # noqa: E402
 from models.train.pairs import flat_silhouette  # noqa: E402
@@ -56,7 +56,7 @@ def score(aligner: StructureAligner, photos: list[dict], shape_k: int) -> dict:
     ious: dict[bool, list[float]] = {True: [], False: []}
     nmes = []
     for p in photos:
-        fused = fuse_with_landmarks(aligner.bank, p["query"], _isotropic(p["parsed"]),
+        fused = fuse_with_landmarks(aligner.bank, p["query"], isotropic_landmarks(p["parsed"]),
                                     p["parsed"].visibility, p["category"], k=aligner.K,
                                     fit=p["fit"], shape_k=shape_k)
         ious[p["right"]].append(iou(fused.silhouette, p["silhouette"]))

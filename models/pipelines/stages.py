@@ -207,8 +207,8 @@ class StructureAligner:
             query = reranked_query(query, evidence)
         if self.fusion == "nearest":
             return nearest_structure(bank, query, category=category)
-        return fuse_with_landmarks(bank, query, _isotropic(parsed), parsed.visibility, category,
-                                   k=self.K, fit=fit)
+        return fuse_with_landmarks(bank, query, isotropic_landmarks(parsed), parsed.visibility,
+                                   category, k=self.K, fit=fit)
 
     def category_posterior(self, parsed, bank, query: np.ndarray  # noqa: ANN001
                            ) -> tuple[dict[str, float], dict]:
@@ -250,7 +250,7 @@ class StructureAligner:
             category = CATEGORIES[i]
             read = parsed if category == parsed.category else self.parser.read_as(parsed,
                                                                                   category)
-            fit = landmark_fit(bank, query, _isotropic(read), read.visibility, category)
+            fit = landmark_fit(bank, query, isotropic_landmarks(read), read.visibility, category)
             if fit is not None:
                 measured[category] = fit
                 logs[int(i)] = float(np.log(max(fit.score(), 1e-4)))
@@ -344,7 +344,7 @@ class StructureAligner:
         return photo_box, canvas_box
 
 
-def _isotropic(parsed) -> np.ndarray:  # noqa: ANN001
+def isotropic_landmarks(parsed) -> np.ndarray:  # noqa: ANN001
     """Parsed landmarks in the photo's pixels over its longer side (the unit square of a
     non-square photo would stretch them)."""
     h, w = parsed.mask.shape
