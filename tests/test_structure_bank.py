@@ -212,6 +212,29 @@ def test_landmark_fit_picks_the_shape_the_photo_shows() -> None:
     assert np.allclose(few.landmarks, plain.landmarks)
 
 
+def test_fused_landmarks_are_the_mean_of_the_best_fitting_structures() -> None:
+    """L̂ is the plain mean of the shape_k structures that fit the photo best (shape_k 0: the
+    K neighbours' SLLE mix), and the silhouette is warped onto it."""
+    from models.slle import fit_candidates, fuse_with_landmarks, slle_weights
+
+    bank = _bank()
+    true_lm, true_mask = _rect(0.3, 0.7)
+    query, photo_lm, seen = _embed(0.35, 0.6), true_lm * 0.8 + 0.05, np.ones(8, bool)
+    fit = fit_candidates(bank, query, photo_lm, seen, "tall", candidates=300)
+    order = np.argsort(fit.residuals, kind="stable")
+    lms = np.stack([bank.entry_landmarks(fit.hits[i].row) for i in order])
+    for shape_k in (8, 20):
+        fused = fuse_with_landmarks(bank, query, photo_lm, seen, "tall", k=4, fit=fit,
+                                    shape_k=shape_k)
+        assert np.allclose(fused.landmarks, lms[:shape_k].mean(0), atol=1e-6)
+        assert [n["id"] for n in fused.neighbours] == [fit.hits[i].id for i in order[:4]]
+        assert _iou(fused.silhouette, true_mask) > 0.8
+    mixed = fuse_with_landmarks(bank, query, photo_lm, seen, "tall", k=4, fit=fit, shape_k=0)
+    w = slle_weights(query, bank.embeddings[[fit.hits[i].row for i in order[:4]]])
+    assert np.allclose(mixed.landmarks, np.einsum("k,kld->ld", w, lms[:4]), atol=1e-6)
+    assert not np.allclose(mixed.landmarks, lms[:4].mean(0), atol=1e-6)
+
+
 def test_landmark_fit_is_lower_for_the_shape_the_photo_shows() -> None:
     from models.slle import landmark_fit
 
