@@ -117,12 +117,23 @@ def test_training_writes_weights_card_and_resumes(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "w" / "config.json").read_text())
     assert meta["model_cfg"]["width"] == 8 and meta["training"]["config"]["steps"] == 3
     assert "flatlay train parser" in (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    # The command reproduces the run: its data size included.
+    assert meta["training"]["command"].endswith("--n-train 16")
     loaded = GarmentParser.from_pretrained(tmp_path / "w")
     assert loaded.parse(generate(5, size=128).wild_image).mask.shape == (128, 128)
     cfg.steps = 5
     train_parser(cfg)  # resumes at step 3
     history = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [3, 5]
+
+
+def test_the_candidate_parser_loads_and_parses() -> None:
+    """The parser trained on 48,000 photos waits beside the shipped one (its card says why)."""
+    candidate = GarmentParser.from_pretrained(PARSER_WEIGHTS.parent / "parser-tiny-candidate")
+    assert candidate.meta["training"]["command"].endswith("--n-train 48000")
+    parsed = candidate.parse(generate(1_000_003, size=256).wild_image)
+    assert parsed.mask.shape == (256, 256)
+    assert sum(parsed.category_probs.values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_train_parser_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -338,7 +338,9 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
         "command": f"flatlay train parser --config {cfg.config} --steps {cfg.steps}"
                    + (f" --init {cfg.init}" if cfg.init else "")
                    + (f" --zoom-share {cfg.zoom_share}" if cfg.zoom_share else "")
-                   + (f" --lr {cfg.lr}" if cfg.lr != ParserTrainConfig.lr else ""),
+                   + (f" --lr {cfg.lr}" if cfg.lr != ParserTrainConfig.lr else "")
+                   + (f" --n-train {cfg.n_train}"
+                      if cfg.n_train != ParserTrainConfig.n_train else ""),
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
