@@ -3,7 +3,7 @@
     python bench/tune_fusion.py [--n 200] [--size 512] [--shape-ks 0,8,16,32,64,128,256]
 
 Stages 1–3 and the category decision run once per photo as the service runs them
-(`StructureAligner`: the parser, the photo tower on its crop, the category posterior and the
+(`flatten`'s aligner: the parser, the photo tower on its crop, the category posterior and the
 decided category's landmark fit over its CANDIDATES structures). Then each variant fuses the
 structure: `shape_k` 0 is SLLE's own mix of the K best-fitting structures' landmarks (before);
 `shape_k` n is the plain mean of the n best-fitting ones' landmarks (`models.slle.SHAPE_K`).
@@ -28,18 +28,18 @@ sys.path.insert(0, str(REPO))
 from bench.harness import write_variants  # noqa: E402
 from models.eval.retrieval import iou, landmark_nme  # noqa: E402
 from models.garments import SPLITS, generate  # noqa: E402
-from models.pipelines.stages import StructureAligner, isotropic_landmarks, parse_garment  # noqa: E402
-from models.slle import SHAPE_K, fuse_with_landmarks  # noqa: E402
+from models.pipeline import get_pipeline  # noqa: E402
+from models.slle import SHAPE_K  # noqa: E402
 from models.structurenet import embed_photos, normalise_photos, photo_view  # noqa: E402
 from models.train.pairs import flat_silhouette  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
 
-def decided(aligner: StructureAligner, seed: int, size: int) -> dict:
+def decided(aligner, seed: int, size: int) -> dict:  # noqa: ANN001 (flatten's aligner)
     """One validation photo through stages 1–3 and the category decision, with its truth."""
     s = generate(seed, size=size)
-    parsed = parse_garment(aligner.parser, s.wild_image, None)
+    parsed = aligner.parser.parse(s.wild_image)
     view = photo_view(aligner.structurenet, s.wild_image, parsed.mask > 0.5)
     with torch.inference_mode():
         query = embed_photos(aligner.structurenet, normalise_photos(view[None]))[0]
@@ -52,13 +52,13 @@ def decided(aligner: StructureAligner, seed: int, size: int) -> dict:
                 s.flat_mask), "landmarks": s.flat_landmarks}
 
 
-def score(aligner: StructureAligner, photos: list[dict], shape_k: int) -> dict:
+def score(aligner, photos: list[dict], shape_k: int) -> dict:  # noqa: ANN001
     ious: dict[bool, list[float]] = {True: [], False: []}
     nmes = []
+    aligner.SHAPE_K = shape_k  # this instance only
     for p in photos:
-        fused = fuse_with_landmarks(aligner.bank, p["query"], isotropic_landmarks(p["parsed"]),
-                                    p["parsed"].visibility, p["category"], k=aligner.K,
-                                    fit=p["fit"], shape_k=shape_k)
+        fused = aligner.fuse(aligner.bank, p["query"], p["parsed"], p["category"],
+                             fit=p["fit"])
         ious[p["right"]].append(iou(fused.silhouette, p["silhouette"]))
         if p["right"]:
             nmes.append(landmark_nme(fused.landmarks, p["landmarks"]))
@@ -83,7 +83,7 @@ def main() -> None:
         ap.error("--shape-ks takes whole numbers separated by commas, e.g. 0,8,64")
     if args.n < 1 or not shape_ks or min(shape_ks) < 0:
         ap.error("--n must be ≥ 1 and --shape-ks whole numbers ≥ 0")
-    aligner = StructureAligner()
+    aligner = get_pipeline("flatten").aligner  # stages 1–4 as the service runs them
     aligner.load()
     start = SPLITS["val"][0]
     photos = [decided(aligner, start + i, args.size) for i in tqdm(range(args.n), desc="photos")]

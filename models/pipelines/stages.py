@@ -134,6 +134,9 @@ class StructureAligner:
     # 0.845 / 0.831 (NME 0.0161 → 0.0159), 2 → 0.850 / 0.830.
     FIT_WEIGHT = 1.0
     FIT_CATEGORIES = 3
+    # How many best-fitting structures L̂ averages; None: models.slle.SHAPE_K (where the
+    # choice is explained). An attribute so bench/tune_fusion.py can weigh others.
+    SHAPE_K: int | None = None
 
     def __init__(self, fusion: str = "slle") -> None:
         if fusion not in ("slle", "nearest"):
@@ -196,7 +199,7 @@ class StructureAligner:
         decision's `CandidateFit` for this parse and query (unused once a hint changes
         either the bank or the query)."""
         from models.hints import reranked_query, restrict_rows
-        from models.slle import CANDIDATES, fuse_with_landmarks, nearest_structure
+        from models.slle import CANDIDATES, SHAPE_K, fuse_with_landmarks, nearest_structure
 
         if evidence is not None:
             fit = None
@@ -208,7 +211,8 @@ class StructureAligner:
         if self.fusion == "nearest":
             return nearest_structure(bank, query, category=category)
         return fuse_with_landmarks(bank, query, isotropic_landmarks(parsed), parsed.visibility,
-                                   category, k=self.K, fit=fit)
+                                   category, k=self.K, fit=fit,
+                                   shape_k=SHAPE_K if self.SHAPE_K is None else self.SHAPE_K)
 
     def category_posterior(self, parsed, bank, query: np.ndarray  # noqa: ANN001
                            ) -> tuple[dict[str, float], dict]:
