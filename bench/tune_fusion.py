@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +29,6 @@ from models.eval.retrieval import iou, landmark_nme  # noqa: E402
 from models.garments import SPLITS, generate  # noqa: E402
 from models.pipeline import get_pipeline  # noqa: E402
 from models.slle import SHAPE_K  # noqa: E402
-from models.structurenet import embed_photos, normalise_photos, photo_view  # noqa: E402
 from models.train.pairs import flat_silhouette  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -40,15 +38,10 @@ def decided(aligner, seed: int, size: int) -> dict:  # noqa: ANN001 (flatten's a
     """One validation photo through stages 1–3 and the category decision, with its truth."""
     s = generate(seed, size=size)
     parsed = aligner.parser.parse(s.wild_image)
-    view = photo_view(aligner.structurenet, s.wild_image, parsed.mask > 0.5)
-    with torch.inference_mode():
-        query = embed_photos(aligner.structurenet, normalise_photos(view[None]))[0]
-    posterior, fits = aligner.category_posterior(parsed, aligner.bank, query)
-    category = max(posterior, key=posterior.__getitem__)
-    if category != parsed.category:
-        parsed = aligner.parser.read_as(parsed, category)
-    return {"category": category, "right": category == s.category, "query": query,
-            "parsed": parsed, "fit": fits.get(category), "silhouette": flat_silhouette(
+    query, _ = aligner.embed(s.wild_image, parsed.mask > 0.5)
+    d = aligner.decide(parsed, aligner.bank, query)
+    return {"category": d.category, "right": d.category == s.category, "query": query,
+            "parsed": d.parsed, "fit": d.fits.get(d.category), "silhouette": flat_silhouette(
                 s.flat_mask), "landmarks": s.flat_landmarks}
 
 

@@ -72,10 +72,15 @@ def test_training_writes_weights_card_and_resumes(tmp_path: Path) -> None:
                              workers=1, device="cpu")
     metrics = train_pattern(cfg)
     assert 0 <= metrics["accuracy"] <= 1 and {"accuracy_flat", "accuracy_wild"} <= set(metrics)
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["seconds"]
     cfg.steps = 3
     train_pattern(cfg)  # resumes at step 2
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3
+    # The card's minutes are the run's, both sittings, not the resume's alone.
+    seconds = PatternClassifier.from_pretrained(tmp_path / "w").meta["training"][
+        "seconds_this_run"]
+    assert seconds >= round(first, 1) and state["seconds"] > first
     card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
     assert "flatlay train pattern --config tiny --steps 3" in card
 

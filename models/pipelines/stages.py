@@ -15,7 +15,7 @@ are imported only when used.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,20 @@ def parsed_mask(parser, rgb: np.ndarray) -> np.ndarray | None:  # noqa: ANN001
         return parse_garment(parser, rgb).mask > 0.5
     except PipelineError:
         return None
+
+
+@dataclass
+class CategoryDecision:
+    """What the category decision settles: the parse read with the category decided, its
+    posterior, a hint's evidence and what the hint did, and the landmark fits measured on the
+    way (category → `CandidateFit`, for stage 4 to reuse)."""
+
+    parsed: Any
+    category: str
+    confidence: float
+    evidence: Any = None
+    hint: dict[str, Any] | None = None
+    fits: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -210,8 +224,8 @@ class StructureAligner:
             query = reranked_query(query, evidence)
         if self.fusion == "nearest":
             return nearest_structure(bank, query, category=category)
-        return fuse_with_landmarks(bank, query, isotropic_landmarks(parsed), parsed.visibility,
-                                   category, k=self.K, fit=fit,
+        return fuse_with_landmarks(bank, query, _isotropic_landmarks(parsed),
+                                   parsed.visibility, category, k=self.K, fit=fit,
                                    shape_k=SHAPE_K if self.SHAPE_K is None else self.SHAPE_K)
 
     def category_posterior(self, parsed, bank, query: np.ndarray  # noqa: ANN001
@@ -254,7 +268,7 @@ class StructureAligner:
             category = CATEGORIES[i]
             read = parsed if category == parsed.category else self.parser.read_as(parsed,
                                                                                   category)
-            fit = landmark_fit(bank, query, isotropic_landmarks(read), read.visibility, category)
+            fit = landmark_fit(bank, query, _isotropic_landmarks(read), read.visibility, category)
             if fit is not None:
                 measured[category] = fit
                 logs[int(i)] = float(np.log(max(fit.score(), 1e-4)))
@@ -263,16 +277,47 @@ class StructureAligner:
         worst = max(logs.values())
         return np.array([logs.get(i, worst) for i in range(len(CATEGORIES))]), measured
 
+    def embed(self, rgb: np.ndarray, garment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 2: the photo tower's embedding e (D,) of the view it sees (the garment's crop
+        and mask, (P, P, 4) uint8), and that view."""
+        import torch
+
+        from models.structurenet import embed_photos, normalise_photos, photo_view
+
+        view = photo_view(self.structurenet, rgb, garment)
+        with torch.inference_mode():
+            return embed_photos(self.structurenet, normalise_photos(view[None]))[0], view
+
+    def decide(self, parsed, bank, query: np.ndarray,  # noqa: ANN001
+               hint: str | None = None) -> CategoryDecision:
+        """The category decision (stage 3, before the fusion): the posterior of
+        `category_posterior`, with a text hint's evidence beside it, and the parse read with
+        the category decided."""
+        posterior, fits = self.category_posterior(parsed, bank, query)
+        photo, evidence, outcome = posterior, None, None
+        if hint:
+            from models.hints import combine_categories, hint_evidence
+
+            evidence = hint_evidence(hint, bank)
+            posterior = combine_categories(photo, evidence)
+        category = max(posterior, key=posterior.__getitem__)
+        if evidence is not None:
+            from models.hints import hint_outcome
+
+            outcome = hint_outcome(evidence, photo, category)
+        if category != parsed.category:
+            parsed = self.parser.read_as(parsed, category)
+        return CategoryDecision(parsed=parsed, category=category,
+                                confidence=posterior[category], evidence=evidence,
+                                hint=outcome, fits=fits)
+
     def align(self, rgb: np.ndarray, given: StructureSpec | None, size: int,
               clock: StageClock, hint: str | None = None) -> CoarseAlignment:
         """Stages 1–5: parse, embed, retrieve + fuse (or the given structure), and the warp of
         the photo onto the fused landmarks on a `size`² canonical canvas. A text `hint` is
         evidence beside the photo for the category and the structures fused (a given
         structure overrides both)."""
-        import torch
-
         from models.slle import structure_on_landmarks
-        from models.structurenet import embed_photos, normalise_photos, photo_view
         from models.warp import warp_photo
 
         if self.parser is None:
@@ -281,34 +326,21 @@ class StructureAligner:
             parsed = parse_garment(self.parser, rgb, given.category if given else None)
             garment = parsed.mask > 0.5
         with clock.stage("embed"):
-            view = photo_view(self.structurenet, rgb, garment)
-            with torch.inference_mode():
-                query = embed_photos(self.structurenet, normalise_photos(view[None]))[0]
+            query, view = self.embed(rgb, garment)
             crop = view[..., :3]
         with clock.stage("retrieve"):
             bank = self.fresh_bank()
-            confidence, evidence, outcome, fits = None, None, None, {}
-            if given is not None and hint:
+            confidence, outcome, decision = None, None, None
+            if given is None:
+                decision = self.decide(parsed, bank, query, hint)
+                parsed, confidence, outcome = decision.parsed, decision.confidence, decision.hint
+            elif hint:
                 outcome = {"text": hint, "won": "structure",
                            "why": "the request's structure decides the category and shape"}
-            if given is None:
-                posterior, fits = self.category_posterior(parsed, bank, query)
-                photo = posterior
-                if hint:
-                    from models.hints import combine_categories, hint_evidence, hint_outcome
-
-                    evidence = hint_evidence(hint, bank)
-                    posterior = combine_categories(photo, evidence)
-                category = max(posterior, key=posterior.__getitem__)
-                confidence = posterior[category]
-                if evidence is not None:
-                    outcome = hint_outcome(evidence, photo, category)
-                if category != parsed.category:
-                    parsed = self.parser.read_as(parsed, category)
             try:
-                if given is None:
-                    fused = self.fuse(bank, query, parsed, category, evidence,
-                                      fits.get(category))
+                if decision is not None:
+                    fused = self.fuse(bank, query, parsed, decision.category,
+                                      decision.evidence, decision.fits.get(decision.category))
                 else:
                     fused = structure_on_landmarks(bank, query, given.category,
                                                    given.landmarks, self.K)
@@ -348,7 +380,7 @@ class StructureAligner:
         return photo_box, canvas_box
 
 
-def isotropic_landmarks(parsed) -> np.ndarray:  # noqa: ANN001
+def _isotropic_landmarks(parsed) -> np.ndarray:  # noqa: ANN001
     """Parsed landmarks in the photo's pixels over its longer side (the unit square of a
     non-square photo would stretch them)."""
     h, w = parsed.mask.shape

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,20 +118,25 @@ def supervised_loop(cfg: TrainRun, model: torch.nn.Module, opt: torch.optim.Opti
                     batch_loss: Callable[[], tuple[torch.Tensor, dict[str, float]]],
                     evaluate: Callable[[], dict[str, Any]],
                     rng: tuple[Callable[[], Any], Callable[[Any], None]],
-                    after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+                    after_step: Callable[[], None] | None = None
+                    ) -> tuple[list[dict[str, Any]], float]:
     """The loop the parser, StructureNet and pattern trainers share: resume from the run's
     checkpoint, cosine learning rate, one `batch_loss()` (loss, parts to show) per step,
     validation (`evaluate()`) every `eval_every` steps and at the end, a checkpoint every
     `ckpt_every`. `rng`: (get, set) of the random state the batches are drawn from, kept in
-    the checkpoint. Returns the validation history."""
+    the checkpoint. Returns the validation history and the run's training seconds, summed
+    over every resume (the checkpoint keeps them: a card's minutes are the run's, not the
+    last resume's)."""
     run = Path(cfg.run_dir)
-    step, history = 0, []
+    step, history, before = 0, [], 0.0
     state = load_checkpoint(run, cfg.device)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng[1](state["rng"])
         step, history = state["step"], state["history"]
+        before = state.get("seconds", 0.0)  # older checkpoints did not keep them
+    started = time.time()
     model.train()
     bar = tqdm(total=steps, initial=step, desc=desc)
     while step < steps:
@@ -150,6 +156,7 @@ def supervised_loop(cfg: TrainRun, model: torch.nn.Module, opt: torch.optim.Opti
                                        **evaluate()})
         if step % cfg.ckpt_every == 0 or step == steps:
             save_checkpoint(run, {"model": model.state_dict(), "opt": opt.state_dict(),
-                                  "rng": rng[0](), "step": step, "history": history})
+                                  "rng": rng[0](), "step": step, "history": history,
+                                  "seconds": before + time.time() - started})
     bar.close()
-    return history
+    return history, round(before + time.time() - started, 1)

@@ -13,7 +13,6 @@ the hint's category mass names the stated category.
 from __future__ import annotations
 
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -134,8 +133,7 @@ def train_hints(cfg: HintsTrainConfig) -> dict:
         with torch.no_grad():  # as CLIP: the temperature stays below 100
             net.logit_scale.clamp_(0, np.log(100))
 
-    started = time.time()
-    history = supervised_loop(
+    history, seconds = supervised_loop(
         cfg, net, opt, desc="train hints", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
         eval_every=cfg.eval_every, batch_loss=batch_loss,
         evaluate=lambda: evaluate(encoder, bank, table, val_texts, val_stated),
@@ -147,7 +145,7 @@ def train_hints(cfg: HintsTrainConfig) -> dict:
         "config": {**asdict(cfg), "model": model},
         "bank": {"entries": len(bank), "model": bank.model},
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
-        "seconds_this_run": round(time.time() - started, 1),
+        "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
     HintEncoder(net.cpu()).save_pretrained(Path(cfg.out), {"training": training,

@@ -10,7 +10,6 @@ against the best constant gain (what a model that ignores the scene can do).
 from __future__ import annotations
 
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -112,8 +111,7 @@ def train_illuminant(cfg: IlluminantTrainConfig) -> dict:
         loss = F.mse_loss(net(x[idx]), y[idx])
         return loss, {"loss": loss.item()}
 
-    started = time.time()
-    history = supervised_loop(
+    history, seconds = supervised_loop(
         cfg, net, opt, desc="train illuminant", steps=cfg.steps, lr=cfg.lr,
         warmup=cfg.warmup, eval_every=cfg.eval_every, batch_loss=batch_loss,
         evaluate=lambda: evaluate(net, val, constant, cfg.device), rng=numpy_rng(rng))
@@ -124,7 +122,7 @@ def train_illuminant(cfg: IlluminantTrainConfig) -> dict:
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
-        "seconds_this_run": round(time.time() - started, 1),
+        "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
     # The best constant gain is kept beside the weights: what the net is measured against.

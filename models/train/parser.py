@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -142,16 +141,12 @@ def _cache(run_dir: Path, split: str, n: int, zoom: bool) -> Path:
     return run_dir / f"parser-{split}-{n}-{PARSER_INPUT}{'-zoom' if zoom else ''}.npz"
 
 
-def _load(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
 def parser_data(run_dir: Path, split: str, n: int, workers: int, zoom: bool = False
                 ) -> dict[str, np.ndarray]:
     cache = _cache(run_dir, split, n, zoom)
     if cache.is_file():
-        return _load(cache)
+        with np.load(cache) as z:
+            return {k: z[k] for k in z.files}
     start = SPLITS[split][0]
     data = render_parser_data(list(range(start, start + n)), workers,
                               f"render {split}{' (zoom)' if zoom else ''}", zoom)
@@ -328,8 +323,7 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
                         if k != "n"}
         return metrics
 
-    started = time.time()
-    history = supervised_loop(
+    history, seconds = supervised_loop(
         cfg, net, opt, desc="train parser", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
         eval_every=cfg.eval_every, batch_loss=batch_loss,
         evaluate=validate, rng=numpy_rng(rng))
@@ -344,7 +338,7 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
-        "seconds_this_run": round(time.time() - started, 1),
+        "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
     training |= {"started_from": before if cfg.init else None,

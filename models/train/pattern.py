@@ -12,7 +12,6 @@ automatically; weights, config and a model card at the end.
 from __future__ import annotations
 
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -129,8 +128,7 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
         loss = F.cross_entropy(net(x.to(cfg.device)), y.to(cfg.device))
         return loss, {"loss": loss.item()}
 
-    started = time.time()
-    history = supervised_loop(
+    history, seconds = supervised_loop(
         cfg, net, opt, desc="train pattern", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
         eval_every=cfg.eval_every, batch_loss=batch_loss,
         evaluate=lambda: evaluate(net, val_data, cfg.device),
@@ -142,7 +140,7 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
-        "seconds_this_run": round(time.time() - started, 1),
+        "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
     PatternClassifier(net.cpu()).save_pretrained(Path(cfg.out), {"training": training,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -177,8 +176,7 @@ def train(cfg: TrainConfig) -> dict:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
 
-    started = time.time()
-    history = supervised_loop(
+    history, seconds = supervised_loop(
         cfg, model, opt, desc="train structurenet", steps=cfg.steps, lr=cfg.lr,
         warmup=cfg.warmup, eval_every=cfg.eval_every, batch_loss=batch_loss,
         evaluate=lambda: evaluate(model, val_pairs, cfg.device),
@@ -193,7 +191,7 @@ def train(cfg: TrainConfig) -> dict:
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "train_pairs": len(photos),
         "withheld_categories": list(cfg.withhold),
-        "seconds_this_run": round(time.time() - started, 1),
+        "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
     model.cpu().save_pretrained(Path(cfg.out), extra={"training": training, "metrics": final})
