@@ -1,5 +1,6 @@
 """Catalog attributes of a delivered flat-lay: category, sleeve length, length, neckline and
-dominant colours, read from the structure the pipeline fused and the pixels it delivered.
+dominant colours, read from the structure the pipeline fused and the pixels it delivered
+(the neckline from the photo's own parsed landmarks where the pipeline has them).
 
 Torch-free and cheap (a few ms a job): the worker runs it after the pipeline, and the
 attributes benchmark (models.eval.attributes) runs the same functions on the garment
@@ -329,20 +330,27 @@ def world_pattern(attributes: dict[str, Any]) -> str:
 def garment_attributes(category: str | None, landmarks: np.ndarray | None,
                        rgb: np.ndarray, alpha: np.ndarray, *,
                        category_confidence: float | None = None,
-                       frame: str = "canonical", pattern: str | None = None) -> dict[str, Any]:
+                       frame: str = "canonical", pattern: str | None = None,
+                       photo_landmarks: np.ndarray | None = None) -> dict[str, Any]:
     """The attributes of one delivered flat-lay as JSON: category {value, confidence},
     sleeve_length, length, neckline (each only where it applies and the structure is
     readable), pattern (as models.pattern read it, where given), colors [{name, hex, share}]
-    from the delivered pixels."""
+    from the delivered pixels. With `photo_landmarks` (the photo's own, parsed as
+    `category`) the neckline is read from them: the fused structure is a mean of many
+    necklines (right on 0.776 of 281 validation photos whose category was right, against
+    0.669 from the fused landmarks)."""
     out: dict[str, Any] = {}
     if category is not None:
         conf = None if category_confidence is None else round(float(category_confidence), 4)
         out["category"] = {"value": category, "confidence": conf}
         if landmarks is not None:
-            for name, fn in (("sleeve_length", sleeve_length), ("length", garment_length),
-                             ("neckline", neckline)):
+            for name, fn, lms, frm in (
+                    ("sleeve_length", sleeve_length, landmarks, frame),
+                    ("length", garment_length, landmarks, frame),
+                    ("neckline", neckline, landmarks, frame) if photo_landmarks is None
+                    else ("neckline", neckline, photo_landmarks, "photo")):
                 try:
-                    value = fn(category, landmarks, frame)
+                    value = fn(category, lms, frm)
                 except (ValueError, KeyError):  # a schema that does not fit: say nothing
                     value = None
                 if value is not None:

@@ -140,7 +140,8 @@ def delivered_attributes(result: FlatLayResult) -> dict[str, Any]:
     pattern = shipped_classifier().read(rgb, alpha) if float(np.max(alpha)) > 0.5 else None
     out = garment_attributes(result.category, result.landmarks, result.image, result.alpha,
                              category_confidence=result.category_confidence,
-                             frame=result.frame, pattern=pattern)
+                             frame=result.frame, pattern=pattern,
+                             photo_landmarks=result.photo_landmarks)
     if result.hint is not None:
         out["hint"] = result.hint
     return out

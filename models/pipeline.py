@@ -161,6 +161,10 @@ class FlatLayResult:
     texture: tuple[np.ndarray, np.ndarray] | None = None
     # What the request's text hint did (models.hints.hint_outcome), where it had one.
     hint: dict[str, Any] | None = None
+    # (L, 2) the photo's own landmarks, parsed as `category` (isotropic photo frame), where
+    # the pipeline decided the structure itself: the neckline attribute is read from them,
+    # as the fused structure averages the neighbours' necklines into a scoop.
+    photo_landmarks: np.ndarray | None = None
 
     def structure_json(self) -> dict[str, Any] | None:
         if self.category is None or self.landmarks is None:

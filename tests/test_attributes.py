@@ -102,6 +102,22 @@ def test_neckline_by_category_and_where_the_structure_cannot_tell() -> None:
     assert neckline("skirt", _samples("skirt", TEST_SEEDS)[0].flat_landmarks) is None
 
 
+def test_the_neckline_is_read_from_the_photo_s_own_landmarks_where_given() -> None:
+    """The fused structure averages necklines, so a pipeline that parsed the photo reads the
+    neckline from the parse (any frame: depths scale by the garment's width); the lengths
+    still come from the delivered structure."""
+    tops = _samples("tshirt", range(1_100_000, 1_100_040))
+    v = next(s for s in tops if s.attributes["shape"]["neckline"] == "v")
+    other = next(s for s in tops if neckline("tshirt", s.flat_landmarks) not in ("v", None))
+    rgb, alpha = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8))
+    attrs = garment_attributes("tshirt", other.flat_landmarks, rgb, alpha,
+                               photo_landmarks=v.flat_landmarks * 300 + 40)
+    assert attrs["neckline"] == "v"
+    assert attrs["sleeve_length"] == sleeve_length("tshirt", other.flat_landmarks)
+    assert garment_attributes("tshirt", other.flat_landmarks, rgb, alpha)["neckline"] == \
+        neckline("tshirt", other.flat_landmarks)
+
+
 def test_canvas_frame_lengths_follow_the_garment_s_own_width() -> None:
     """Landmarks in another frame (cutout's canvas: any scale and offset) are scaled by the
     garment's width instead of the category's canonical scale: independent of the frame's

@@ -40,6 +40,8 @@ def test_flatten_gives_the_structure_it_used(flatten) -> None:  # noqa: ANN001
     r = flatten(s.wild_image, PipelineOptions(output_size=512))
     assert r.image.shape == (512, 512, 4) and r.alpha.shape == (512, 512)
     assert r.landmarks.shape == (num_landmarks(r.category), 2)
+    # The photo's own landmarks in the decided schema, for the neckline attribute.
+    assert r.photo_landmarks.shape == r.landmarks.shape
     # square-white keeps the canonical frame: the canvas is the canonical canvas.
     assert np.allclose(r.canvas_landmarks, r.landmarks)
     assert len(r.neighbours) == flatten.aligner.K
@@ -80,6 +82,7 @@ def test_a_given_structure_replaces_retrieval(flatten) -> None:  # noqa: ANN001
         output_size=512, structure=StructureSpec(spec.category, lower)))
     assert longer.category == spec.category
     assert np.allclose(longer.landmarks, lower, atol=1e-5)
+    assert longer.photo_landmarks is None  # the given structure tells the neckline
     bottom = lambda r: np.nonzero((r.alpha > 0.5).any(1))[0].max()  # noqa: E731
     assert bottom(longer) > bottom(first) + 0.03 * 512
 

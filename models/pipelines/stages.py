@@ -112,6 +112,9 @@ class CoarseAlignment:
     category_confidence: float | None = None
     # What a request's text hint did (models.hints.hint_outcome), None without one.
     hint: dict[str, Any] | None = None
+    # The decided parse's landmarks, isotropic photo frame (None where the request gave the
+    # structure: then its landmarks say everything).
+    photo_landmarks: np.ndarray | None = None
 
 
 class StructureAligner:
@@ -350,7 +353,9 @@ class StructureAligner:
             src, dst = self._correspondences(parsed, fused, garment)
             warped = warp_photo(rgb, parsed.mask, src, dst, size, self.TPS_SMOOTHING)
         return CoarseAlignment(parsed=parsed, query=query, fused=fused, warped=warped,
-                               crop=crop, category_confidence=confidence, hint=outcome)
+                               crop=crop, category_confidence=confidence, hint=outcome,
+                               photo_landmarks=None if given is not None
+                               else _isotropic_landmarks(parsed))
 
     def silhouette(self, coarse: CoarseAlignment, size: int) -> np.ndarray:
         """The garment's (size, size) alpha: Ŝ, refined against the warped photo near its
@@ -425,4 +430,5 @@ def deliver(options: PipelineOptions, image: np.ndarray, alpha: np.ndarray, *,
         coarse=coarse.warped.image if with_warp and coarse is not None else None,
         texture=(coarse.warped.image, np.asarray(alpha, np.float32) * coarse.warped.validity)
         if with_warp and coarse is not None else None,
-        hint=coarse.hint if coarse is not None else None)
+        hint=coarse.hint if coarse is not None else None,
+        photo_landmarks=coarse.photo_landmarks if coarse is not None else None)
