@@ -145,6 +145,8 @@ TRAINERS = {
                          "train_generator", "the diffusion pass's denoiser (after `train vae`)"),
     "pattern": Trainer("pattern", "models.train.pattern", "PatternTrainConfig", "train_pattern",
                        "the pattern head (the `pattern` attribute)"),
+    "closure": Trainer("closure", "models.train.pattern", "ClosureTrainConfig", "train_pattern",
+                       "the closure head (the `closure` attribute)"),
     "illuminant": Trainer("illuminant", "models.train.illuminant", "IlluminantTrainConfig",
                           "train_illuminant",
                           "the illuminant estimator (the generator's colour constancy)"),

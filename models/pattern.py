@@ -1,6 +1,7 @@
-"""The pattern head: which retail pattern (models.attributes.PATTERNS) a delivered garment
-wears, read from its pixels by a small CNN trained on the garment world (`flatlay train
-pattern`), which knows every garment's fabric and print.
+"""The garment heads: which retail pattern (models.attributes.PATTERNS) a delivered garment
+wears, and how it closes (CLOSURES, between the choices its category has), read from its
+pixels by small CNNs trained on the garment world (`flatlay train pattern|closure`), which
+knows every garment's fabric, print and front.
 
 Input: the garment's RGBA, cropped to its alpha's box, squared on white and reduced to
 `input_size`² (`pattern_input`), so stripes and checks keep their size relative to the
@@ -19,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.attributes import PATTERNS, garment_attributes
+from models.attributes import CLOSURE_CHOICES, CLOSURES, PATTERNS, garment_attributes
 from models.config import model_config
 from models.parser import conv_block
 from models.pretrained import load_weights, read_meta, save_weights
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from models.pipeline import FlatLayResult
 
 PATTERN_WEIGHTS = Path(__file__).parent / "weights" / "pattern-tiny"
+CLOSURE_WEIGHTS = Path(__file__).parent / "weights" / "closure-tiny"
 
 
 def pattern_input(rgb: np.ndarray, alpha: np.ndarray, size: int) -> np.ndarray:
@@ -70,26 +72,28 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
 
 
 class PatternNet(nn.Module):
-    """(B, 4, S, S) → (B, len(PATTERNS)) logits: four stride-2 blocks, then the mean and the
-    max over the garment (a print is local, a stripe everywhere)."""
+    """(B, 4, S, S) → (B, classes) logits: four stride-2 blocks, then the mean and the max
+    over the garment (a print is local, a stripe everywhere; a zip or a placket is a line)."""
 
-    def __init__(self, width: int, input_size: int) -> None:
+    def __init__(self, width: int, input_size: int, classes: int = len(PATTERNS)) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(conv_block(4, w, 2), conv_block(w, 2 * w, 2),
                                       conv_block(2 * w, 4 * w, 2), conv_block(4 * w, 8 * w, 2))
-        self.head = nn.Linear(16 * w, len(PATTERNS))
-        self.width, self.input_size = width, input_size
+        self.head = nn.Linear(16 * w, classes)
+        self.width, self.input_size, self.classes = width, input_size, classes
 
     @classmethod
-    def from_config(cls, config: str | dict[str, Any]) -> PatternNet:
-        """A fresh net from a named architecture (`models/configs/pattern-NAME.json`) or its
+    def from_config(cls, config: str | dict[str, Any], family: str = "pattern",
+                    classes: int = len(PATTERNS)) -> PatternNet:
+        """A fresh net from a named architecture (`models/configs/FAMILY-NAME.json`) or its
         dict."""
-        cfg = model_config("pattern", config) if isinstance(config, str) else config
-        return cls(width=int(cfg["width"]), input_size=int(cfg["input_size"]))
+        cfg = model_config(family, config) if isinstance(config, str) else config
+        return cls(width=int(cfg["width"]), input_size=int(cfg["input_size"]),
+                   classes=int(cfg.get("classes", classes)))
 
     def config(self) -> dict[str, int]:
-        return {"width": self.width, "input_size": self.input_size}
+        return {"width": self.width, "input_size": self.input_size, "classes": self.classes}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -97,51 +101,103 @@ class PatternNet(nn.Module):
 
 
 class PatternClassifier:
-    """The trained head with its input preparation: `read(rgb, alpha)` per garment."""
+    """The trained pattern head with its input preparation: `read(rgb, alpha)` per garment.
+    Subclasses name another head's labels and weights (ClosureClassifier)."""
+
+    NAME = "pattern"
+    LABELS: tuple[str, ...] = PATTERNS
+    WEIGHTS = PATTERN_WEIGHTS
 
     def __init__(self, net: PatternNet, meta: dict[str, Any] | None = None) -> None:
         self.net = net.eval()
         self.meta = meta or {}
 
+    @staticmethod
+    def choices(category: str | None) -> tuple[str, ...] | None:
+        """The labels a garment of `category` can have (None: every label)."""
+        return None
+
     @classmethod
-    def from_pretrained(cls, folder: Path = PATTERN_WEIGHTS) -> PatternClassifier:
-        meta = read_meta(folder, "pattern head", "flatlay train pattern")
-        if list(meta["patterns"]) != list(PATTERNS):
-            raise ValueError(f"{folder} was trained for patterns {meta['patterns']}, "
-                             f"not {list(PATTERNS)}")
-        return cls(load_weights(folder, PatternNet.from_config(meta["model_cfg"])), meta)
+    def from_pretrained(cls, folder: Path | None = None) -> PatternClassifier:
+        folder = Path(folder or cls.WEIGHTS)
+        meta = read_meta(folder, f"{cls.NAME} head", f"flatlay train {cls.NAME}")
+        key = f"{cls.NAME}s"  # "patterns", "closures"
+        if list(meta.get(key, [])) != list(cls.LABELS):
+            raise ValueError(f"{folder} was trained for {key} {meta.get(key)}, "
+                             f"not {list(cls.LABELS)}")
+        net = PatternNet.from_config(meta["model_cfg"], classes=len(cls.LABELS))
+        return cls(load_weights(folder, net), meta)
 
     def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
         save_weights(folder, self.net, {"architecture": "PatternNet",
                                         "model_cfg": self.net.config(),
-                                        "patterns": list(PATTERNS), **(extra or {})})
+                                        f"{self.NAME}s": list(self.LABELS), **(extra or {})})
 
     @torch.inference_mode()
     def probabilities(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        """(len(PATTERNS),) probabilities for one garment."""
+        """(len(LABELS),) probabilities for one garment."""
         x = to_tensor(pattern_input(rgb, alpha, self.net.input_size)[None])
         return torch.softmax(self.net(x), 1)[0].numpy()
 
-    def read(self, rgb: np.ndarray, alpha: np.ndarray) -> str:
-        return PATTERNS[int(np.argmax(self.probabilities(rgb, alpha)))]
+    def read(self, rgb: np.ndarray, alpha: np.ndarray,
+             choices: tuple[str, ...] | None = None) -> str:
+        """The likeliest label, among `choices` where given."""
+        p = self.probabilities(rgb, alpha)
+        allowed = [i for i, name in enumerate(self.LABELS) if choices is None or name in choices]
+        return self.LABELS[max(allowed, key=lambda i: p[i])]
+
+
+class ClosureClassifier(PatternClassifier):
+    """The closure head: pull-on, zip, button, wrap or drawstring, read between the choices
+    the garment's category has (models.attributes.CLOSURE_CHOICES)."""
+
+    NAME = "closure"
+    LABELS = CLOSURES
+    WEIGHTS = CLOSURE_WEIGHTS
+
+    @staticmethod
+    def choices(category: str | None) -> tuple[str, ...] | None:
+        return CLOSURE_CHOICES.get(category or "", ())
 
 
 @functools.cache
 def shipped_classifier() -> PatternClassifier:
-    """The shipped head, loaded once per process."""
+    """The shipped pattern head, loaded once per process."""
     return PatternClassifier.from_pretrained()
 
 
+@functools.cache
+def shipped_closure_head() -> ClosureClassifier:
+    """The shipped closure head, loaded once per process."""
+    return ClosureClassifier.from_pretrained()
+
+
+def read_closure(category: str | None, rgb: np.ndarray, alpha: np.ndarray) -> str | None:
+    """The garment's closure: its category's own where it has one, else the closure head's
+    reading among the category's choices; None without a category (or one the world does
+    not know) or a garment."""
+    choices = ClosureClassifier.choices(category)
+    if not choices:
+        return None
+    if len(choices) == 1:
+        return choices[0]
+    if float(np.max(alpha)) <= 0.5:
+        return None
+    return shipped_closure_head().read(rgb, alpha, choices)
+
+
 def delivered_attributes(result: FlatLayResult) -> dict[str, Any]:
-    """A pipeline result's catalog attributes, pattern included (read from the photo's own
-    texture where the pipeline re-draws the garment, else from the delivered pixels): what
-    the worker stores and the attributes benchmark scores (one definition for both)."""
+    """A pipeline result's catalog attributes, pattern and closure included (read from the
+    photo's own texture where the pipeline re-draws the garment, as a generation washes out
+    prints, zips and buttons; else from the delivered pixels): what the worker stores and
+    the attributes benchmark scores (one definition for both)."""
     rgb, alpha = result.texture or (result.image[..., :3], result.alpha)
     pattern = shipped_classifier().read(rgb, alpha) if float(np.max(alpha)) > 0.5 else None
     out = garment_attributes(result.category, result.landmarks, result.image, result.alpha,
                              category_confidence=result.category_confidence,
                              frame=result.frame, pattern=pattern,
-                             photo_landmarks=result.photo_landmarks)
+                             photo_landmarks=result.photo_landmarks,
+                             closure=read_closure(result.category, rgb, alpha))
     if result.hint is not None:
         out["hint"] = result.hint
     return out

@@ -57,7 +57,7 @@ def _file_name(sku: str, ext: str, used: set[str]) -> str:
 # The hint's columns: the text as used, the category it pointed to, and which side won
 # (`attributes.hint`; empty without a hint).
 ATTRIBUTE_COLUMNS = ("category", "category_confidence", "sleeve_length", "length",
-                     "neckline", "pattern", "color", "color_hex", "color_share",
+                     "neckline", "pattern", "closure", "color", "color_hex", "color_share",
                      "hint", "hint_category", "hint_won")
 
 
@@ -70,7 +70,8 @@ def attribute_cells(attributes: dict[str, Any] | None) -> tuple[str, ...]:
     hint = a.get("hint") or {}
     return (category.get("value") or "", "" if confidence is None else f"{confidence:.4f}",
             a.get("sleeve_length") or "", a.get("length") or "", a.get("neckline") or "",
-            a.get("pattern") or "", "/".join(c["name"] for c in colors),
+            a.get("pattern") or "", a.get("closure") or "",
+            "/".join(c["name"] for c in colors),
             "/".join(c["hex"] for c in colors),
             "/".join(f"{c['share']:.3f}" for c in colors),
             hint.get("text") or "", hint.get("category") or "", hint.get("won") or "")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from models.attributes import PATTERNS
+from models.attributes import CLOSURES, PATTERNS
 from models.pipeline import MAX_SIZE, MIN_SIZE
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -111,6 +111,11 @@ class Attributes(BaseModel):
         default=None, description="the garment's pattern, read from its pixels (the photo's "
         "own texture where the generator re-draws the garment): "
         f"{', '.join(PATTERNS[:-1])} or {PATTERNS[-1]} (Merchant Center's `pattern`)")
+    closure: str | None = Field(
+        default=None, description="how the garment closes (the feeds' closure type): "
+        f"{', '.join(CLOSURES[:-1])} or {CLOSURES[-1]}; the category's own where it has one "
+        "(a shirt buttons), else read from the photo's own texture between the category's "
+        "choices")
     colors: list[ColorAttribute] = Field(
         default_factory=list, description="up to 3 dominant colours of the delivered "
         "garment, clustered in CIELAB, largest share first")
@@ -170,7 +175,8 @@ class AssetStatus(BaseModel):
         "asset has succeeded")
     attributes: Attributes | None = Field(
         default=None, description="catalog attributes of the result (category, sleeve "
-        "length, length, neckline, pattern, colours); null until the asset has succeeded")
+        "length, length, neckline, pattern, closure, colours); null until the asset has "
+        "succeeded")
     review_suggested: bool | None = Field(
         default=None, description="true when the category's confidence is below "
         "FLATLAY_REVIEW_CONFIDENCE: route the asset to a person before publishing it; null "

@@ -16,6 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.attributes import (
+    CLOSURE_CHOICES,
+    CLOSURES,
     LENGTHS,
     NECKLINES,
     PATTERNS,
@@ -25,6 +27,7 @@ from models.attributes import (
     garment_length,
     neckline,
     sleeve_length,
+    world_closure,
 )
 from models.garments import generate
 from service.app import create_app
@@ -116,6 +119,20 @@ def test_the_neckline_is_read_from_the_photo_s_own_landmarks_where_given() -> No
     assert attrs["sleeve_length"] == sleeve_length("tshirt", other.flat_landmarks)
     assert garment_attributes("tshirt", other.flat_landmarks, rgb, alpha)["neckline"] == \
         neckline("tshirt", other.flat_landmarks)
+
+
+def test_the_world_s_closures_are_among_their_category_s_choices() -> None:
+    """Every category's truth is one of its choices; where the choice is the pixels', both
+    sides occur (a head that always answered one would be wrong on the rest)."""
+    seen: dict[str, set[str]] = {}
+    for seed in range(1_100_000, 1_100_240):
+        s = generate(seed, size=32)
+        closure = world_closure(s.category, s.attributes["shape"])
+        assert closure in CLOSURE_CHOICES[s.category], (seed, s.category, closure)
+        seen.setdefault(s.category, set()).add(closure)
+    assert set(CLOSURE_CHOICES) == set(seen)
+    assert seen["jacket"] == {"zip", "button"} and seen["hoodie"] == {"pull-on", "zip"}
+    assert set().union(*seen.values()) <= set(CLOSURES)
 
 
 def test_canvas_frame_lengths_follow_the_garment_s_own_width() -> None:
@@ -256,7 +273,7 @@ def test_manifest_csv_has_one_column_per_attribute(client: TestClient) -> None:
     ok, failed = (i["asset_id"] for i in client.get(f"/batches/{batch['id']}").json()["items"])
     attrs = {"category": {"value": "dress", "confidence": 0.8731},
              "sleeve_length": "short", "length": "midi", "neckline": "v", "pattern": "striped",
-             "colors": [{"name": "navy", "hex": "#1a2040", "share": 0.71},
+             "closure": "button", "colors": [{"name": "navy", "hex": "#1a2040", "share": 0.71},
                         {"name": "white", "hex": "#f4f4f2", "share": 0.2}],
              "hint": {"text": "midi dress, short sleeves", "category": "dress",
                       "confidence": 0.97, "photo_category": "skirt", "decided": "dress",
@@ -274,7 +291,8 @@ def test_manifest_csv_has_one_column_per_attribute(client: TestClient) -> None:
     assert reader.fieldnames == ["sku", "status", "error_code", "file", *ATTRIBUTE_COLUMNS]
     assert {k: rows["SKU-1"][k] for k in ATTRIBUTE_COLUMNS} == {
         "category": "dress", "category_confidence": "0.8731", "sleeve_length": "short",
-        "length": "midi", "neckline": "v", "pattern": "striped", "color": "navy/white",
+        "length": "midi", "neckline": "v", "pattern": "striped", "closure": "button",
+        "color": "navy/white",
         "color_hex": "#1a2040/#f4f4f2", "color_share": "0.710/0.200",
         "hint": "midi dress, short sleeves", "hint_category": "dress", "hint_won": "hint"}
     assert all(rows["SKU-2"][k] == "" for k in ATTRIBUTE_COLUMNS)
@@ -287,9 +305,10 @@ def test_openapi_documents_the_attributes(client: TestClient) -> None:
     assert "catalog attributes" in status["description"]
     attrs = schemas["Attributes"]["properties"]
     assert set(attrs) == {"category", "sleeve_length", "length", "neckline", "pattern",
-                          "colors", "hint"}
+                          "closure", "colors", "hint"}
     for field, values in (("sleeve_length", SLEEVE_LENGTHS), ("length", LENGTHS),
-                          ("neckline", NECKLINES), ("pattern", PATTERNS)):
+                          ("neckline", NECKLINES), ("pattern", PATTERNS),
+                          ("closure", CLOSURES)):
         described = attrs[field]["description"]
         assert all(v in described for v in values), (field, described)
     for name in ("CategoryAttribute", "ColorAttribute"):

@@ -9,9 +9,9 @@ does. The truth is the same function on the truth: the true category, the TRUE f
 landmarks (canonical frame) and the true flat-lay's pixels and mask, so the benchmark
 measures the pipeline, not a second definition.
 
-- accuracy per attribute (category, sleeve_length, length, neckline, pattern): over the
-  assets whose truth has the attribute; a failed job, or a missing or different prediction,
-  is wrong.
+- accuracy per attribute (category, sleeve_length, length, neckline, pattern, closure): over
+  the assets whose truth has the attribute; a failed job, or a missing or different
+  prediction, is wrong.
   `_given_category` is the same over the assets whose category came out right.
 - colours: the dominant (largest share) colour of the output against the truth's dominant
   colour: `color_name_accuracy` (same vocabulary name), `color_delta_e_median` (CIEDE2000
@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-# Scored by exact match; `pattern` is read from the pixels by models.pattern.
-STRUCTURE_ATTRIBUTES = ("category", "sleeve_length", "length", "neckline", "pattern")
+# Scored by exact match; `pattern` and `closure` are read from the pixels by models.pattern.
+STRUCTURE_ATTRIBUTES = ("category", "sleeve_length", "length", "neckline", "pattern",
+                        "closure")
 PRESET = "square-white"
 WITHIN = 5.0
 
@@ -49,11 +50,13 @@ def _hex_lab(value: str) -> np.ndarray:
 
 def truth_attributes(sample: Any) -> dict[str, Any]:  # noqa: ANN401 (GarmentSample)
     """The attributes of a garment-world sample's truth (true category, landmarks, flat-lay)."""
-    from models.attributes import garment_attributes, world_pattern
+    from models.attributes import garment_attributes, world_closure, world_pattern
 
     return garment_attributes(sample.category, sample.flat_landmarks, sample.flat_image,
                               sample.flat_mask, category_confidence=1.0,
-                              pattern=world_pattern(sample.attributes))
+                              pattern=world_pattern(sample.attributes),
+                              closure=world_closure(sample.category,
+                                                    sample.attributes["shape"]))
 
 
 def benchmark_attributes(pipeline: str, split: str = "test", n: int = 60,

@@ -1,9 +1,11 @@
-"""Train the pattern head on the garment world: `flatlay train pattern`.
+"""Train the garment heads on the garment world: `flatlay train pattern` and `flatlay train
+closure` (the same net and loop; the closure head on the categories whose closure the pixels
+decide, models.attributes.CLOSURE_CHOICES).
 
-Each seed gives two views of one garment with its true pattern (models.attributes.
-world_pattern): the true flat-lay, and the wild photo's visible garment (occluders cut out,
-as `cutout` and the warp see it). Both are rendered at `render` px and reduced by
-`models.pattern.pattern_input`, then cached. Augmentation: mirror, brightness/colour
+Each seed gives two views of one garment with its true label (models.attributes.
+world_pattern, world_closure): the true flat-lay, and the wild photo's visible garment
+(occluders cut out, as `cutout` and the warp see it). Both are rendered at `render` px and
+reduced by `models.pattern.pattern_input`, then cached. Augmentation: mirror, brightness/colour
 shifts, and on a share of the batch a blur down to about 128² and back, which is how a
 generated garment arrives. Cross-entropy; a checkpoint every `ckpt_every` steps, resumed
 automatically; weights, config and a model card at the end.
@@ -20,16 +22,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.attributes import PATTERNS, world_pattern
+from models.attributes import CLOSURE_CHOICES, world_closure, world_pattern
 from models.config import model_config
-from models.garments import SPLITS, generate
-from models.pattern import PatternClassifier, PatternNet, pattern_input, to_tensor
+from models.garments import CATEGORIES, SPLITS, generate
+from models.pattern import (
+    ClosureClassifier,
+    PatternClassifier,
+    PatternNet,
+    pattern_input,
+    to_tensor,
+)
 from models.train.common import TrainRun, numpy_rng, render_map, supervised_loop
 
 
 @dataclass
 class PatternTrainConfig(TrainRun):
     FAMILY: ClassVar[str] = "pattern"
+    HEAD: ClassVar[type[PatternClassifier]] = PatternClassifier
     # The architecture; empty: the named config's (`models/configs/pattern-tiny.json`).
     model: dict = field(default_factory=dict)
     n_train: int = 4_000
@@ -44,27 +53,49 @@ class PatternTrainConfig(TrainRun):
     blur_share: float = 0.3
 
 
-def _views(job: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, int]:
-    seed, render, size = job
-    s = generate(seed, size=render)
-    label = PATTERNS.index(world_pattern(s.attributes))
+@dataclass
+class ClosureTrainConfig(PatternTrainConfig):
+    """`flatlay train closure`: rendered larger, as a zip or a row of buttons is a line a few
+    pixels wide."""
+
+    FAMILY: ClassVar[str] = "closure"
+    HEAD: ClassVar[type[PatternClassifier]] = ClosureClassifier
+    render: int = 320
+    n_train: int = 3_000
+    n_val: int = 500
+
+
+# The categories whose closure the closure head reads (the others have one), in turn.
+READ_CLOSURE = tuple(c for c, choices in CLOSURE_CHOICES.items() if len(choices) > 1)
+
+
+def _views(job: tuple[int, int, int, str]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    seed, render, size, head = job
+    if head == "closure":
+        s = generate(seed, size=render, category=READ_CLOSURE[seed % len(READ_CLOSURE)])
+        label = ClosureClassifier.LABELS.index(world_closure(s.category, s.attributes["shape"]))
+    else:
+        s = generate(seed, size=render)
+        label = PatternClassifier.LABELS.index(world_pattern(s.attributes))
     return (pattern_input(s.flat_image, s.flat_mask, size),
-            pattern_input(s.wild_image, s.wild_mask, size), label)
+            pattern_input(s.wild_image, s.wild_mask, size), label, CATEGORIES.index(s.category))
 
 
 def pattern_data(run_dir: Path, split: str, n: int, render: int, size: int,
-                 workers: int) -> dict[str, np.ndarray]:
-    """inputs (2N, S, S, 4) uint8 (flat-lays, then wild garments), labels (2N,), seeds (2N,),
-    view (2N,) 0 flat / 1 wild; cached under run_dir."""
-    cache = run_dir / f"pattern-{split}-{n}-{render}-{size}.npz"
+                 workers: int, head: str = "pattern") -> dict[str, np.ndarray]:
+    """`head`'s data: inputs (2N, S, S, 4) uint8 (flat-lays, then wild garments), labels
+    (2N,), seeds (2N,), view (2N,) 0 flat / 1 wild; cached under run_dir."""
+    cache = run_dir / f"{head}-{split}-{n}-{render}-{size}.npz"
     if cache.is_file():
         with np.load(cache) as z:
             return {k: z[k] for k in z.files}
     start = SPLITS[split][0]
     seeds = list(range(start, start + n))
-    rows = render_map(_views, [(s, render, size) for s in seeds], workers, f"render {split}")
-    flat, wild, labels = (np.stack(c) for c in zip(*rows, strict=True))
+    rows = render_map(_views, [(s, render, size, head) for s in seeds], workers,
+                      f"render {split}")
+    flat, wild, labels, cats = (np.stack(c) for c in zip(*rows, strict=True))
     data = {"inputs": np.concatenate([flat, wild]), "labels": np.concatenate([labels, labels]),
+            "categories": np.concatenate([cats, cats]),
             "seeds": np.array(seeds * 2, np.int64),
             "view": np.repeat(np.array([0, 1], np.uint8), n)}
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -91,19 +122,26 @@ def _batch(data: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Generato
 
 
 @torch.no_grad()
-def evaluate(net: PatternNet, data: dict[str, np.ndarray], device: str) -> dict[str, float]:
+def evaluate(net: PatternNet, data: dict[str, np.ndarray], device: str,
+             head: type[PatternClassifier] = PatternClassifier) -> dict[str, float]:
+    """Accuracy (both views, each view) and recall per label, each garment's label chosen
+    among its category's choices (`head.choices`) as the service reads it."""
     net.eval()
-    preds = []
+    logits = []
     for i in range(0, len(data["labels"]), 256):
         x = to_tensor(data["inputs"][i:i + 256]).to(device)
-        preds.append(net(x).argmax(1).cpu().numpy())
+        logits.append(net(x).cpu().numpy())
     net.train()
-    pred = np.concatenate(preds)
+    scores = np.concatenate(logits)
+    choices = [head.choices(CATEGORIES[c]) for c in data["categories"]]
+    allowed = np.array([[ch is None or name in ch for name in head.LABELS] for ch in choices])
+    scores = np.where(allowed, scores, -np.inf)
+    pred = scores.argmax(1)
     hit = pred == data["labels"]
     out = {"accuracy": round(float(hit.mean()), 4),
            "accuracy_flat": round(float(hit[data["view"] == 0].mean()), 4),
            "accuracy_wild": round(float(hit[data["view"] == 1].mean()), 4)}
-    for k, name in enumerate(PATTERNS):
+    for k, name in enumerate(head.LABELS):
         mine = data["labels"] == k
         if mine.any():
             out[f"recall_{name}"] = round(float(hit[mine].mean()), 4)
@@ -111,14 +149,18 @@ def evaluate(net: PatternNet, data: dict[str, np.ndarray], device: str) -> dict[
 
 
 def train_pattern(cfg: PatternTrainConfig) -> dict:
+    """Train the head `cfg` names (PatternTrainConfig: pattern; ClosureTrainConfig: closure)
+    and write its weights and model card."""
     torch.manual_seed(cfg.seed)
+    head, name = cfg.HEAD, cfg.HEAD.NAME
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    model = cfg.model or model_config("pattern", cfg.config)
-    net = PatternNet.from_config(model).to(cfg.device)
+    model = cfg.model or model_config(cfg.FAMILY, cfg.config)
+    net = PatternNet.from_config(model, classes=len(head.LABELS)).to(cfg.device)
     train_data = pattern_data(run, "train", cfg.n_train, cfg.render, net.input_size,
-                              cfg.workers)
-    val_data = pattern_data(run, "val", cfg.n_val, cfg.render, net.input_size, cfg.workers)
+                              cfg.workers, name)
+    val_data = pattern_data(run, "val", cfg.n_val, cfg.render, net.input_size, cfg.workers,
+                            name)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
 
@@ -129,39 +171,48 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
         return loss, {"loss": loss.item()}
 
     history, seconds = supervised_loop(
-        cfg, net, opt, desc="train pattern", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
+        cfg, net, opt, desc=f"train {name}", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
         eval_every=cfg.eval_every, batch_loss=batch_loss,
-        evaluate=lambda: evaluate(net, val_data, cfg.device),
+        evaluate=lambda: evaluate(net, val_data, cfg.device, head),
         rng=numpy_rng(rng))
-    final = history[-1] if history else evaluate(net, val_data, cfg.device)
+    final = history[-1] if history else evaluate(net, val_data, cfg.device, head)
     training = {
-        "command": f"flatlay train pattern --config {cfg.config.removeprefix('pattern-')} "
-                   f"--steps {cfg.steps}",
+        "command": f"flatlay train {name} --config "
+                   f"{cfg.config.removeprefix(cfg.FAMILY + '-')} --steps {cfg.steps}",
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
-    PatternClassifier(net.cpu()).save_pretrained(Path(cfg.out), {"training": training,
-                                                                 "metrics": final})
-    write_pattern_card(Path(cfg.out), training, final, history)
+    head(net.cpu()).save_pretrained(Path(cfg.out), {"training": training, "metrics": final})
+    write_pattern_card(Path(cfg.out), training, final, history, head)
     return final
 
 
-def write_pattern_card(folder: Path, training: dict, metrics: dict,
-                       history: list[dict]) -> None:
+# What each head's card says it names, and from which garments.
+_CARD = {
+    "pattern": ("names a delivered garment's pattern", "every category"),
+    "closure": ("names how a garment closes, among its category's choices "
+                "(`models.attributes.CLOSURE_CHOICES`)",
+                f"the categories with a choice ({', '.join(READ_CLOSURE)}) in turn"),
+}
+
+
+def write_pattern_card(folder: Path, training: dict, metrics: dict, history: list[dict],
+                       head: type[PatternClassifier] = PatternClassifier) -> None:
     c = training["config"]
+    names, garments = _CARD[head.NAME]
     rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['accuracy']:.3f} | "
                      f"{h['accuracy_flat']:.3f} | {h['accuracy_wild']:.3f} |" for h in history)
     recalls = ", ".join(f"{k.removeprefix('recall_')} {v:.3f}" for k, v in metrics.items()
                         if k.startswith("recall_"))
-    text = f"""# Pattern head ({folder.name})
+    text = f"""# {head.NAME.capitalize()} head ({folder.name})
 
 A small CNN (`models.pattern.PatternNet`, width {c['model']['width']}, input \
-{c['model']['input_size']}²) that names a delivered garment's pattern: {', '.join(PATTERNS)}. \
+{c['model']['input_size']}²) that {names}: {', '.join(head.LABELS)}. \
 Trained from scratch on the procedural garment world only (true flat-lays and wild photos' \
-visible garments, rendered at {c['render']} px); nothing downloaded.
+visible garments of {garments}, rendered at {c['render']} px); nothing downloaded.
 
 - Training command: `{training['command']}`
 - Data: garment-world train seeds {training['train_seeds'][0]}–\
@@ -171,7 +222,7 @@ visible garments, rendered at {c['render']} px); nothing downloaded.
 {training['seconds_this_run'] / 60:.1f} minutes on {training['machine']}.
 - Validation (both views): accuracy {metrics['accuracy']:.3f} (flat-lays \
 {metrics['accuracy_flat']:.3f}, wild garments {metrics['accuracy_wild']:.3f}); recall per \
-pattern: {recalls}.
+{head.NAME}: {recalls}.
 
 | step | loss | accuracy | flat | wild |
 |---:|---:|---:|---:|---:|
