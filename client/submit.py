@@ -33,7 +33,7 @@ STATE_FILE = ".flatlay-submit.json"
 MANIFEST_FILE = "manifest.csv"
 # The service's manifest.csv attribute columns (service/batch_results.py ATTRIBUTE_COLUMNS).
 ATTRIBUTE_COLUMNS = ("category", "category_confidence", "sleeve_length", "length",
-                     "neckline", "pattern", "color", "color_hex", "color_share",
+                     "neckline", "pattern", "closure", "color", "color_hex", "color_share",
                      "hint", "hint_category", "hint_won")
 MANIFEST_COLUMNS = ("sku", "status", "error_code", "error_message", "file", "side_outputs",
                     "compliance_passed", "compliance_failed_checks", *ATTRIBUTE_COLUMNS,
@@ -411,7 +411,7 @@ def _attribute_cells(attributes: dict[str, Any] | None) -> list[str]:
     hint = a.get("hint") or {}
     return [category.get("value") or "", "" if confidence is None else f"{confidence:.4f}",
             a.get("sleeve_length") or "", a.get("length") or "", a.get("neckline") or "",
-            a.get("pattern") or "", "/".join(c["name"] for c in colors),
+            a.get("pattern") or "", a.get("closure") or "", "/".join(c["name"] for c in colors),
             "/".join(c["hex"] for c in colors), "/".join(f"{c['share']:.3f}" for c in colors),
             hint.get("text") or "", hint.get("category") or "", hint.get("won") or ""]
 

@@ -355,7 +355,8 @@ def test_the_client_speaks_the_service_vocabulary() -> None:
     assert SIDE_OUTPUTS == {k: v[0] for k, v in SERVICE_OUTPUTS.items()}
     assert ATTRIBUTE_COLUMNS == SERVICE_COLUMNS
     attributes = {"category": {"value": "tshirt", "confidence": 0.91234}, "sleeve_length": "short",
-                  "pattern": "striped", "colors": [{"name": "navy", "hex": "#102040", "share": 0.7},
+                  "pattern": "striped", "closure": "pull-on",
+                  "colors": [{"name": "navy", "hex": "#102040", "share": 0.7},
                              {"name": "white", "hex": "#ffffff", "share": 0.25}],
                   "hint": {"text": "a striped tee", "category": "tshirt", "won": "both",
                            "why": "the hint and the photo agree"}}
