@@ -366,21 +366,19 @@ def garment_attributes(category: str | None, landmarks: np.ndarray | None,
     """The attributes of one delivered flat-lay as JSON: category {value, confidence},
     sleeve_length, length, neckline (each only where it applies and the structure is
     readable), pattern and closure (as models.pattern read them, where given), colors
-    [{name, hex, share}]
-    from the delivered pixels. With `photo_landmarks` (the photo's own, parsed as
-    `category`) the neckline is read from them: the fused structure is a mean of many
-    necklines (right on 0.776 of 281 validation photos whose category was right, against
+    [{name, hex, share}] from the delivered pixels. With `photo_landmarks` (the photo's own,
+    parsed as `category`) the neckline is read from them: the fused structure is a mean of
+    many necklines (right on 0.776 of 281 validation photos whose category was right, against
     0.669 from the fused landmarks)."""
     out: dict[str, Any] = {}
     if category is not None:
         conf = None if category_confidence is None else round(float(category_confidence), 4)
         out["category"] = {"value": category, "confidence": conf}
         if landmarks is not None:
-            for name, fn, lms, frm in (
-                    ("sleeve_length", sleeve_length, landmarks, frame),
-                    ("length", garment_length, landmarks, frame),
-                    ("neckline", neckline, landmarks, frame) if photo_landmarks is None
-                    else ("neckline", neckline, photo_landmarks, "photo")):
+            neck = (landmarks, frame) if photo_landmarks is None else (photo_landmarks, "photo")
+            for name, fn, (lms, frm) in (("sleeve_length", sleeve_length, (landmarks, frame)),
+                                         ("length", garment_length, (landmarks, frame)),
+                                         ("neckline", neckline, neck)):
                 try:
                     value = fn(category, lms, frm)
                 except (ValueError, KeyError):  # a schema that does not fit: say nothing

@@ -302,14 +302,12 @@ class StructureAligner:
         posterior, fits = self.category_posterior(parsed, bank, query)
         photo, evidence, outcome = posterior, None, None
         if hint:
-            from models.hints import combine_categories, hint_evidence
+            from models.hints import combine_categories, hint_evidence, hint_outcome
 
             evidence = hint_evidence(hint, bank)
             posterior = combine_categories(photo, evidence)
         category = max(posterior, key=posterior.__getitem__)
         if evidence is not None:
-            from models.hints import hint_outcome
-
             outcome = hint_outcome(evidence, photo, category)
         if category != parsed.category:
             parsed = self.parser.read_as(parsed, category)
