@@ -147,6 +147,8 @@ TRAINERS = {
                        "the pattern head (the `pattern` attribute)"),
     "closure": Trainer("closure", "models.train.pattern", "ClosureTrainConfig", "train_pattern",
                        "the closure head (the `closure` attribute)"),
+    "category": Trainer("category", "models.train.pattern", "CategoryTrainConfig",
+                        "train_pattern", "the category head (stage 1's third look)"),
     "illuminant": Trainer("illuminant", "models.train.illuminant", "IlluminantTrainConfig",
                           "train_illuminant",
                           "the illuminant estimator (the generator's colour constancy)"),

@@ -2,6 +2,7 @@
 
     python bench/tune_category.py [--n 200] [--size 1024] [--votes 0,0.5,1] [--fits 0.5,1,2]
                                   [--parser DIR] [--looks off,0.5,1,0.5+detail]
+                                  [--head DIR] [--heads 0,0.3,0.5]
 
 The category posterior is the parser's belief times the vote of the query's top global
 hits to the power VOTE_WEIGHT, times the landmark residual of the likeliest categories to the
@@ -9,9 +10,11 @@ power −FIT_WEIGHT (`StructureAligner` in models/pipelines/stages.py); vote 0 a
 parser alone. Each vote weight (without the fit), then each fit weight (at the shipped vote),
 then each second look of the parser (`GarmentParser.zoom`: off, or the weight of the zoomed
 pass in the category, `+detail` for its mask and landmarks too; at the shipped vote and fit),
-runs `flatten` on the first n validation photos, scored with the quality benchmark's metrics:
-category accuracy, silhouette IoU (overall, category right, category wrong) and landmark NME.
-Prints a table and writes bench/results/category-val.{md,json}.
+then each weight of the category head in the parse's category (`GarmentParser.head_weight`,
+0: the parser alone; the shipped head or `--head`), runs `flatten` on the first n validation
+photos, scored with the quality benchmark's metrics: category accuracy, silhouette IoU
+(overall, category right, category wrong) and landmark NME. Prints a table and writes
+bench/results/category-val.{md,json}.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from bench.harness import write_variants  # noqa: E402
 from models.eval.quality import _summary, load_truth, run_and_score  # noqa: E402
 from models.garments import SPLITS  # noqa: E402
 from models.parser import GarmentParser  # noqa: E402
+from models.pattern import CategoryClassifier  # noqa: E402
 from models.pipeline import PipelineOptions, get_pipeline  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -71,6 +75,10 @@ def main() -> None:
                     help="parser weights folder (default: the shipped parser)")
     ap.add_argument("--looks", default="", help="second looks, comma-separated: off, a weight "
                     "in [0, 1], or WEIGHT+detail")
+    ap.add_argument("--head", type=Path, default=None,
+                    help="category head weights folder (default: the shipped head)")
+    ap.add_argument("--heads", default="", help="category head weights in [0, 1], "
+                    "comma-separated")
     args = ap.parse_args()
     if args.n < 1:
         ap.error("--n must be ≥ 1")
@@ -78,37 +86,51 @@ def main() -> None:
         votes, fits = ([float(w) for w in text.split(",") if w.strip()]
                        for text in (args.votes, args.fits))
         looks = [parse_look(text.strip()) for text in args.looks.split(",") if text.strip()]
+        heads = [float(w) for w in args.heads.split(",") if w.strip()]
+        if not all(0 <= w <= 1 for w in heads):
+            raise ValueError(args.heads)
     except ValueError:
         ap.error("--votes and --fits take numbers separated by commas, e.g. 0,0.5,1; --looks "
-                 "off, weights in [0, 1] or WEIGHT+detail, e.g. off,0.5,1+detail")
+                 "off, weights in [0, 1] or WEIGHT+detail, e.g. off,0.5,1+detail; --heads "
+                 "weights in [0, 1]")
     run = get_pipeline("flatten")
     aligner = run.aligner  # its stages 1–4; the weights are set on this instance only
     aligner.load()
     if args.parser is not None:
         try:
-            aligner.parser = GarmentParser.from_pretrained(args.parser)
+            aligner.parser = GarmentParser.from_pretrained(args.parser, head=aligner.parser.head)
         except (FileNotFoundError, ValueError) as exc:
             ap.error(str(exc))
     parser = aligner.parser
-    shipped = aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT, look_of(parser)
-    variants = ([(v, 0.0, shipped[2]) for v in votes]
-                + [(shipped[0], f, shipped[2]) for f in fits if f]
-                + [(shipped[0], shipped[1], look) for look in looks])
+    if args.head is not None:
+        try:
+            parser.head = CategoryClassifier.from_pretrained(args.head)
+        except (FileNotFoundError, ValueError) as exc:
+            ap.error(str(exc))
+    if heads and parser.head is None:
+        ap.error("--heads needs a category head: none ships yet, give --head DIR")
+    shipped = (aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT, look_of(parser),
+               parser.head_weight if parser.head is not None else 0.0)
+    variants = ([(v, 0.0, shipped[2], shipped[3]) for v in votes]
+                + [(shipped[0], f, shipped[2], shipped[3]) for f in fits if f]
+                + [(shipped[0], shipped[1], look, shipped[3]) for look in looks]
+                + [(*shipped[:3], w) for w in heads])
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
     rows = []
     try:
-        for vote, fit, look in variants:
+        for vote, fit, look, head in variants:
             aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = vote, fit
             parser.zoom, parser.zoom_weight, parser.zoom_detail = look
-            name = f"vote {vote:g}, fit {fit:g}, look {look_name(look)}"
+            parser.head_weight = head
+            name = f"vote {vote:g}, fit {fit:g}, look {look_name(look)}, head {head:g}"
             scored = [run_and_score(run, t, PipelineOptions(output_size=args.size,
                                                              seed=t.seed))[0]
                       for t in tqdm(truths, desc=name)]
             summary = _summary(scored)  # the quality benchmark's own aggregates
             rows.append({
                 "variant": name + (" (parser alone)" if vote == fit == 0 else "")
-                + (" (shipped)" if (vote, fit, look) == shipped else ""),
+                + (" (shipped)" if (vote, fit, look, head) == shipped else ""),
                 "n": summary["n_ok"],
                 **{key: rounded(summary[of]) for key, of in (
                     ("category_accuracy", "category_accuracy"),
@@ -120,10 +142,13 @@ def main() -> None:
     finally:
         aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = shipped[:2]
         parser.zoom, parser.zoom_weight, parser.zoom_detail = shipped[2]
+        parser.head_weight = shipped[3]
     command = (f"python bench/tune_category.py --n {args.n} --votes {shlex.quote(args.votes)} "
                f"--fits {shlex.quote(args.fits)}"
                + (f" --parser {args.parser}" if args.parser else "")
-               + (f" --looks {args.looks}" if args.looks else ""))
+               + (f" --looks {args.looks}" if args.looks else "")
+               + (f" --head {args.head}" if args.head else "")
+               + (f" --heads {args.heads}" if args.heads else ""))
     intro = ["# The category decision's evidence on the validation split", "",
              f"Validation seeds {start}–{start + args.n - 1}, `flatten`, {args.size}² photos; "
              f"parser {parser.meta.get('training', {}).get('command', 'shipped')!r}; metrics "

@@ -302,11 +302,17 @@ class GarmentParser:
     # first pass's; chosen on validation photos (`bench/tune_category.py --looks`).
     ZOOM_WEIGHT = 0.5
     ZOOM_DETAIL = False
+    # The category head's share of the category (`head`, models.pattern.CategoryClassifier),
+    # chosen on validation photos (`bench/tune_category.py --heads`).
+    HEAD_WEIGHT = 0.5
 
     def __init__(self, net: ParserNet, meta: dict[str, Any] | None = None,
-                 mirror: bool = True) -> None:
+                 mirror: bool = True, head: Any = None) -> None:
         self.net = net.eval()
         self.meta = meta or {}
+        # A third look for the category: anything with `probabilities(rgb, mask)` over
+        # CATEGORIES (the pipelines give the shipped category head; None: the parser alone).
+        self.head, self.head_weight = head, self.HEAD_WEIGHT
         self.offsets = landmark_offsets()
         # Parse the photo and its mirror image and average: the parse becomes mirror
         # equivariant, and on 600 validation photos `flatten`'s landmark NME fell from
@@ -323,9 +329,10 @@ class GarmentParser:
         self._mirrored = torch.from_numpy(perm)
 
     @classmethod
-    def from_pretrained(cls, folder: Path = PARSER_WEIGHTS) -> GarmentParser:
+    def from_pretrained(cls, folder: Path = PARSER_WEIGHTS, head: Any = None) -> GarmentParser:
         meta = read_meta(folder, "garment parser", "flatlay train parser")
-        return cls(load_weights(folder, ParserNet(width=int(meta["model_cfg"]["width"]))), meta)
+        return cls(load_weights(folder, ParserNet(width=int(meta["model_cfg"]["width"]))), meta,
+                   head=head)
 
     def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
         save_weights(folder, self.net, {
@@ -343,8 +350,12 @@ class GarmentParser:
         if self.zoom:
             out, scale, pad = self._second_look(rgb, out, scale, pad)
         probs = torch.softmax(out["category"][0], -1).numpy()
+        mask = self._photo_mask(out["mask"][0, 0], scale, pad, (h, w))
+        if self.head is not None and self.head_weight > 0 and (mask > 0.5).any():
+            probs = ((1 - self.head_weight) * probs
+                     + self.head_weight * self.head.probabilities(rgb, mask))
         parsed = ParsedGarment(
-            mask=self._photo_mask(out["mask"][0, 0], scale, pad, (h, w)),
+            mask=mask,
             category="",
             category_probs={c: round(float(p), 6) for c, p in zip(CATEGORIES, probs,
                                                                    strict=True)},

@@ -1,12 +1,15 @@
 """The garment heads: which retail pattern (models.attributes.PATTERNS) a delivered garment
 wears, and how it closes (CLOSURES, between the choices its category has), read from its
 pixels by small CNNs trained on the garment world (`flatlay train pattern|closure`), which
-knows every garment's fabric, print and front.
+knows every garment's fabric, print and front; and the category head, a third look at the
+photo's garment for stage 1's category (`flatlay train category`).
 
-Input: the garment's RGBA, cropped to its alpha's box, squared on white and reduced to
-`input_size`² (`pattern_input`), so stripes and checks keep their size relative to the
-garment. Trained on true flat-lays and on wild photos' visible garments (with blur, as a
-generated 128² garment delivers them), so it reads any pipeline's output.
+Input of the attribute heads: the garment's RGBA, cropped to its alpha's box, squared on
+white and reduced to `input_size`² (`pattern_input`), so stripes and checks keep their size
+relative to the garment. Trained on true flat-lays and on wild photos' visible garments (with
+blur, as a generated 128² garment delivers them), so it reads any pipeline's output. The
+category head reads the photo itself (`category_input`: the parser's second-look square at a
+finer resolution, with the parser's mask beside it).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from torch import nn
 
 from models.attributes import CLOSURE_CHOICES, CLOSURES, PATTERNS, garment_attributes
 from models.config import model_config
-from models.parser import conv_block
+from models.garments import CATEGORIES
+from models.parser import ZOOM_MARGIN, conv_block, square_view, zoom_square
 from models.pretrained import load_weights, read_meta, save_weights
 
 if TYPE_CHECKING:
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
 PATTERN_WEIGHTS = Path(__file__).parent / "weights" / "pattern-tiny"
 CLOSURE_WEIGHTS = Path(__file__).parent / "weights" / "closure-tiny"
+CATEGORY_WEIGHTS = Path(__file__).parent / "weights" / "category-tiny"
 
 
 def pattern_input(rgb: np.ndarray, alpha: np.ndarray, size: int) -> np.ndarray:
@@ -63,6 +68,23 @@ def pattern_input(rgb: np.ndarray, alpha: np.ndarray, size: int) -> np.ndarray:
     rgb_small = Image.fromarray(rgba[..., :3]).resize((size, size), Image.Resampling.BOX)
     a_small = Image.fromarray(rgba[..., 3]).resize((size, size), Image.Resampling.BOX)
     return np.dstack([np.asarray(rgb_small), np.asarray(a_small)])
+
+
+def category_input(rgb: np.ndarray, mask: np.ndarray, size: int,
+                   square: tuple[float, float, float] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 photo and its (H, W) garment mask in [0, 1] → (size, size, 4) uint8:
+    the photo's `square` (x0, y0, side; default the second look's around the mask's box,
+    `models.parser.zoom_square`) and the mask's, both area-averaged. The photo keeps its
+    background: the parser's mask is coarse at the garment's edge, and the head learns to read
+    around it."""
+    if square is None:
+        ys, xs = np.nonzero(np.asarray(mask) > 0.5)
+        if ys.size == 0:
+            raise ValueError("no garment in the mask")
+        square = zoom_square((ys.min(), xs.min(), ys.max() + 1, xs.max() + 1), ZOOM_MARGIN)
+    view = square_view(rgb, *square, size)[0]
+    m8 = (np.clip(np.asarray(mask, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+    return np.dstack([view, square_view(m8, *square, size, fill=0)[0]])
 
 
 def to_tensor(batch: np.ndarray) -> torch.Tensor:
@@ -107,6 +129,8 @@ class PatternClassifier:
     NAME = "pattern"
     LABELS: tuple[str, ...] = PATTERNS
     WEIGHTS = PATTERN_WEIGHTS
+    # The metadata key naming the labels the weights were trained for.
+    LABELS_KEY = "patterns"
 
     def __init__(self, net: PatternNet, meta: dict[str, Any] | None = None) -> None:
         self.net = net.eval()
@@ -121,7 +145,7 @@ class PatternClassifier:
     def from_pretrained(cls, folder: Path | None = None) -> PatternClassifier:
         folder = Path(folder or cls.WEIGHTS)
         meta = read_meta(folder, f"{cls.NAME} head", f"flatlay train {cls.NAME}")
-        key = f"{cls.NAME}s"  # "patterns", "closures"
+        key = cls.LABELS_KEY
         if list(meta.get(key, [])) != list(cls.LABELS):
             raise ValueError(f"{folder} was trained for {key} {meta.get(key)}, "
                              f"not {list(cls.LABELS)}")
@@ -131,7 +155,7 @@ class PatternClassifier:
     def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
         save_weights(folder, self.net, {"architecture": "PatternNet",
                                         "model_cfg": self.net.config(),
-                                        f"{self.NAME}s": list(self.LABELS), **(extra or {})})
+                                        self.LABELS_KEY: list(self.LABELS), **(extra or {})})
 
     @torch.inference_mode()
     def probabilities(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -154,10 +178,38 @@ class ClosureClassifier(PatternClassifier):
     NAME = "closure"
     LABELS = CLOSURES
     WEIGHTS = CLOSURE_WEIGHTS
+    LABELS_KEY = "closures"
 
     @staticmethod
     def choices(category: str | None) -> tuple[str, ...] | None:
         return CLOSURE_CHOICES.get(category or "", ())
+
+
+class CategoryClassifier(PatternClassifier):
+    """The category head: the photo's garment seen closer than the parser sees it (its
+    second-look square at `input_size`², beside the parser's mask), for the knit, ribbing,
+    hoods and hems that tell a sweater from a long-sleeved top or a tank top from a t-shirt.
+    `models.parser.GarmentParser` mixes its probabilities into the parse's category."""
+
+    NAME = "category"
+    LABELS = CATEGORIES
+    WEIGHTS = CATEGORY_WEIGHTS
+    LABELS_KEY = "categories"
+
+    @torch.inference_mode()
+    def probabilities(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """(len(CATEGORIES),) probabilities for the photo `rgb` and its garment mask `alpha`;
+        the mean over the view and its mirror image (categories are mirror-symmetric)."""
+        x = to_tensor(category_input(rgb, alpha, self.net.input_size)[None])
+        return torch.softmax(self.net(torch.cat([x, x.flip(-1)])), 1).mean(0).numpy()
+
+
+@functools.cache
+def shipped_category_head() -> CategoryClassifier | None:
+    """The shipped category head, loaded once per process (None where none ships)."""
+    if not (CATEGORY_WEIGHTS / "config.json").is_file():
+        return None
+    return CategoryClassifier.from_pretrained()
 
 
 @functools.cache
@@ -170,6 +222,13 @@ def shipped_classifier() -> PatternClassifier:
 def shipped_closure_head() -> ClosureClassifier:
     """The shipped closure head, loaded once per process."""
     return ClosureClassifier.from_pretrained()
+
+
+def read_pattern(rgb: np.ndarray, alpha: np.ndarray) -> str | None:
+    """The garment's pattern by the shipped pattern head; None without a garment."""
+    if float(np.max(alpha)) <= 0.5:
+        return None
+    return shipped_classifier().read(rgb, alpha)
 
 
 def read_closure(category: str | None, rgb: np.ndarray, alpha: np.ndarray) -> str | None:
@@ -192,10 +251,9 @@ def delivered_attributes(result: FlatLayResult) -> dict[str, Any]:
     prints, zips and buttons; else from the delivered pixels): what the worker stores and
     the attributes benchmark scores (one definition for both)."""
     rgb, alpha = result.texture or (result.image[..., :3], result.alpha)
-    pattern = shipped_classifier().read(rgb, alpha) if float(np.max(alpha)) > 0.5 else None
     out = garment_attributes(result.category, result.landmarks, result.image, result.alpha,
                              category_confidence=result.category_confidence,
-                             frame=result.frame, pattern=pattern,
+                             frame=result.frame, pattern=read_pattern(rgb, alpha),
                              photo_landmarks=result.photo_landmarks,
                              closure=read_closure(result.category, rgb, alpha))
     if result.hint is not None:

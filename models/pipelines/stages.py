@@ -47,10 +47,12 @@ MIN_GARMENT_SHARE = 0.002
 
 @functools.cache
 def load_parser():  # noqa: ANN201 (torch models are imported lazily)
-    """The garment parser, loaded once per process for every pipeline that uses it."""
+    """The garment parser with the shipped category head, loaded once per process for every
+    pipeline that uses it."""
     from models.parser import PARSER_WEIGHTS, GarmentParser
+    from models.pattern import shipped_category_head
 
-    return GarmentParser.from_pretrained(PARSER_WEIGHTS)
+    return GarmentParser.from_pretrained(PARSER_WEIGHTS, head=shipped_category_head())
 
 
 @functools.cache

@@ -760,7 +760,7 @@ autoencoder`). Config: `{training['model_config']}`.
   through the shipped stages 1–5 (for W, V), validation seeds
   {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; model seed
   {training['config']['seed']}; on {training['machine']}.
-
+{_sampling_text(folder)}
 ## Validation (64 validation flat-lays at the working resolution)
 
 {_history_table(history)}
@@ -840,6 +840,18 @@ with the repo), with its own cosine schedule; this run's step numbers count from
 """
 
 
+def _sampling_text(folder: Path) -> str:
+    """How the service samples these weights, from their generator.json (written first)."""
+    record = folder / "generator.json"
+    s = json.loads(record.read_text()).get("sampling", {}) if record.is_file() else {}
+    if not s:
+        return ""
+    return (f"- Sampling (`generator.json`, the pipelines' default): {s.get('steps')} steps at "
+            f"{s.get('noise', 1.0):g} of the trained noise"
+            + (", each asset averaged with its mirror image (`mirror`)" if s.get("mirror")
+               else "") + "\n")
+
+
 def write_generator_card(folder: Path, training: dict, metrics: dict,
                          history: list[dict], lineage: list[dict] | None = None) -> None:
     text = f"""# Flat-lay generator ({folder.name})
@@ -862,7 +874,7 @@ Config: `{training['model_config']}`.
   through the shipped parser, StructureNet, SLLE and warp (never the true structure);
   validation seeds {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; model seed
   {training['config']['seed']}; on {training['machine']}.
-
+{_sampling_text(folder)}
 ## Validation ({_n_val(training)} validation pairs, working resolution, default step count)
 
 `ssim_garment`/`delta_e`: the generated flat-lay; `noretrieval_*`: the same weights from the

@@ -82,10 +82,9 @@ ZOOM_JITTER = 0.08
 ZOOM_MARGINS = (0.05, 0.3)  # around the margin the second look uses (ZOOM_MARGIN)
 
 
-def _zoom_view(seed: int, photo: np.ndarray, mask: np.ndarray
-               ) -> tuple[float, float, float] | None:
-    """The second look's square (x0, y0, side) in photo px for this photo, or None when no
-    garment is visible."""
+def zoom_view(seed: int, mask: np.ndarray) -> tuple[float, float, float] | None:
+    """The second look's square (x0, y0, side) in photo px for the photo of `seed` with the
+    visible garment `mask`, or None when no garment is visible."""
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
         return None
@@ -97,7 +96,7 @@ def _zoom_view(seed: int, photo: np.ndarray, mask: np.ndarray
 
 def _view(s: GarmentSample, seed: int, zoom: bool) -> tuple:
     """One training view of the rendered sample: the whole photo, or its second look."""
-    view = _zoom_view(seed, s.wild_image, s.wild_mask) if zoom else None
+    view = zoom_view(seed, s.wild_mask) if zoom else None
     x0, y0, side = view or (0.0, 0.0, float(RENDER))  # the render is square
     photo, scale, (pad_x, pad_y) = square_view(s.wild_image, x0, y0, side)
     mask = square_view(s.wild_mask.astype(np.uint8) * 255, x0, y0, side, MASK_SIZE,

@@ -1,11 +1,14 @@
-"""Train the garment heads on the garment world: `flatlay train pattern` and `flatlay train
-closure` (the same net and loop; the closure head on the categories whose closure the pixels
-decide, models.attributes.CLOSURE_CHOICES).
+"""Train the garment heads on the garment world: `flatlay train pattern`, `flatlay train
+closure` and `flatlay train category` (the same net and loop; the closure head on the
+categories whose closure the pixels decide, models.attributes.CLOSURE_CHOICES).
 
-Each seed gives two views of one garment with its true label (models.attributes.
-world_pattern, world_closure): the true flat-lay, and the wild photo's visible garment
-(occluders cut out, as `cutout` and the warp see it). Both are rendered at `render` px and
-reduced by `models.pattern.pattern_input`, then cached. Augmentation: mirror, brightness/colour
+For the attribute heads each seed gives two views of one garment with its true label
+(models.attributes.world_pattern, world_closure): the true flat-lay, and the wild photo's
+visible garment (occluders cut out, as `cutout` and the warp see it). Both are rendered at
+`render` px and reduced by `models.pattern.pattern_input`, then cached. The category head
+sees what stage 1 gives it: the wild photo's second-look square (its box jittered as a first
+pass's would be, `models.train.parser`) beside a mask as coarse as the parser's
+(`models.pattern.category_input`). Augmentation: mirror, brightness/colour
 shifts, and on a share of the batch a blur down to about 128² and back, which is how a
 generated garment arrives. Cross-entropy; a checkpoint every `ckpt_every` steps, resumed
 automatically; weights, config and a model card at the end.
@@ -21,18 +24,23 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from models.attributes import CLOSURE_CHOICES, world_closure, world_pattern
 from models.config import model_config
-from models.garments import CATEGORIES, SPLITS, generate
+from models.garments import CATEGORIES, SPLITS, GarmentSample, generate
+from models.parser import MASK_SIZE
 from models.pattern import (
+    CategoryClassifier,
     ClosureClassifier,
     PatternClassifier,
     PatternNet,
+    category_input,
     pattern_input,
     to_tensor,
 )
 from models.train.common import TrainRun, numpy_rng, render_map, supervised_loop
+from models.train.parser import zoom_view
 
 
 @dataclass
@@ -65,26 +73,75 @@ class ClosureTrainConfig(PatternTrainConfig):
     n_val: int = 500
 
 
+@dataclass
+class CategoryTrainConfig(PatternTrainConfig):
+    """`flatlay train category`: wild photos only (what stage 1 reads), rendered larger than
+    the parser's, as knit, ribbing and hems are a few pixels wide."""
+
+    FAMILY: ClassVar[str] = "category"
+    HEAD: ClassVar[type[PatternClassifier]] = CategoryClassifier
+    render: int = 384
+    n_train: int = 16_000
+    n_val: int = 800
+    steps: int = 4_000
+    lr: float = 2e-3
+    eval_every: int = 500
+    blur_share: float = 0.1
+
+
 # The categories whose closure the closure head reads (the others have one), in turn.
 READ_CLOSURE = tuple(c for c, choices in CLOSURE_CHOICES.items() if len(choices) > 1)
 
 
-def _views(job: tuple[int, int, int, str]) -> tuple[np.ndarray, np.ndarray, int, int]:
+def coarse_mask(mask: np.ndarray) -> np.ndarray:
+    """A true (H, W) mask as the parser gives it: averaged onto the parser's mask grid
+    (MASK_SIZE² over the square photo) and bilinearly back, (H, W) float32 in [0, 1]."""
+    m = Image.fromarray((np.asarray(mask, np.float32) * 255).astype(np.uint8))
+    small = m.resize((MASK_SIZE, MASK_SIZE), Image.Resampling.BOX)
+    return np.asarray(small.resize(m.size, Image.Resampling.BILINEAR), np.float32) / 255.0
+
+
+def _attribute_views(s: GarmentSample, label: int, size: int) -> tuple[list, int, int]:
+    return ([pattern_input(s.flat_image, s.flat_mask, size),
+             pattern_input(s.wild_image, s.wild_mask, size)], label, CATEGORIES.index(s.category))
+
+
+def _pattern_views(seed: int, render: int, size: int) -> tuple[list, int, int]:
+    s = generate(seed, size=render)
+    return _attribute_views(s, PatternClassifier.LABELS.index(world_pattern(s.attributes)),
+                            size)
+
+
+def _closure_views(seed: int, render: int, size: int) -> tuple[list, int, int]:
+    s = generate(seed, size=render, category=READ_CLOSURE[seed % len(READ_CLOSURE)])
+    closure = world_closure(s.category, s.attributes["shape"])
+    return _attribute_views(s, ClosureClassifier.LABELS.index(closure), size)
+
+
+def _category_views(seed: int, render: int, size: int) -> tuple[list, int, int]:
+    s = generate(seed, size=render)
+    square = zoom_view(seed, s.wild_mask)
+    if square is None:  # nothing visible: the whole photo, as no first pass would crop
+        square = (0.0, 0.0, float(render))
+    view = category_input(s.wild_image, coarse_mask(s.wild_mask), size, square)
+    return [view], CATEGORIES.index(s.category), CATEGORIES.index(s.category)
+
+
+# Each head's views of one seed: (views, label, category index). The attribute heads see the
+# flat-lay and the wild garment; the category head the wild photo's second look.
+_VIEWS = {"pattern": _pattern_views, "closure": _closure_views, "category": _category_views}
+
+
+def _views(job: tuple[int, int, int, str]) -> tuple[list[np.ndarray], int, int]:
     seed, render, size, head = job
-    if head == "closure":
-        s = generate(seed, size=render, category=READ_CLOSURE[seed % len(READ_CLOSURE)])
-        label = ClosureClassifier.LABELS.index(world_closure(s.category, s.attributes["shape"]))
-    else:
-        s = generate(seed, size=render)
-        label = PatternClassifier.LABELS.index(world_pattern(s.attributes))
-    return (pattern_input(s.flat_image, s.flat_mask, size),
-            pattern_input(s.wild_image, s.wild_mask, size), label, CATEGORIES.index(s.category))
+    return _VIEWS[head](seed, render, size)
 
 
 def pattern_data(run_dir: Path, split: str, n: int, render: int, size: int,
                  workers: int, head: str = "pattern") -> dict[str, np.ndarray]:
-    """`head`'s data: inputs (2N, S, S, 4) uint8 (flat-lays, then wild garments), labels
-    (2N,), seeds (2N,), view (2N,) 0 flat / 1 wild; cached under run_dir."""
+    """`head`'s data: inputs (VN, S, S, 4) uint8 (V views per seed: flat-lays, then wild
+    garments; the category head's wild photos alone), labels (VN,), seeds (VN,), view (VN,)
+    0 flat / 1 wild; cached under run_dir."""
     cache = run_dir / f"{head}-{split}-{n}-{render}-{size}.npz"
     if cache.is_file():
         with np.load(cache) as z:
@@ -93,11 +150,13 @@ def pattern_data(run_dir: Path, split: str, n: int, render: int, size: int,
     seeds = list(range(start, start + n))
     rows = render_map(_views, [(s, render, size, head) for s in seeds], workers,
                       f"render {split}")
-    flat, wild, labels, cats = (np.stack(c) for c in zip(*rows, strict=True))
-    data = {"inputs": np.concatenate([flat, wild]), "labels": np.concatenate([labels, labels]),
-            "categories": np.concatenate([cats, cats]),
-            "seeds": np.array(seeds * 2, np.int64),
-            "view": np.repeat(np.array([0, 1], np.uint8), n)}
+    views, labels, cats = zip(*rows, strict=True)
+    kinds = [0, 1] if len(views[0]) == 2 else [1]
+    data = {"inputs": np.concatenate([np.stack(v) for v in zip(*views, strict=True)]),
+            "labels": np.tile(np.array(labels, np.int64), len(kinds)),
+            "categories": np.tile(np.array(cats, np.int64), len(kinds)),
+            "seeds": np.array(seeds * len(kinds), np.int64),
+            "view": np.repeat(np.array(kinds, np.uint8), n)}
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **data)
     return data
@@ -138,9 +197,10 @@ def evaluate(net: PatternNet, data: dict[str, np.ndarray], device: str,
     scores = np.where(allowed, scores, -np.inf)
     pred = scores.argmax(1)
     hit = pred == data["labels"]
-    out = {"accuracy": round(float(hit.mean()), 4),
-           "accuracy_flat": round(float(hit[data["view"] == 0].mean()), 4),
-           "accuracy_wild": round(float(hit[data["view"] == 1].mean()), 4)}
+    out = {"accuracy": round(float(hit.mean()), 4)}
+    for kind, name in enumerate(("flat", "wild")):
+        if (data["view"] == kind).any():
+            out[f"accuracy_{name}"] = round(float(hit[data["view"] == kind].mean()), 4)
     for k, name in enumerate(head.LABELS):
         mine = data["labels"] == k
         if mine.any():
@@ -190,29 +250,41 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
     return final
 
 
-# What each head's card says it names, and from which garments.
+# What each head's card says it names, and what it was trained on.
+_BOTH_VIEWS = "true flat-lays and wild photos' visible garments of {}"
 _CARD = {
-    "pattern": ("names a delivered garment's pattern", "every category"),
+    "pattern": ("names a delivered garment's pattern", _BOTH_VIEWS.format("every category")),
     "closure": ("names how a garment closes, among its category's choices "
                 "(`models.attributes.CLOSURE_CHOICES`)",
-                f"the categories with a choice ({', '.join(READ_CLOSURE)}) in turn"),
+                _BOTH_VIEWS.format(f"the categories with a choice ({', '.join(READ_CLOSURE)}) in "
+                              "turn")),
+    "category": ("names the photo's garment's category, a third look that "
+                 "`models.parser.GarmentParser` mixes into the parse's",
+                 "wild photos' second-look squares (the box jittered as a first pass's) beside "
+                 "a mask as coarse as the parser's, every category"),
 }
 
 
 def write_pattern_card(folder: Path, training: dict, metrics: dict, history: list[dict],
                        head: type[PatternClassifier] = PatternClassifier) -> None:
     c = training["config"]
-    names, garments = _CARD[head.NAME]
-    rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['accuracy']:.3f} | "
-                     f"{h['accuracy_flat']:.3f} | {h['accuracy_wild']:.3f} |" for h in history)
+    names, trained_on = _CARD[head.NAME]
+    kinds = [k for k in ("flat", "wild") if f"accuracy_{k}" in metrics]
+
+    def cells(h: dict) -> str:
+        return " | ".join(f"{h[f'accuracy_{k}']:.3f}" for k in kinds)
+
+    rows = "\n".join(f"| {h['step']} | {h['loss']} | {h['accuracy']:.3f} | {cells(h)} |"
+                     for h in history)
     recalls = ", ".join(f"{k.removeprefix('recall_')} {v:.3f}" for k, v in metrics.items()
                         if k.startswith("recall_"))
+    per_view = ", ".join(f"{k} {metrics[f'accuracy_{k}']:.3f}" for k in kinds)
     text = f"""# {head.NAME.capitalize()} head ({folder.name})
 
 A small CNN (`models.pattern.PatternNet`, width {c['model']['width']}, input \
 {c['model']['input_size']}²) that {names}: {', '.join(head.LABELS)}. \
-Trained from scratch on the procedural garment world only (true flat-lays and wild photos' \
-visible garments of {garments}, rendered at {c['render']} px); nothing downloaded.
+Trained from scratch on the procedural garment world only ({trained_on}, rendered at \
+{c['render']} px); nothing downloaded.
 
 - Training command: `{training['command']}`
 - Data: garment-world train seeds {training['train_seeds'][0]}–\
@@ -220,12 +292,11 @@ visible garments of {garments}, rendered at {c['render']} px); nothing downloade
 {training['val_seeds'][1] - 1}; seed {c['seed']}.
 - {c['steps']} steps of batch {c['batch']} (cumulative), \
 {training['seconds_this_run'] / 60:.1f} minutes on {training['machine']}.
-- Validation (both views): accuracy {metrics['accuracy']:.3f} (flat-lays \
-{metrics['accuracy_flat']:.3f}, wild garments {metrics['accuracy_wild']:.3f}); recall per \
+- Validation: accuracy {metrics['accuracy']:.3f} ({per_view}); recall per \
 {head.NAME}: {recalls}.
 
-| step | loss | accuracy | flat | wild |
-|---:|---:|---:|---:|---:|
+| step | loss | accuracy | {' | '.join(kinds)} |
+|---:|---:|---:|{'---:|' * len(kinds)}
 {rows}
 """
     (folder / "MODEL_CARD.md").write_text(text)
