@@ -99,7 +99,7 @@ class FlatLayGenerator:
         self.default_steps = check_steps(int(meta["sampling"]["steps"]))
         # The sampling noise as a share of the trained κ (chosen on validation; 1 if unsaid).
         self.noise = float(meta["sampling"].get("noise", 1.0))
-        # Whether each asset is also sampled in a mirror and the two latents averaged
+        # Whether each asset is also generated in a mirror and the two flat-lays averaged
         # (chosen on validation; off if unsaid).
         self.mirror = bool(meta["sampling"].get("mirror", False))
 
@@ -197,9 +197,10 @@ class FlatLayGenerator:
         same batch and its flat-lay, flipped back, averaged with the asset's own."""
         mirror = self.mirror if mirror is None else mirror
         n = len(conds)
-        batch = [*conds, *(c.mirrored() for c in conds)] if mirror else list(conds)
-        inputs = self.conditions(batch, drop, noretrieval)
-        latents = self.sample(inputs, list(seeds) * (len(batch) // max(n, 1)), steps, noise)
+        batch, seeds = list(conds), list(seeds)
+        if mirror:
+            batch, seeds = [*batch, *(c.mirrored() for c in conds)], seeds * 2
+        latents = self.sample(self.conditions(batch, drop, noretrieval), seeds, steps, noise)
         images = self.decode(latents, batch, aligned and not noretrieval)
         if mirror:
             # Decoded images, not latents, are averaged: the average of two latents decodes

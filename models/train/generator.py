@@ -760,7 +760,7 @@ autoencoder`). Config: `{training['model_config']}`.
   through the shipped stages 1–5 (for W, V), validation seeds
   {training['val_seeds'][0]}–{training['val_seeds'][1] - 1}; model seed
   {training['config']['seed']}; on {training['machine']}.
-{_sampling_text(folder)}
+
 ## Validation (64 validation flat-lays at the working resolution)
 
 {_history_table(history)}
