@@ -24,7 +24,7 @@ from models.generator.autoencoder import (
     encode_mean,
 )
 from models.generator.bridge import BridgeSchedule
-from models.generator.conditioning import Conditioner
+from models.generator.conditioning import Conditioner, crop_tensor, images_to_tensor
 from models.generator.denoiser import build_denoiser, deepen_denoiser
 from models.generator.detail import generated_alpha, transfer_detail
 from models.generator.sampling import DenoiserInputs, FlatLayGenerator, predict_x0
@@ -459,6 +459,59 @@ def test_mirror_sampling_averages_the_asset_with_its_mirror_image() -> None:
     np.testing.assert_allclose(gen([c], [3], mirror=False), own, atol=1e-5)
     assert not np.allclose(expect, own, atol=1e-4)
 
+
+
+def test_a_flipped_training_pair_is_the_pair_the_sampler_sees_in_a_mirror(tmp_path: Path
+                                                                         ) -> None:
+    """Training's flip augmentation gives the denoiser exactly the inputs mirror sampling
+    gives it at inference (`CoarseConditions.mirrored`), with the mirrored pair's latents
+    encoded rather than the latents flipped."""
+    from models.generator.sampling import blank_pattern
+    from models.train.generator import _conditions, _latent_rows, _latents, _val_conditions
+
+    vae = build_vae({**model_config("generator", "tiny")["vae"], "block_out_channels": [8, 16, 16],
+                     "norm_num_groups": 8, "sample_size": 32}).eval()
+    gen = FlatLayGenerator(vae, None, build_denoiser(TINY_UNET).eval(),
+                           Conditioner(**TINY_COND).eval(), BridgeSchedule(),
+                           {"resolution": 32, "sampling": {"steps": 2}})
+    rng = np.random.default_rng(2)
+    n = 3
+    pairs = {"seed": np.arange(n), "warp": rng.integers(0, 255, (n, 32, 32, 3), np.uint8),
+             "validity": rng.random((n, 32, 32)) > 0.2,
+             "structure": rng.integers(0, 255, (n, 3, 8, 8), np.uint8),
+             "embedding": rng.standard_normal((n, 16)).astype(np.float16),
+             "crop": rng.integers(0, 255, (n, 16, 16, 3), np.uint8),
+             "cutout": rng.integers(0, 255, (n, 32, 32, 4), np.uint8),
+             "target": rng.integers(0, 255, (n, 32, 32, 4), np.uint8)}
+    lat = _latents(tmp_path, vae, pairs, "train", 8, mirrored=True)
+    idx, flip = np.array([2, 0]), np.array([True, False])
+    none = {key: np.zeros(2, bool) for key in ("soft", "hard", "pattern", "noretrieval")}
+    blank = blank_pattern(vae, 2, 32, 8)
+    structure, pattern, embedding, crop = _conditions(pairs, lat, blank, idx, none, "cpu", flip)
+    conds = _val_conditions(pairs, idx)
+    seen = gen.conditions([conds[0].mirrored(), conds[1]])
+    torch.testing.assert_close(structure, seen.structure)
+    torch.testing.assert_close(pattern[:, :-1], seen.coarse)
+    torch.testing.assert_close(pattern[:, -1:], seen.validity)
+    torch.testing.assert_close(crop, crop_tensor(np.stack([conds[0].mirrored().crop,
+                                                           conds[1].crop])))
+    torch.testing.assert_close(embedding, torch.from_numpy(
+        pairs["embedding"][idx].astype(np.float32)))
+    # The target: the mirrored flat-lay encoded, which a flipped latent is not.
+    target = pairs["target"][2, :, ::-1]
+    with torch.no_grad():
+        expect = encode_mean(vae, images_to_tensor(target[None, ..., :3],
+                                                   target[None, ..., 3] / 255.0))
+    x0 = _latent_rows(lat, "target", idx, flip)
+    torch.testing.assert_close(x0[:1], expect)
+    assert not torch.allclose(x0[:1], lat["target"][2:3].flip(-1), atol=1e-3)
+    torch.testing.assert_close(x0[1:], lat["target"][:1])
+    # A cache without the mirrored latents gains them, and keeps what it had.
+    plain = _latents(tmp_path / "plain", vae, pairs, "train", 8)
+    assert "target_flip" not in plain
+    grown = _latents(tmp_path / "plain", vae, pairs, "train", 8, mirrored=True)
+    torch.testing.assert_close(grown["target"], plain["target"])
+    torch.testing.assert_close(grown["warp_flip"], lat["warp_flip"])
 
 def test_the_training_ssim_is_the_benchmarks_garment_ssim_and_its_gradient_restores_detail(
 ) -> None:

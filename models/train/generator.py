@@ -93,13 +93,23 @@ def _pairs(cfg: GeneratorTrainConfig) -> tuple[dict, dict]:
     return train, val
 
 
-def _targets(pairs: dict, idx: np.ndarray) -> torch.Tensor:
-    t = pairs["target"][idx]
+def mirror_rows(x: np.ndarray, flip: np.ndarray | None, width_axis: int) -> np.ndarray:
+    """A batch (rows on axis 0) with the rows where `flip` is set seen in a mirror."""
+    if flip is None or not flip.any():
+        return x
+    out = np.array(x, copy=True)
+    out[flip] = np.flip(x[flip], width_axis)
+    return out
+
+
+def _targets(pairs: dict, idx: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+    t = mirror_rows(pairs["target"][idx], flip, 2)
     return images_to_tensor(t[..., :3], t[..., 3] / 255.0)
 
 
-def _photos(pairs: dict, idx: np.ndarray) -> torch.Tensor:
-    return images_to_tensor(pairs["warp"][idx], pairs["validity"][idx])
+def _photos(pairs: dict, idx: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+    return images_to_tensor(mirror_rows(pairs["warp"][idx], flip, 2),
+                            mirror_rows(pairs["validity"][idx], flip, 2))
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -290,41 +300,63 @@ def _vae_grid(path: Path, vae, adapter, val: dict, n: int = 8) -> None:  # noqa:
 # ---- the denoiser ---------------------------------------------------------------------------
 
 
-def _latents(run: Path, vae, pairs: dict, name: str, latent: int) -> dict:  # noqa: ANN001
+def _latents(run: Path, vae, pairs: dict, name: str, latent: int,  # noqa: ANN001
+             mirrored: bool = False) -> dict:
     """The frozen VAE's view of the pairs, cached: truth latents, W's and the cutout's
-    pattern channels (`sampling.pattern_inputs`)."""
+    pattern channels (`sampling.pattern_inputs`). With `mirrored`, also those of every pair
+    seen in a mirror (keys `*_flip`): they are encoded, not flipped latents, because the
+    VAE's kernels are not symmetric and a flipped latent decodes to another image."""
     path = run / f"latents-{name}.pt"
+    n = len(pairs["seed"])
+    cached: dict = {"n": n}
     if path.is_file():
-        cached = torch.load(path, weights_only=True)
-        if cached["n"] == len(pairs["seed"]):
-            return cached
-    out: dict = {"n": len(pairs["seed"]), "target": [], "warp": [], "cutout": []}
-    for i in tqdm(range(0, len(pairs["seed"]), 64), desc=f"latents {name}"):
-        idx = np.arange(i, min(i + 64, len(pairs["seed"])))
-        with torch.no_grad():
-            out["target"].append(encode_mean(vae, _targets(pairs, idx)))
-        out["warp"].append(pattern_inputs(vae, pairs["warp"][idx],
-                                          pairs["validity"][idx].astype(np.float32), latent))
-        cut = pairs["cutout"][idx]
-        out["cutout"].append(pattern_inputs(vae, cut[..., :3], cut[..., 3] / 255.0, latent))
-    for k in ("target", "warp", "cutout"):
-        out[k] = torch.cat(out[k])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, path)
-    return out
+        found = torch.load(path, weights_only=True)
+        if found["n"] == n:
+            cached = found
+    flips = (False, True) if mirrored else (False,)
+    todo = [f for f in flips if f"target{'_flip' if f else ''}" not in cached]
+    for flipped in todo:
+        tail = "_flip" if flipped else ""
+        parts: dict[str, list] = {"target": [], "warp": [], "cutout": []}
+        for i in tqdm(range(0, n, 64), desc=f"latents {name}{tail}"):
+            idx = np.arange(i, min(i + 64, n))
+            flip = np.full(len(idx), flipped)
+            with torch.no_grad():
+                parts["target"].append(encode_mean(vae, _targets(pairs, idx, flip)))
+            parts["warp"].append(pattern_inputs(
+                vae, mirror_rows(pairs["warp"][idx], flip, 2),
+                mirror_rows(pairs["validity"][idx], flip, 2).astype(np.float32), latent))
+            cut = mirror_rows(pairs["cutout"][idx], flip, 2)
+            parts["cutout"].append(pattern_inputs(vae, cut[..., :3], cut[..., 3] / 255.0,
+                                                  latent))
+        cached.update({k + tail: torch.cat(v) for k, v in parts.items()})
+    if todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(cached, path)
+    return cached
+
+
+def _latent_rows(lat: dict, key: str, idx: np.ndarray, flip: np.ndarray | None
+                 ) -> torch.Tensor:
+    """lat[key] at idx, the mirrored pair's latents (`_latents(mirrored=True)`) where flip."""
+    x = lat[key][idx].clone()
+    if flip is not None and flip.any():
+        x[torch.from_numpy(flip)] = lat[f"{key}_flip"][idx[flip]]
+    return x
 
 
 def _conditions(pairs: dict, lat: dict, blank: torch.Tensor, idx: np.ndarray,
-                drop: dict[str, np.ndarray], device: str
+                drop: dict[str, np.ndarray], device: str, flip: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(structure, pattern, embedding, crop) of a batch with the drops applied, as
-    FlatLayGenerator.conditions builds them at inference."""
-    structure = torch.from_numpy(pairs["structure"][idx]).float() / 255.0
-    pattern = lat["warp"][idx].clone()
+    FlatLayGenerator.conditions builds them at inference; the rows where `flip` is set are
+    the pair seen in a mirror (as `CoarseConditions.mirrored`: ê kept)."""
+    structure = torch.from_numpy(mirror_rows(pairs["structure"][idx], flip, 3)).float() / 255.0
+    pattern = _latent_rows(lat, "warp", idx, flip)
     noret = torch.from_numpy(drop["noretrieval"])
-    pattern[noret] = lat["cutout"][idx][noret]
+    pattern[noret] = _latent_rows(lat, "cutout", idx, flip)[noret]
     embedding = torch.from_numpy(pairs["embedding"][idx].astype(np.float32))
-    crop = crop_tensor(pairs["crop"][idx])
+    crop = crop_tensor(mirror_rows(pairs["crop"][idx], flip, 2))
     hard = torch.from_numpy(drop["hard"] | drop["noretrieval"])
     soft = torch.from_numpy(drop["soft"] | drop["noretrieval"])
     pat = torch.from_numpy(drop["pattern"])
@@ -434,7 +466,8 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     vae.requires_grad_(False)
     adapter = _adapter(vae_dir, cfg.device)
     latent = m["unet"]["sample_size"]
-    lat_train = _latents(run, vae, train, "train", latent)
+    flip_p = t.get("flip", 0.0)
+    lat_train = _latents(run, vae, train, "train", latent, mirrored=flip_p > 0)
     blank = blank_pattern(vae, t["batch"], m["resolution"], latent).cpu()
     schedule = BridgeSchedule(**m["bridge"])
     unet = build_denoiser(m["unet"]).to(cfg.device)
@@ -487,10 +520,13 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         cond.train()
         idx = rng.integers(len(train["seed"]), size=b)
         drop = {key: rng.random(b) < p for key, p in t["drop"].items()}
+        # A garment in a mirror is the same garment: half the pairs seen flipped teach the
+        # bridge the symmetry that mirror sampling otherwise buys by averaging.
+        flip = rng.random(b) < flip_p if flip_p else None
         structure, pattern, embedding, crop = _conditions(train, lat_train, blank, idx, drop,
-                                                          cfg.device)
+                                                          cfg.device, flip)
         coarse, validity = pattern[:, :-1], pattern[:, -1:]
-        x0 = lat_train["target"][idx].to(cfg.device)
+        x0 = _latent_rows(lat_train, "target", idx, flip).to(cfg.device)
         noise = torch.randn(x0.shape, generator=gen).to(cfg.device)
         tau = torch.rand(b, generator=gen).to(cfg.device)
         state_t = schedule.noised(x0, coarse, tau, noise, schedule.kappa(validity))
@@ -503,9 +539,10 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
         if k:
             # The benchmark's view on a share of the batch: decoded through the frozen
             # decoder and adapter (with W and V, as the pipeline decodes).
-            sel = idx[:k]
-            decoded = decode_aligned(vae, pred[:k], adapter, _photos(train, sel).to(cfg.device))
-            target = _targets(train, sel).to(cfg.device)
+            sel, sel_flip = idx[:k], None if flip is None else flip[:k]
+            decoded = decode_aligned(vae, pred[:k], adapter,
+                                     _photos(train, sel, sel_flip).to(cfg.device))
+            target = _targets(train, sel, sel_flip).to(cfg.device)
             l1, lab = pixel_loss(decoded, target)
             ssim = garment_ssim(decoded, target)
             loss = loss + t["pixel_weight"] * l1 + t["lab_weight"] * lab \
