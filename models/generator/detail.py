@@ -30,6 +30,27 @@ def generated_alpha(alpha: np.ndarray, size: int) -> np.ndarray:
     return np.clip((big - 0.5) * k + 0.5, 0.0, 1.0).astype(np.float32)
 
 
+def _resized(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A float (H, W) map resized to `shape`: area-averaged down, bilinear up."""
+    method = Image.Resampling.BOX if shape[0] < plane.shape[0] else Image.Resampling.BILINEAR
+    img = Image.fromarray(np.ascontiguousarray(plane, np.float32), "F")
+    return np.asarray(img.resize((shape[1], shape[0]), method))
+
+
+def smooth(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of a float (H, W) map at `sigma` px, computed on a grid f = ⌊σ/2⌋
+    times coarser and brought back bilinearly: a blur this wide leaves nothing the coarse
+    grid cannot hold (within about one grey level of the full-size filter on photos) at a
+    third of the cost on a 1024² canvas. The box average down adds f²/12 of variance, which
+    the coarse blur leaves out."""
+    f = int(sigma // 2)
+    if f < 2:
+        return ndimage.gaussian_filter(plane, sigma)
+    h, w = plane.shape
+    small = _resized(plane, (max(1, round(h / f)), max(1, round(w / f))))
+    return _resized(ndimage.gaussian_filter(small, np.sqrt(sigma**2 - f**2 / 12) / f), (h, w))
+
+
 # Where `printed` keeps the band: the band's local mean magnitude (0–255 scale) ramps from
 # "none" at PRINT_LOW (sensor noise, JPEG, soft creases) to "all" at PRINT_HIGH (print edges,
 # text, stripes).
@@ -51,11 +72,11 @@ def transfer_detail(image: np.ndarray, warp: np.ndarray, validity: np.ndarray,
         return image
     sigma = 0.5 * size / resolution
     w = warp.astype(np.float32)
-    low = np.stack([ndimage.gaussian_filter(w[..., c], sigma) for c in range(3)], -1)
+    low = np.stack([smooth(w[..., c], sigma) for c in range(3)], -1)
     known = ndimage.binary_erosion(validity, iterations=max(1, round(2 * sigma)))
-    weight = ndimage.gaussian_filter(known.astype(np.float32), sigma)
+    weight = smooth(known.astype(np.float32), sigma)
     band = w - low
     if printed:
-        energy = ndimage.gaussian_filter(np.abs(band).mean(-1), 2 * sigma)
+        energy = smooth(np.abs(band).mean(-1), 2 * sigma)
         weight = weight * np.clip((energy - PRINT_LOW) / (PRINT_HIGH - PRINT_LOW), 0.0, 1.0)
     return np.clip(image + strength * weight[..., None] * band, 0.0, 255.0)
