@@ -769,7 +769,8 @@ def _training_record(cfg: GeneratorTrainConfig, what: str, seconds: float, n_tra
         "seconds_this_run": round(seconds, 1),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
         **({"loss_weights": {k: cfg.train["generator"].get(k, 0.0) for k in (
-            "pixel_weight", "lab_weight", "ssim_weight")}} if what == "generator" else {}),
+            "pixel_weight", "lab_weight", "ssim_weight")},
+            "flip": cfg.train["generator"].get("flip", 0.0)} if what == "generator" else {}),
     }
 
 
@@ -901,7 +902,8 @@ landmark heatmaps of L̂, ŷ and V as input channels, and by ê and the garment 
 tokens (`conditioner/`) in cross-attention. Loss: latent MSE, plus L1, Lab distance and
 1 − SSIM on the garment pixels of a few decoded images per batch (weights
 {training.get('loss_weights', '—')}). Each condition level was dropped at random
-in training, so the ablations and `noretrieval` are these weights with a level switched off.
+in training, so the ablations and `noretrieval` are these weights with a level switched off;
+each pair was seen in a mirror with probability {training.get('flip', 0.0):g} (`flip`).
 Config: `{training['model_config']}`.
 
 - Training command: `{training['command']}` (after `flatlay train vae`; resumes from
