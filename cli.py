@@ -356,6 +356,8 @@ def _cmd_bench_attributes(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    import json
+
     from models.eval.quality import (
         PipelineLoadError,
         benchmark_quality,
@@ -365,6 +367,8 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
 
     wanted = None if args.pipelines is None else [
         p.strip() for p in args.pipelines.split(",") if p.strip()]
+    if args.hints and args.update:
+        raise CLIError("--update keeps rows of the quality table; --hints writes another one")
     if args.hints:
         from models.eval import hints
 
@@ -379,10 +383,26 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
         _print_report(result, hints.write_report(result, args.out_dir), hints.format_table,
                       args.json)
         return 0
+    previous = None
+    if args.update:
+        if wanted is None:
+            raise CLIError("--update re-runs the pipelines named by --pipelines and keeps the "
+                           "others: name them")
+        recorded = args.out_dir / f"quality-{_report_split(args)}.json"
+        try:
+            previous = json.loads(recorded.read_text())
+        except OSError as exc:
+            raise CLIError(f"--update: cannot read the recorded result {recorded}: "
+                           f"{exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise CLIError(f"--update: {recorded} is not valid JSON: {exc}") from None
+        if not isinstance(previous, dict) or previous.get("benchmark") != "quality":
+            raise CLIError(f"--update: {recorded} is not a quality result")
     try:
         result, grid = benchmark_quality(split=_report_split(args), n=args.n,
                                          pipelines=wanted, size=args.size,
-                                         grid_rows=args.grid_rows, ceilings=args.ceilings)
+                                         grid_rows=args.grid_rows, ceilings=args.ceilings,
+                                         previous=previous)
     except (PipelineLoadError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     _print_report(result, write_report(result, grid, args.out_dir), format_table, args.json)
@@ -494,6 +514,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hints", action="store_true",
                    help="text hints on the split's hard photos (occluded or cropped): no "
                    "hint, a correct one and a wrong one (one pipeline, default flatten)")
+    p.add_argument("--update", action="store_true",
+                   help="re-run only --pipelines and keep the other rows of the recorded "
+                   "quality-SPLIT.json in --out-dir (checked to reproduce on the grid's assets)")
     p.set_defaults(func=_cmd_bench_quality)
     p = bnsub.add_parser("attributes",
                          help="catalog attributes of the flat-lays against the world's truth")

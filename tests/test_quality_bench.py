@@ -205,6 +205,52 @@ def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert grid.width > 3 * EVAL_SIZE and grid.height > 2 * EVAL_SIZE
 
 
+def test_an_update_re_runs_the_named_pipelines_and_keeps_the_others(
+        test_pipelines: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["bench", "quality", "--n", "3", "--size", "256", "--grid-rows", "2",
+              "--out-dir", str(tmp_path)]
+    assert main([*common, "--pipelines", "cutout,test-odd-fail"]) == 0
+    path = tmp_path / "quality-test.json"
+    first = json.loads(path.read_text())
+    # Marks on the third asset, outside the grid: a kept record stays as recorded, a
+    # re-run one is measured again.
+    recorded = json.loads(path.read_text())
+    recorded["assets"][2]["pipelines"]["test-odd-fail"]["silhouette_iou"] = 0.123
+    recorded["assets"][2]["pipelines"]["cutout"]["silhouette_iou"] = 0.5
+    path.write_text(json.dumps(recorded))
+    assert main([*common, "--pipelines", "cutout", "--update"]) == 0
+    saved = json.loads(path.read_text())
+    assert list(saved["pipelines"]) == ["cutout", "test-odd-fail"]
+    assert saved["updated"] == {"re_run": ["cutout"], "kept": ["test-odd-fail"], "checked_on": 2}
+    third = saved["assets"][2]["pipelines"]
+    assert third["test-odd-fail"]["silhouette_iou"] == 0.123
+    assert third["cutout"]["silhouette_iou"] == first["assets"][2]["pipelines"]["cutout"][
+        "silhouette_iou"]
+    kept = [a["pipelines"]["test-odd-fail"] for a in saved["assets"]]
+    ok = [r["silhouette_iou"] for r in kept if r["failure"] is None]
+    assert saved["pipelines"]["test-odd-fail"]["silhouette_iou"] == pytest.approx(np.mean(ok))
+    assert saved["pipelines"]["cutout"]["silhouette_iou"] == pytest.approx(
+        first["pipelines"]["cutout"]["silhouette_iou"], abs=1e-5)
+    assert "cutout re-run; test-odd-fail kept from the recorded run" in (
+        tmp_path / "quality-test.md").read_text()
+    with Image.open(tmp_path / "quality-test.png") as grid:  # both pipelines drawn
+        assert grid.width > 4 * EVAL_SIZE
+    # A kept record that no longer reproduces on a grid asset stops the update, and the
+    # recorded files stay as they were.
+    saved["assets"][0]["pipelines"]["test-odd-fail"]["silhouette_iou"] = 0.321
+    path.write_text(json.dumps(saved))
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert main([*common, "--pipelines", "cutout", "--update"]) == 2
+    err = capsys.readouterr().err
+    assert "test-odd-fail on seed 1100000 no longer reproduces its recorded silhouette_iou" in err
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    # Another run's result (here: other seeds) is not updated.
+    assert main([*common[:2], "--n", "2", *common[4:], "--pipelines", "cutout",
+                 "--update"]) == 2
+    assert "the earlier result has seeds [1100000, 1100002]" in capsys.readouterr().err
+
+
 def test_heldout_shorthand_and_no_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["bench", "quality", "--heldout", "--n", "1", "--pipelines", "cutout",
                  "--size", "256", "--grid-rows", "0", "--out-dir", str(tmp_path)])
@@ -227,6 +273,9 @@ def test_heldout_shorthand_and_no_grid(tmp_path: Path, capsys: pytest.CaptureFix
     (["--hints", "--n", "0"], "n must be in"),
     (["--hints", "--pipelines", "nope"], "unknown pipeline 'nope'"),
     (["--hints", "--size", "100"], "size must be within"),
+    (["--update"], "--update re-runs the pipelines named by --pipelines"),
+    (["--update", "--pipelines", "cutout"], "cannot read the recorded result"),
+    (["--update", "--hints", "--pipelines", "cutout"], "--update keeps rows of the quality"),
 ])
 def test_bad_arguments_exit_2(argv: list[str], message: str, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:

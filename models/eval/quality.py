@@ -340,11 +340,18 @@ def review_rates(records: list[dict[str, Any]], below: float | None = None
 
 def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str] | None = None,
                       size: int = 1024, grid_rows: int = 8, progress: bool = True,
-                      ceilings: bool = False) -> tuple[dict[str, Any], Image.Image | None]:
+                      ceilings: bool = False, previous: dict[str, Any] | None = None
+                      ) -> tuple[dict[str, Any], Image.Image | None]:
     """Run every pipeline in `pipelines` (default: the registry) on the first n seeds of
     `split`; with `ceilings`, add the CEILINGS rows (flatten is run for them). Returns the
     JSON-ready result and the before/after grid (None if grid_rows is 0). Raises ValueError
-    for a bad split, n, size or pipeline name."""
+    for a bad split, n, size or pipeline name.
+
+    With `previous` (an earlier result of the same split, n and size), only `pipelines` run
+    on every seed: the previous result's other pipelines keep their records and run on the
+    grid's seeds only, to draw the grid and to check that those records still reproduce
+    (ValueError naming the first that does not: then they must run again too). Ceiling rows
+    are kept only while flatten is not re-run."""
     from tqdm import tqdm
 
     from models.eval import split_seeds
@@ -367,10 +374,16 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
                          f"available: {', '.join(pipeline_names())}")
     if ceilings and "flatten" not in names:
         names.append("flatten")
-    rows_of = [*names, *(CEILINGS if ceilings else ())]
+    kept: list[str] = []
+    if previous is not None:
+        kept = _kept_rows(previous, split, start, n, size, names, ceilings)
+    rows_of = list(dict.fromkeys([*(previous or {}).get("pipelines", {}), *names,
+                                  *(CEILINGS if ceilings else ())]))
+    rows_of = [r for r in rows_of if r in names or r in kept or (ceilings and r in CEILINGS)]
+    checked = [k for k in kept if k not in CEILINGS]
 
     load_seconds: dict[str, float] = {}
-    for name in names:
+    for name in [*names, *checked]:
         start_load = time.perf_counter()
         try:
             get_pipeline(name).load()  # not load_pipelines: that one skips what fails
@@ -378,9 +391,8 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
             raise PipelineLoadError(f"pipeline {name!r} could not load ({exc}); leave it out "
                                     "with --pipelines") from exc
         load_seconds[name] = round(time.perf_counter() - start_load, 3)
-    runners = {name: get_pipeline(name) for name in names}
-    records: dict[str, list[dict[str, Any]]] = {name: [] for name in rows_of}
-    per_category: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    runners = {name: get_pipeline(name) for name in [*names, *checked]}
+    recorded = {a["seed"]: a["pipelines"] for a in (previous or {}).get("assets", [])}
     assets: list[dict[str, Any]] = []
     grid: list[tuple[Truth, np.ndarray, dict[str, tuple[np.ndarray | None, dict]]]] = []
     wall = time.perf_counter()
@@ -394,27 +406,31 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
                                "difficulty": round(truth.difficulty, 4), "scene": truth.scene,
                                "pipelines": {}}
         cells: dict[str, tuple[np.ndarray | None, dict]] = {}
-        for name, run in runners.items():
+        in_grid = len(grid) < grid_rows
+        for name in [*names, *(checked if in_grid else ())]:
             try:
-                rec, result, out = run_and_score(run, truth, options)
+                rec, result, out = run_and_score(runners[name], truth, options)
             except Exception as exc:
                 raise RuntimeError(f"pipeline {name!r} crashed on seed {seed} "
                                    f"(split {split}): {exc!r}") from exc
-            records[name].append(rec)
-            per_category.setdefault(truth.category, {p: [] for p in rows_of})[name].append(rec)
-            row["pipelines"][name] = _round(dict(rec))
             cells[name] = (out, rec)
+            if name not in names:
+                _check_reproduced(name, seed, recorded[seed][name], _round(dict(rec)))
+                continue
+            row["pipelines"][name] = _round(dict(rec))
             if ceilings and name == "flatten" and out is not None:
                 alpha = downsample_alpha(np.clip(result.alpha, 0.0, 1.0))
                 for ceiling, image in ceiling_images(out, alpha, truth).items():
                     crec = {"failure": None, "seconds": 0.0, **score_image(
                         image, alpha > 0.5, result.category, result.canvas_landmarks, truth)}
-                    records[ceiling].append(crec)
-                    per_category[truth.category][ceiling].append(crec)
                     row["pipelines"][ceiling] = _round(dict(crec))
+        fresh = row["pipelines"]
+        row["pipelines"] = {p: fresh[p] if p in fresh else recorded[seed][p] for p in rows_of
+                            if p in fresh or p in kept}
         assets.append(row)
-        if len(grid) < grid_rows:
-            grid.append((truth, downsample_rgb(truth.photo), cells))
+        if in_grid:
+            grid.append((truth, downsample_rgb(truth.photo),
+                         {p: cells[p] for p in rows_of if p in cells}))
 
     result: dict[str, Any] = {
         "benchmark": "quality",
@@ -431,19 +447,57 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
         "confusion": category_confusion(assets),
         "assets": assets,
     }
+    if previous is not None:
+        result["updated"] = {"re_run": names, "kept": kept, "checked_on": len(grid)}
     for name in rows_of:
-        summary = _summary(records[name])
-        summary["load_seconds"] = load_seconds.get(name)
+        summary = _summary([a["pipelines"][name] for a in assets])
+        summary["load_seconds"] = load_seconds.get(name) if name in names else \
+            previous["pipelines"][name].get("load_seconds")
         result["pipelines"][name] = _round(summary)
-    for cat in sorted(per_category):
+    for cat in sorted({a["category"] for a in assets}):
         result["per_category"][cat] = {}
         for name in rows_of:
-            s = _summary(per_category[cat][name])
+            s = _summary([a["pipelines"][name] for a in assets if a["category"] == cat])
             result["per_category"][cat][name] = _round(
                 {k: s[k] for k in ("n", "n_ok", "silhouette_iou", "landmark_nme",
                                    "landmark_nme_n", "category_accuracy")})
-    image = grid_image(grid, names) if grid else None
+    image = grid_image(grid, [p for p in rows_of if p not in CEILINGS]) if grid else None
     return result, image
+
+
+def _kept_rows(previous: dict[str, Any], split: str, start: int, n: int, size: int,
+               names: list[str], ceilings: bool) -> list[str]:
+    """The rows of an earlier result that an update keeps: its pipelines not re-run, and its
+    ceiling rows while flatten is not re-run. Raises ValueError when it was another run
+    (split, seeds, size, preset, garment world) or holds nothing to keep."""
+    from models.garments import GENERATOR_VERSION
+
+    want = {"split": split, "seeds": [start, start + n - 1], "size": size, "preset": PRESET,
+            "eval_size": EVAL_SIZE, "generator_version": GENERATOR_VERSION}
+    for key, value in want.items():
+        if previous.get(key) != value:
+            raise ValueError(f"the earlier result has {key} {previous.get(key)!r}, this run "
+                             f"{value!r}: run every pipeline instead of updating")
+    if [a.get("seed") for a in previous.get("assets", [])] != list(range(start, start + n)):
+        raise ValueError("the earlier result lacks its per-asset records: run every pipeline "
+                         "instead of updating")
+    kept = [p for p in previous["pipelines"] if p not in names and (
+        p not in CEILINGS or ("flatten" not in names and not ceilings))]
+    if not kept:
+        raise ValueError("an update re-runs some pipelines and keeps the others, but the "
+                         "earlier result has no other pipeline")
+    return kept
+
+
+def _check_reproduced(name: str, seed: int, recorded: dict[str, Any],
+                      now: dict[str, Any]) -> None:
+    """A kept pipeline's record on a grid asset against a fresh run: every metric but the
+    seconds must be what was recorded."""
+    for key in sorted(set(recorded) | set(now) - {"seconds"}):
+        if key != "seconds" and recorded.get(key) != now.get(key):
+            raise ValueError(f"{name} on seed {seed} no longer reproduces its recorded {key} "
+                             f"({recorded.get(key)!r}, now {now.get(key)!r}): re-run it too "
+                             "(add it to --pipelines)")
 
 
 # ---- for people ---------------------------------------------------------------------------
@@ -537,6 +591,14 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _provenance(updated: dict[str, Any] | None) -> str:
+    if not updated:
+        return ""
+    return (f" Updated: {', '.join(updated['re_run'])} re-run; "
+            f"{', '.join(updated['kept'])} kept from the recorded run (reproduced on the "
+            f"grid's {updated['checked_on']} assets).")
+
+
 def format_markdown(result: dict[str, Any], png_name: str | None) -> str:
     """Per-pipeline means, then IoU / NME per true category."""
     names = list(result["pipelines"])
@@ -545,7 +607,8 @@ def format_markdown(result: dict[str, Any], png_name: str | None) -> str:
              f"(n = {result['n']}), photos and canvases {result['size']} px, `"
              f"{result['preset']}` preset; image metrics at {result['eval_size']}² "
              f"(`models/eval/quality.py` defines them). Garment world "
-             f"{result['generator_version']}.", "",
+             f"{result['generator_version']}."
+             + _provenance(result.get("updated")), "",
              "| pipeline | " + " | ".join(label for _, label, _ in _TABLE_COLS)
              + " | failures |",
              "|---|" + "---:|" * len(_TABLE_COLS) + "---|"]
