@@ -245,6 +245,9 @@ def test_an_update_re_runs_the_named_pipelines_and_keeps_the_others(
     err = capsys.readouterr().err
     assert "test-odd-fail on seed 1100000 no longer reproduces its recorded silhouette_iou" in err
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    # Without a grid the first asset is still checked.
+    assert main([*common[:7], "0", *common[8:], "--pipelines", "cutout", "--update"]) == 2
+    assert "no longer reproduces" in capsys.readouterr().err
     # Another run's result (here: other seeds) is not updated.
     assert main([*common[:2], "--n", "2", *common[4:], "--pipelines", "cutout",
                  "--update"]) == 2

@@ -349,7 +349,8 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
 
     With `previous` (an earlier result of the same split, n and size), only `pipelines` run
     on every seed: the previous result's other pipelines keep their records and run on the
-    grid's seeds only, to draw the grid and to check that those records still reproduce
+    grid's seeds only (the first seed without a grid), to draw the grid and to check that
+    those records still reproduce
     (ValueError naming the first that does not: then they must run again too). Ceiling rows
     are kept only while flatten is not re-run."""
     from tqdm import tqdm
@@ -407,7 +408,9 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
                                "pipelines": {}}
         cells: dict[str, tuple[np.ndarray | None, dict]] = {}
         in_grid = len(grid) < grid_rows
-        for name in [*names, *(checked if in_grid else ())]:
+        # Kept rows are checked on the grid's assets (on the first one without a grid).
+        checking = seed - start < max(grid_rows, 1)
+        for name in [*names, *(checked if checking else ())]:
             try:
                 rec, result, out = run_and_score(runners[name], truth, options)
             except Exception as exc:
@@ -448,7 +451,8 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
         "assets": assets,
     }
     if previous is not None:
-        result["updated"] = {"re_run": names, "kept": kept, "checked_on": len(grid)}
+        result["updated"] = {"re_run": names, "kept": kept,
+                             "checked_on": min(n, max(grid_rows, 1))}
     for name in rows_of:
         summary = _summary([a["pipelines"][name] for a in assets])
         summary["load_seconds"] = load_seconds.get(name) if name in names else \
@@ -595,8 +599,8 @@ def _provenance(updated: dict[str, Any] | None) -> str:
     if not updated:
         return ""
     return (f" Updated: {', '.join(updated['re_run'])} re-run; "
-            f"{', '.join(updated['kept'])} kept from the recorded run (reproduced on the "
-            f"grid's {updated['checked_on']} assets).")
+            f"{', '.join(updated['kept'])} kept from the recorded run (reproduced on its "
+            f"first {updated['checked_on']} assets).")
 
 
 def format_markdown(result: dict[str, Any], png_name: str | None) -> str:
