@@ -252,6 +252,11 @@ def test_an_update_re_runs_the_named_pipelines_and_keeps_the_others(
     assert main([*common[:2], "--n", "2", *common[4:], "--pipelines", "cutout",
                  "--update"]) == 2
     assert "the earlier result has seeds [1100000, 1100002]" in capsys.readouterr().err
+    # A result without the kept pipeline's per-asset records is not updated either.
+    del saved["assets"][1]["pipelines"]["test-odd-fail"]
+    path.write_text(json.dumps(saved))
+    assert main([*common, "--pipelines", "cutout", "--update"]) == 2
+    assert "lacks the kept pipelines' per-asset records" in capsys.readouterr().err
 
 
 def test_heldout_shorthand_and_no_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

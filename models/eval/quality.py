@@ -350,9 +350,8 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
     With `previous` (an earlier result of the same split, n and size), only `pipelines` run
     on every seed: the previous result's other pipelines keep their records and run on the
     grid's seeds only (the first seed without a grid), to draw the grid and to check that
-    those records still reproduce
-    (ValueError naming the first that does not: then they must run again too). Ceiling rows
-    are kept only while flatten is not re-run."""
+    those records still reproduce (ValueError naming the first that does not: then they must
+    run again too). Ceiling rows are kept only while flatten is not re-run."""
     from tqdm import tqdm
 
     from models.eval import split_seeds
@@ -482,14 +481,19 @@ def _kept_rows(previous: dict[str, Any], split: str, start: int, n: int, size: i
         if previous.get(key) != value:
             raise ValueError(f"the earlier result has {key} {previous.get(key)!r}, this run "
                              f"{value!r}: run every pipeline instead of updating")
-    if [a.get("seed") for a in previous.get("assets", [])] != list(range(start, start + n)):
-        raise ValueError("the earlier result lacks its per-asset records: run every pipeline "
-                         "instead of updating")
-    kept = [p for p in previous["pipelines"] if p not in names and (
-        p not in CEILINGS or ("flatten" not in names and not ceilings))]
+    rows, assets = previous.get("pipelines"), previous.get("assets")
+    kept = [p for p in rows if p not in names and (
+        p not in CEILINGS or ("flatten" not in names and not ceilings))] \
+        if isinstance(rows, dict) else []
     if not kept:
         raise ValueError("an update re-runs some pipelines and keeps the others, but the "
                          "earlier result has no other pipeline")
+    if not isinstance(assets, list) or [a.get("seed") for a in assets if isinstance(a, dict)] \
+            != list(range(start, start + n)) or any(
+                not isinstance(a.get("pipelines"), dict) or any(
+                    not isinstance(a["pipelines"].get(p), dict) for p in kept) for a in assets):
+        raise ValueError("the earlier result lacks the kept pipelines' per-asset records: run "
+                         "every pipeline instead of updating")
     return kept
 
 
@@ -497,8 +501,8 @@ def _check_reproduced(name: str, seed: int, recorded: dict[str, Any],
                       now: dict[str, Any]) -> None:
     """A kept pipeline's record on a grid asset against a fresh run: every metric but the
     seconds must be what was recorded."""
-    for key in sorted(set(recorded) | set(now) - {"seconds"}):
-        if key != "seconds" and recorded.get(key) != now.get(key):
+    for key in sorted((set(recorded) | set(now)) - {"seconds"}):
+        if recorded.get(key) != now.get(key):
             raise ValueError(f"{name} on seed {seed} no longer reproduces its recorded {key} "
                              f"({recorded.get(key)!r}, now {now.get(key)!r}): re-run it too "
                              "(add it to --pipelines)")
