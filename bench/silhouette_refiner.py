@@ -55,7 +55,7 @@ def stage_view(aligner, seed: int, family: str, size: int) -> dict:  # noqa: ANN
     rows, cols = photo_to_canvas_map(src, dst, s.wild_image.shape[:2], CANVAS,
                                      aligner.TPS_SMOOTHING)
     h, w = s.wild_image.shape[:2]
-    return {"shat": fused.silhouette, "mask": (warped.mask * 255 + 0.5).astype(np.uint8),
+    return {"shat": fused.silhouette, "mask": (warped.mask * 255).astype(np.uint8),
             "inside": (rows >= -0.5) & (rows <= h - 0.5) & (cols >= -0.5) & (cols <= w - 0.5),
             "rgb": warped.image, "truth": flat_silhouette(s.flat_mask),
             "right": d.category == s.category}
