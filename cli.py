@@ -355,9 +355,20 @@ def _cmd_bench_attributes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_quality(args: argparse.Namespace) -> int:
+def _read_json(path: Path, flag: str, what: str = "") -> Any:
+    """The JSON file `flag` names (or implies), parsed; a one-line CLIError when it cannot be
+    read or is not JSON."""
     import json
 
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise CLIError(f"{flag}: cannot read {what}{path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise CLIError(f"{flag} {path} is not valid JSON: {exc}") from None
+
+
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
     from models.eval.quality import (
         PipelineLoadError,
         benchmark_quality,
@@ -389,13 +400,7 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
             raise CLIError("--update re-runs the pipelines named by --pipelines and keeps the "
                            "others: name them")
         recorded = args.out_dir / f"quality-{_report_split(args)}.json"
-        try:
-            previous = json.loads(recorded.read_text())
-        except OSError as exc:
-            raise CLIError(f"--update: cannot read the recorded result {recorded}: "
-                           f"{exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise CLIError(f"--update: {recorded} is not valid JSON: {exc}") from None
+        previous = _read_json(recorded, "--update", "the recorded result ")
         if not isinstance(previous, dict) or previous.get("benchmark") != "quality":
             raise CLIError(f"--update: {recorded} is not a quality result")
     try:
@@ -641,8 +646,6 @@ _GENERATE_FLAGS = {"pipeline": "--pipeline", "preset": "--preset", "output_size"
 def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[str, dict]:
     """The pipeline and job options of `flatlay generate`, by the service's own rules
     (service.options: the preset's defaults, then what was given); CLIError otherwise."""
-    import json
-
     from workers.local import SUFFIX_FORMATS
 
     fmt = args.format
@@ -654,13 +657,7 @@ def _generate_options(args: argparse.Namespace, out_file: Path | None) -> tuple[
         fmt = wanted
     structure = None
     if args.structure is not None:
-        try:
-            structure = json.loads(args.structure.read_text())
-        except OSError as exc:
-            raise CLIError(f"--structure: cannot read {args.structure}: "
-                           f"{exc.strerror or exc}") from None
-        except (ValueError, RecursionError) as exc:
-            raise CLIError(f"--structure {args.structure} is not valid JSON: {exc}") from None
+        structure = _read_json(args.structure, "--structure")
 
     from service.errors import ApiError
     from service.options import given_options, resolve_options

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
 
@@ -35,7 +34,7 @@ from bench.harness import write_variants  # noqa: E402
 from models.garments import SPLITS, generate  # noqa: E402
 from models.pipeline import get_pipeline  # noqa: E402
 from models.train.pairs import flat_silhouette  # noqa: E402
-from models.warp import photo_to_canvas_map, warp_photo  # noqa: E402
+from models.warp import photo_to_canvas_map, signed_distance, warp_photo  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 CANVAS = 128  # the bank's silhouette size: Ŝ's own resolution
@@ -77,8 +76,7 @@ def stage_views(aligner, start: int, n: int, family: str, size: int,  # noqa: AN
 
 def tensors(d: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs (N, 6, C, C), Ŝ's signed distance in pixels (N, 1, C, C), truth (N, 1, C, C))."""
-    sdf = np.stack([ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m)
-                    for m in d["shat"].astype(bool)]).astype(np.float32)
+    sdf = np.stack([signed_distance(m) for m in d["shat"]])
     x = np.concatenate([np.clip(sdf / 16.0, -1, 1)[:, None],
                         d["mask"][:, None].astype(np.float32) / 255.0,
                         d["inside"][:, None].astype(np.float32),

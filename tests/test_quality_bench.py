@@ -184,6 +184,22 @@ def test_failures_are_counted_and_the_run_is_deterministic(test_pipelines: None,
     assert "odd_seed ×1" in paths["md"].read_text()
 
 
+def test_ceiling_rows_skip_the_photos_flatten_refused(monkeypatch: pytest.MonkeyPatch,
+                                                      test_pipelines: None) -> None:
+    # `flatten` stands in for a pipeline that refuses odd seeds: the ceilings, drawn inside its
+    # silhouette, exist only for the photos it delivered.
+    registry = dict(pipeline_module._REGISTRY)
+    registry["flatten"] = f"{__name__}:OddSeedsFail"
+    monkeypatch.setattr(pipeline_module, "_REGISTRY", registry)
+    result, _ = benchmark_quality("test", 2, ["flatten"], size=256, grid_rows=0,
+                                  progress=False, ceilings=True)
+    assert result["pipelines"]["flatten"]["n"] == 2
+    assert result["pipelines"]["flatten"]["n_ok"] == 1
+    for ceiling in CEILINGS:
+        assert result["pipelines"][ceiling]["n"] == 1
+    assert ceiling not in result["assets"][1]["pipelines"]
+
+
 def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results"
     code = main(["bench", "quality", "--split", "test", "--n", "2", "--pipelines", "cutout",

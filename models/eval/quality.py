@@ -452,15 +452,21 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
     if previous is not None:
         result["updated"] = {"re_run": names, "kept": kept,
                              "checked_on": min(n, max(grid_rows, 1))}
+
+    def records(name: str, category: str | None = None) -> list[dict[str, Any]]:
+        # A ceiling row has no record where flatten refused the photo.
+        return [a["pipelines"][name] for a in assets if name in a["pipelines"]
+                and category in (None, a["category"])]
+
     for name in rows_of:
-        summary = _summary([a["pipelines"][name] for a in assets])
-        summary["load_seconds"] = load_seconds.get(name) if name in names else \
-            previous["pipelines"][name].get("load_seconds")
+        summary = _summary(records(name))
+        summary["load_seconds"] = previous["pipelines"][name].get("load_seconds") \
+            if name in kept else load_seconds.get(name)
         result["pipelines"][name] = _round(summary)
     for cat in sorted({a["category"] for a in assets}):
         result["per_category"][cat] = {}
         for name in rows_of:
-            s = _summary([a["pipelines"][name] for a in assets if a["category"] == cat])
+            s = _summary(records(name, cat))
             result["per_category"][cat][name] = _round(
                 {k: s[k] for k in ("n", "n_ok", "silhouette_iou", "landmark_nme",
                                    "landmark_nme_n", "category_accuracy")})
@@ -488,10 +494,13 @@ def _kept_rows(previous: dict[str, Any], split: str, start: int, n: int, size: i
     if not kept:
         raise ValueError("an update re-runs some pipelines and keeps the others, but the "
                          "earlier result has no other pipeline")
-    if not isinstance(assets, list) or [a.get("seed") for a in assets if isinstance(a, dict)] \
-            != list(range(start, start + n)) or any(
-                not isinstance(a.get("pipelines"), dict) or any(
-                    not isinstance(a["pipelines"].get(p), dict) for p in kept) for a in assets):
+    def complete(asset: Any, seed: int) -> bool:
+        return isinstance(asset, dict) and asset.get("seed") == seed and isinstance(
+            asset.get("pipelines"), dict) and all(
+                isinstance(asset["pipelines"].get(p), dict) for p in kept)
+
+    if not isinstance(assets, list) or len(assets) != n or not all(
+            complete(a, start + i) for i, a in enumerate(assets)):
         raise ValueError("the earlier result lacks the kept pipelines' per-asset records: run "
                          "every pipeline instead of updating")
     return kept
