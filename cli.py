@@ -154,6 +154,9 @@ TRAINERS = {
                           "the illuminant estimator (the generator's colour constancy)"),
     "hints": Trainer("hints", "models.train.hints", "HintsTrainConfig", "train_hints",
                      "the text tower for hints (after structurenet and the bank)"),
+    "silhouette": Trainer("silhouette", "models.train.silhouette", "SilhouetteTrainConfig",
+                          "train_silhouette",
+                          "stage 5's silhouette refiner (after parser, structurenet, bank)"),
 }
 
 

@@ -2,9 +2,10 @@
 
     python bench/tune_ragdiffusion.py [--n 40] [--size 1024]
 
-Each row sets the `ragdiffusion` call options (detail, detail_where, silhouette) or the step
-count away from the shipped values (`flatten` is the reference row) and scores the first n
-validation photos with the quality benchmark's own metrics (`models.eval.quality.score`).
+Each row sets the `ragdiffusion` call options (detail, detail_where, silhouette), the step
+count or stage 5's silhouette refiner away from the shipped values (`flatten` is the
+reference row) and scores the first n validation photos with the quality benchmark's own
+metrics (`models.eval.quality.score`).
 Prints a table and writes bench/results/ragdiffusion-val.{md,json}, and a grid of the first
 `--grid` photos under every variant (ragdiffusion-val.png) to look at beside the numbers.
 """
@@ -38,6 +39,9 @@ VARIANTS: list[tuple[str, dict]] = [
     ("detail 1 printed", {"detail": 1.0, "detail_where": "printed"}),
     ("detail 0.5 printed", {"detail": 0.5, "detail_where": "printed"}),
     ("silhouette generated", {"silhouette": "generated"}),
+    # Stage 5 without the silhouette refiner: Ŝ as fused, under both pipelines.
+    ("flatten Ŝ unrefined", {"pipeline": "flatten", "refine": False}),
+    ("Ŝ unrefined", {"refine": False}),
     ("1 step", {"steps": 1}),
     ("2 steps", {"steps": 2}),
     ("4 steps", {"steps": 4}),
@@ -75,6 +79,10 @@ def main() -> None:
         if only and label not in only:
             continue
         flatten = knobs.get("pipeline") == "flatten"
+        aligner = (reference if flatten else pipe).aligner
+        refiner = aligner.refiner
+        if knobs.get("refine") is False:
+            aligner.refiner = None
         call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette", "detail_where")}
         per: dict[str, list[float]] = {m: [] for m in METRICS}
         seconds = []
@@ -95,6 +103,7 @@ def main() -> None:
                 grid[i][2][label] = (out, metrics)
             for m in METRICS:
                 per[m].append(metrics[m])
+        aligner.refiner = refiner
         rows.append({"variant": label, **{m: round(float(np.nanmean(v)), 4)
                                           for m, v in per.items()},
                      "seconds_p50": round(float(np.median(seconds)), 3)})

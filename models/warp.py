@@ -150,12 +150,15 @@ class PhotoWarp:
     """The photo re-sampled onto the canonical canvas.
 
     image: (S, S, 3) uint8; mask: (S, S) float32, the photo's garment mask carried along;
-    validity: (S, S) bool, V: where texture is known (inside the photo and on the garment).
+    validity: (S, S) bool, V: where texture is known (inside the photo and on the garment);
+    coverage: (S, S) bool, where the canvas maps inside the photo at all (the silhouette
+    refiner tells a garment cut by the frame from one that ends).
     """
 
     image: np.ndarray
     mask: np.ndarray
     validity: np.ndarray
+    coverage: np.ndarray
 
 
 def photo_to_canvas_map(photo_landmarks: np.ndarray, canvas_landmarks: np.ndarray,
@@ -200,4 +203,4 @@ def warp_photo(rgb: np.ndarray, mask: np.ndarray, photo_landmarks: np.ndarray,
     out = out.permute(1, 2, 0).numpy()
     image = np.clip(out[..., :3] + 0.5, 0, 255).astype(np.uint8)
     warped_mask = np.where(inside, out[..., 3] / 255.0, 0.0).astype(np.float32)
-    return PhotoWarp(image, warped_mask, inside & (warped_mask > 0.5))
+    return PhotoWarp(image, warped_mask, inside & (warped_mask > 0.5), inside)

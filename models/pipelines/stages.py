@@ -15,7 +15,7 @@ are imported only when used.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -160,17 +160,27 @@ class StructureAligner:
     # choice is explained). An attribute so bench/tune_fusion.py can weigh others.
     SHAPE_K: int | None = None
 
-    def __init__(self, fusion: str = "slle") -> None:
+    def __init__(self, fusion: str = "slle", refine_silhouette: bool = True) -> None:
+        """refine_silhouette: after the warp, the learned refiner (`models.silhouette`)
+        corrects Ŝ from the warped photo where retrieval decided the structure (a request's
+        structure is kept as given); False serves Ŝ as fused — the refiner's own training
+        data and its ablation."""
         if fusion not in ("slle", "nearest"):
             raise ValueError(f"fusion {fusion!r}: 'slle' or 'nearest'")
         self.fusion = fusion
+        self.refine_silhouette = refine_silhouette
         self.parser = None
         self.structurenet = None
+        self.refiner = None
         self.bank = None
         self._bank_stamp: tuple[str, float] | None = None
 
     def load(self) -> None:
         self.parser, self.structurenet = load_retrieval_models()
+        if self.refine_silhouette:
+            from models.silhouette import shipped_refiner
+
+            self.refiner = shipped_refiner()
         self.fresh_bank()
 
     def fresh_bank(self):  # noqa: ANN201 (structure_bank is imported lazily)
@@ -355,6 +365,8 @@ class StructureAligner:
         with clock.stage("warp"):
             src, dst = self._correspondences(parsed, fused, garment)
             warped = warp_photo(rgb, parsed.mask, src, dst, size, self.TPS_SMOOTHING)
+            if self.refiner is not None and given is None:
+                fused = replace(fused, silhouette=self.refiner.refine(fused.silhouette, warped))
         return CoarseAlignment(parsed=parsed, query=query, fused=fused, warped=warped,
                                crop=crop, category_confidence=confidence, hint=outcome,
                                photo_landmarks=None if given is not None

@@ -160,3 +160,55 @@ def supervised_loop(cfg: TrainRun, model: torch.nn.Module, opt: torch.optim.Opti
                                   "seconds": before + time.time() - started})
     bar.close()
     return history, round(before + time.time() - started, 1)
+
+
+def cached_shards(folder: Path, jobs: Sequence[Any], fn: Callable[[Any], dict | None],
+                  fields: Sequence[str], workers: int, desc: str, shard: int = 250
+                  ) -> dict[str, Any]:
+    """[fn(j) for j in jobs] (rows of `fields`, None rows dropped) stacked per field, made
+    in `workers` forked processes and cached under `folder` in shards of `shard` jobs: a
+    shard on disk is not made again, so an interrupted cache resumes where it stopped."""
+    import numpy as np
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = [(i, min(i + shard, len(jobs))) for i in range(0, len(jobs), shard)]
+    todo = [(a, b) for a, b in shards if not (folder / f"{a:06d}.npz").is_file()]
+    if todo:
+        bar = tqdm(total=sum(b - a for a, b in todo), desc=desc, unit="photo")
+        with mp.get_context("fork").Pool(workers) as pool:
+            for a, b in todo:
+                rows = []
+                for row in pool.imap(fn, jobs[a:b], chunksize=8):
+                    bar.update(1)
+                    if row is not None:
+                        rows.append(row)
+                arrays = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in fields}
+                tmp = folder / f"{a:06d}.tmp.npz"
+                np.savez(tmp, **arrays)
+                tmp.replace(folder / f"{a:06d}.npz")
+        bar.close()
+    parts = []
+    for a, _ in shards:
+        with np.load(folder / f"{a:06d}.npz") as z:
+            parts.append({k: z[k] for k in fields})
+    return {k: np.concatenate([p[k] for p in parts]) for k in fields}
+
+
+def served_alignment(aligner: Any, seed: int, photo_size: int,  # noqa: ANN401
+                     family: str | None = None) -> tuple[Any, Any, Any]:
+    """A garment-world seed's sample, its photo as the service receives it (the decoded
+    JPEG) and stages 1–5 on it as served — the warp at the photo's size, as the service
+    warps at 1024² — or None in place of the alignment where the stages refuse the photo."""
+    from models.garments import generate
+    from models.io import decode_image
+    from models.pipeline import PipelineError, StageClock
+    from models.pipelines.flatten import FlattenPipeline
+
+    s = generate(int(seed), size=photo_size, family=family)
+    photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
+    try:
+        coarse = aligner.align(photo, None, photo_size, StageClock(FlattenPipeline.stages, None))
+    except PipelineError:
+        coarse = None
+    return s, photo, coarse

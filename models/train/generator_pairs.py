@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from models.garments import CATEGORIES, SPLITS
+from models.train.common import cached_shards, served_alignment
 
 SHARD = 250
 FIELDS = ("target", "warp", "validity", "structure", "embedding", "crop", "cutout",
@@ -39,19 +39,10 @@ def _aligner():  # noqa: ANN202 (torch is imported lazily)
 def make_pair(seed: int, photo_size: int, resolution: int, latent_size: int) -> dict | None:
     """One seed's pair (see FIELDS), or None where stages 1–5 fail on its photo."""
     from models.eval.quality import downsample_rgb
-    from models.garments import generate
     from models.generator.conditioning import coarse_conditions
-    from models.io import decode_image
-    from models.pipeline import PipelineError, StageClock
-    from models.pipelines.flatten import FlattenPipeline
 
-    s = generate(int(seed), size=photo_size)
-    photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
-    try:
-        # The warp at the photo's size, area-downsampled: as the service does at 1024².
-        coarse = _aligner().align(photo, None, photo_size,
-                                  StageClock(FlattenPipeline.stages, None))
-    except PipelineError:
+    s, photo, coarse = served_alignment(_aligner(), seed, photo_size)
+    if coarse is None:
         return None
     cond = coarse_conditions(coarse, photo, resolution, latent_size)
     alpha = np.asarray(Image.fromarray(s.flat_mask.astype(np.float32), "F").resize(
@@ -75,31 +66,7 @@ def _job(args: tuple[int, int, int, int]) -> dict | None:
 def cache_pairs(run: Path, split: str, n: int, photo_size: int, resolution: int,
                 latent_size: int, workers: int = 2) -> dict[str, np.ndarray]:
     """The first n seeds of `split` as pairs (cached under run/pairs/split), all in memory."""
-    import multiprocessing as mp
-
-    folder = Path(run) / "pairs" / split
-    folder.mkdir(parents=True, exist_ok=True)
     start = SPLITS[split][0]
-    shards = [(i, min(i + SHARD, n)) for i in range(0, n, SHARD)]
-    todo = [(a, b) for a, b in shards if not (folder / f"{a:06d}.npz").is_file()]
-    if todo:
-        bar = tqdm(total=sum(b - a for a, b in todo), desc=f"pairs {split}", unit="pair")
-        ctx = mp.get_context("fork")
-        with ctx.Pool(workers) as pool:
-            for a, b in todo:
-                jobs = [(start + i, photo_size, resolution, latent_size) for i in range(a, b)]
-                rows = []
-                for row in pool.imap(_job, jobs, chunksize=8):
-                    bar.update(1)
-                    if row is not None:
-                        rows.append(row)
-                arrays = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in FIELDS}
-                tmp = folder / f"{a:06d}.tmp.npz"
-                np.savez(tmp, **arrays)
-                tmp.replace(folder / f"{a:06d}.npz")
-        bar.close()
-    parts = []
-    for a, _ in shards:
-        with np.load(folder / f"{a:06d}.npz") as z:
-            parts.append({k: z[k] for k in FIELDS})
-    return {k: np.concatenate([p[k] for p in parts]) for k in FIELDS}
+    jobs = [(start + i, photo_size, resolution, latent_size) for i in range(n)]
+    return cached_shards(Path(run) / "pairs" / split, jobs, _job, FIELDS, workers,
+                         f"pairs {split}", SHARD)
