@@ -42,6 +42,7 @@ randomness beyond the seeds, so a run is reproducible.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -506,12 +507,28 @@ def _kept_rows(previous: dict[str, Any], split: str, start: int, n: int, size: i
     return kept
 
 
+# How far a kept record's metric may be from a fresh run's and still be the same model: the
+# CPU's float sums differ in the last digits between runs (noretrieval's ΔE on seed 1100004:
+# 9.04659 recorded, 9.04663 again, the code unchanged); a changed model moves them by 1e-3
+# and more.
+REPRODUCE_TOLERANCE = 1e-4
+
+
+def _same_metric(recorded: Any, now: Any) -> bool:  # noqa: ANN401
+    numbers = (int, float)
+    if isinstance(recorded, numbers) and isinstance(now, numbers) and not isinstance(
+            recorded, bool) and not isinstance(now, bool):
+        return math.isclose(recorded, now, rel_tol=REPRODUCE_TOLERANCE,
+                            abs_tol=REPRODUCE_TOLERANCE)
+    return recorded == now
+
+
 def _check_reproduced(name: str, seed: int, recorded: dict[str, Any],
                       now: dict[str, Any]) -> None:
     """A kept pipeline's record on a grid asset against a fresh run: every metric but the
-    seconds must be what was recorded."""
+    seconds must be what was recorded (numbers within REPRODUCE_TOLERANCE)."""
     for key in sorted((set(recorded) | set(now)) - {"seconds"}):
-        if recorded.get(key) != now.get(key):
+        if not _same_metric(recorded.get(key), now.get(key)):
             raise ValueError(f"{name} on seed {seed} no longer reproduces its recorded {key} "
                              f"({recorded.get(key)!r}, now {now.get(key)!r}): re-run it too "
                              "(add it to --pipelines)")
