@@ -26,6 +26,7 @@ from models.train.pairs import flat_silhouette
 from models.train.silhouette import (
     SilhouetteTrainConfig,
     export_refusal,
+    stages_stamp,
     train_silhouette,
 )
 from models.warp import warp_photo
@@ -134,6 +135,27 @@ def test_training_resumes_and_exports_nothing_that_does_not_beat_the_fused_silho
     cfg.steps = 3
     train_silhouette(cfg)  # resumes at step 2 from the cached stage views
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 3
+    # The cached views are named by the stages that made them.
+    stamp = stages_stamp()
+    assert sorted(p.name for p in (tmp_path / "run" / "views").iterdir()) == [
+        f"train-200000-6-standard-256-{stamp}", f"val-1000000-3-heldout-256-{stamp}",
+        f"val-1000000-3-standard-256-{stamp}"]
+
+
+def test_views_made_behind_another_bank_are_another_data_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from structure_bank import builder
+
+    before = stages_stamp()
+    bank = tmp_path / "bank"
+    shutil.copytree(builder.default_bank_path(), bank)
+    monkeypatch.setattr(builder, "DEFAULT_BANK", bank)
+    assert stages_stamp() == before  # the same bank, elsewhere
+    with (bank / "entries.jsonl").open("a") as fh:
+        fh.write("\n")
+    assert stages_stamp() != before
 
 
 def test_shipped_refiner_beats_the_fused_silhouette_on_validation_photos() -> None:
