@@ -123,8 +123,10 @@ def _iou(pred: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
 def refined_iou(net: RefinerNet, data: tuple[torch.Tensor, ...]) -> np.ndarray:
     """Per-photo IoU of the refined silhouette with the truth (what `refine` serves)."""
     x, sdf, truth = data
+    device = next(net.parameters()).device
     net.eval()
-    logits = torch.cat([net(x[i:i + 64], sdf[i:i + 64]) for i in range(0, len(x), 64)])
+    logits = torch.cat([net(x[i:i + 64].to(device), sdf[i:i + 64].to(device)).cpu()
+                        for i in range(0, len(x), 64)])
     net.train()
     refined = logits > 0
     # As served: a refinement that leaves nothing keeps Ŝ.
