@@ -135,15 +135,19 @@ def refined_iou(net: RefinerNet, data: tuple[torch.Tensor, ...]) -> np.ndarray:
     return _iou(refined, truth)
 
 
-def evaluate(net: RefinerNet, sets: dict[str, tuple], right: dict[str, np.ndarray]
-             ) -> dict[str, float]:
-    """Mean IoU of the refined silhouette on each set, and where the category was right."""
+def _summary(ious: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per set: mean IoU (`iou_SET`) and its mean where the category was right."""
     out = {}
-    for name, data in sets.items():
-        iou = refined_iou(net, data)
+    for name, iou in ious.items():
         out[f"iou_{name}"] = round(float(iou.mean()), 4)
         out[f"iou_{name}_right"] = round(float(iou[right[name]].mean()), 4)
     return out
+
+
+def evaluate(net: RefinerNet, sets: dict[str, tuple], right: dict[str, np.ndarray]
+             ) -> dict[str, float]:
+    """Mean IoU of the refined silhouette on each set, and where the category was right."""
+    return _summary({name: refined_iou(net, data) for name, data in sets.items()}, right)
 
 
 def export_refusal(iou: float, rivals: dict[str, float]) -> str | None:
@@ -171,11 +175,7 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     sets = {k: _tensors(v) for k, v in raw.items()}
     right = {k: v["right"].astype(bool) for k, v in raw.items()}
     x, sdf, truth = _tensors(train)
-    base = {}
-    for name, (_, s, t) in sets.items():
-        iou = _iou(s < 0, t)
-        base[f"iou_{name}"] = round(float(iou.mean()), 4)
-        base[f"iou_{name}_right"] = round(float(iou[right[name]].mean()), 4)
+    base = _summary({name: _iou(s < 0, t) for name, (_, s, t) in sets.items()}, right)
     print(f"Ŝ as fused: {base}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
