@@ -285,6 +285,41 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     assert state[f"down_blocks.0.resnets.{layers}.conv2.weight"].abs().max() < 1e-4
 
 
+def test_cached_pairs_and_latents_are_named_by_what_made_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pairs made behind another refiner (or parser, bank …) and latents of other pairs or
+    another encoder are another data set: never read back as these."""
+    from models import silhouette
+    from models.train import common
+    from models.train.generator import _latents
+    from models.train.generator_pairs import pairs_folder
+
+    before = pairs_folder(tmp_path, "val", 256, 128)
+    assert before.name == f"val-256-128-{common.stages_stamp(refined=True)}"
+    assert common.stages_stamp(refined=True) != common.stages_stamp()
+    refiner = tmp_path / "refiner"
+    shutil.copytree(silhouette.SILHOUETTE_WEIGHTS, refiner)
+    monkeypatch.setattr(silhouette, "SILHOUETTE_WEIGHTS", refiner)
+    assert pairs_folder(tmp_path, "val", 256, 128) == before  # the same weights, elsewhere
+    (refiner / "model.safetensors").write_bytes(b"other weights")
+    assert pairs_folder(tmp_path, "val", 256, 128) != before
+
+    rng = np.random.default_rng(0)
+    pairs = {"seed": np.arange(2), "target": rng.integers(0, 256, (2, 32, 32, 4), np.uint8),
+             "warp": rng.integers(0, 256, (2, 32, 32, 3), np.uint8),
+             "validity": np.ones((2, 32, 32), bool),
+             "cutout": rng.integers(0, 256, (2, 32, 32, 4), np.uint8)}
+    vae = build_vae({**model_config("generator", "tiny")["vae"], "sample_size": 32}).eval()
+    first = _latents(tmp_path, vae, pairs, "val", 8)["warp"]
+    assert torch.equal(_latents(tmp_path, vae, pairs, "val", 8)["warp"], first)
+    pairs["warp"] = 255 - pairs["warp"]  # other pairs of the same count
+    second = _latents(tmp_path, vae, pairs, "val", 8)["warp"]
+    assert not torch.equal(second, first)
+    with torch.no_grad():
+        vae.encoder.conv_in.weight.mul_(2)  # another encoder, the same pairs
+    assert not torch.equal(_latents(tmp_path, vae, pairs, "val", 8)["warp"], second)
+
+
 # --- The bridge ------------------------------------------------------------------------------
 
 TINY_UNET = {**model_config("generator", "tiny")["unet"], "block_out_channels": [16, 32, 32],

@@ -22,11 +22,11 @@ from models.silhouette import (
     SilhouetteRefiner,
     refiner_views,
 )
+from models.train.common import stages_stamp
 from models.train.pairs import flat_silhouette
 from models.train.silhouette import (
     SilhouetteTrainConfig,
     export_refusal,
-    stages_stamp,
     train_silhouette,
 )
 from models.warp import warp_photo

@@ -3,6 +3,7 @@ processes, and checkpoints that a run resumes from."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -212,3 +213,25 @@ def served_alignment(aligner: Any, seed: int, photo_size: int,  # noqa: ANN401
     except PipelineError:
         coarse = None
     return s, photo, coarse
+
+
+def stages_stamp(refined: bool = False) -> str:
+    """A short digest of the weights and the bank that stages 1–4 load (parser, category
+    head, StructureNet, the default bank) and, with `refined`, stage 5's silhouette refiner:
+    data made behind other ones is another data set, so a cache folder carries it (a change
+    of the stages' code needs the cache deleted)."""
+    from models.parser import PARSER_WEIGHTS
+    from models.pattern import CATEGORY_WEIGHTS
+    from models.silhouette import SILHOUETTE_WEIGHTS
+    from models.structurenet import DEFAULT_WEIGHTS
+    from structure_bank.builder import default_bank_path
+
+    digest = hashlib.sha256()
+    folders = [PARSER_WEIGHTS, CATEGORY_WEIGHTS, DEFAULT_WEIGHTS]
+    for folder in folders + ([SILHOUETTE_WEIGHTS] if refined else []):
+        weights = Path(folder) / "model.safetensors"
+        digest.update(weights.read_bytes() if weights.is_file() else b"none")
+    for path in sorted(Path(default_bank_path()).rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:10]

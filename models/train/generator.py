@@ -300,6 +300,21 @@ def _vae_grid(path: Path, vae, adapter, val: dict, n: int = 8) -> None:  # noqa:
 # ---- the denoiser ---------------------------------------------------------------------------
 
 
+def latent_source(vae, pairs: dict) -> str:  # noqa: ANN001
+    """A digest of what the cached latents are made of: the pairs (their seeds, truths, warps
+    and cutouts) and the VAE's encoder. Latents of other pairs, or of another encoder, are
+    made again."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in ("seed", "target", "warp", "validity", "cutout"):
+        digest.update(np.ascontiguousarray(pairs[key]).tobytes())
+    for module in (vae.encoder, vae.quant_conv):
+        for value in (module.state_dict().values() if module is not None else ()):
+            digest.update(value.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _latents(run: Path, vae, pairs: dict, name: str, latent: int,  # noqa: ANN001
              mirrored: bool = False) -> dict:
     """The frozen VAE's view of the pairs, cached: truth latents, W's and the cutout's
@@ -308,10 +323,10 @@ def _latents(run: Path, vae, pairs: dict, name: str, latent: int,  # noqa: ANN00
     VAE's kernels are not symmetric and a flipped latent decodes to another image."""
     path = run / f"latents-{name}.pt"
     n = len(pairs["seed"])
-    cached: dict = {"n": n}
+    cached: dict = {"n": n, "source": latent_source(vae, pairs)}
     if path.is_file():
         found = torch.load(path, weights_only=True)
-        if found["n"] == n:
+        if found["n"] == n and found.get("source") == cached["source"]:
             cached = found
     flips = (False, True) if mirrored else (False,)
     todo = [f for f in flips if f"target{'_flip' if f else ''}" not in cached]

@@ -4,8 +4,10 @@ SLLE and the warp exactly as in the service, and is paired with its true flat-la
 generator so learns to repair the upstream errors it will meet, never seeing the true
 structure as input.
 
-Shards of `SHARD` seeds are written as `.npz` under `<run>/pairs/<split>/`; a shard on disk
-is not made again, so an interrupted cache resumes where it stopped.
+Shards of `SHARD` seeds are written as `.npz` under `<run>/pairs/<split>-…/`, a folder named
+by the photo size, the resolution and the stages that made them (`stages_stamp`: pairs made
+behind another parser, bank or refiner are another data set); a shard on disk is not made
+again, so an interrupted cache resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from models.garments import CATEGORIES, SPLITS
-from models.train.common import cached_shards, served_alignment
+from models.train.common import cached_shards, served_alignment, stages_stamp
 
 SHARD = 250
 FIELDS = ("target", "warp", "validity", "structure", "embedding", "crop", "cutout",
@@ -65,8 +67,15 @@ def _job(args: tuple[int, int, int, int]) -> dict | None:
 
 def cache_pairs(run: Path, split: str, n: int, photo_size: int, resolution: int,
                 latent_size: int, workers: int = 2) -> dict[str, np.ndarray]:
-    """The first n seeds of `split` as pairs (cached under run/pairs/split), all in memory."""
+    """The first n seeds of `split` as pairs (cached under `pairs_folder`), all in memory."""
     start = SPLITS[split][0]
     jobs = [(start + i, photo_size, resolution, latent_size) for i in range(n)]
-    return cached_shards(Path(run) / "pairs" / split, jobs, _job, FIELDS, workers,
-                         f"pairs {split}", SHARD)
+    return cached_shards(pairs_folder(run, split, photo_size, resolution), jobs, _job, FIELDS,
+                         workers, f"pairs {split}", SHARD)
+
+
+def pairs_folder(run: Path, split: str, photo_size: int, resolution: int) -> Path:
+    """Where a split's pairs are cached: named by the set and the stages that make them (the
+    served stages 1–5, the silhouette refiner included)."""
+    return (Path(run) / "pairs"
+            / f"{split}-{photo_size}-{resolution}-{stages_stamp(refined=True)}")

@@ -15,7 +15,6 @@ the shipped refiner on validation.
 from __future__ import annotations
 
 import functools
-import hashlib
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from models.train.common import (
     cached_shards,
     numpy_rng,
     served_alignment,
+    stages_stamp,
     supervised_loop,
 )
 
@@ -78,25 +78,6 @@ def refiner_example(job: tuple[int, int, str]) -> dict | None:
     return {"silhouette": coarse.fused.silhouette, **refiner_views(coarse.warped),
             "truth": flat_silhouette(s.flat_mask),
             "right": coarse.fused.category == s.category, "seed": seed}
-
-
-def stages_stamp() -> str:
-    """A short digest of the weights and the bank stages 1–4 load (parser, category head,
-    StructureNet, the default bank): views made behind other ones are another data set, so
-    the cache folder carries it (a change of the stages' code needs the cache deleted)."""
-    from models.parser import PARSER_WEIGHTS
-    from models.pattern import CATEGORY_WEIGHTS
-    from models.structurenet import DEFAULT_WEIGHTS
-    from structure_bank.builder import default_bank_path
-
-    digest = hashlib.sha256()
-    for folder in (PARSER_WEIGHTS, CATEGORY_WEIGHTS, DEFAULT_WEIGHTS):
-        weights = Path(folder) / "model.safetensors"
-        digest.update(weights.read_bytes() if weights.is_file() else b"none")
-    for path in sorted(Path(default_bank_path()).rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:10]
 
 
 def refiner_data(run: Path, name: str, start: int, n: int, family: str, photo_size: int,
