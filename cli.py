@@ -157,6 +157,9 @@ TRAINERS = {
     "silhouette": Trainer("silhouette", "models.train.silhouette", "SilhouetteTrainConfig",
                           "train_silhouette",
                           "stage 5's silhouette refiner (after parser, structurenet, bank)"),
+    "decision": Trainer("decision", "models.train.decision", "DecisionTrainConfig",
+                        "train_decision",
+                        "stage 3's category decision (after parser, structurenet, bank)"),
 }
 
 

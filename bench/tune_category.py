@@ -11,10 +11,11 @@ parser alone. Each vote weight (without the fit), then each fit weight (at the s
 then each second look of the parser (`GarmentParser.zoom`: off, or the weight of the zoomed
 pass in the category, `+detail` for its mask and landmarks too; at the shipped vote and fit),
 then each weight of the category head in the parse's category (`GarmentParser.head_weight`,
-0: the parser alone; the shipped head or `--head`), runs `flatten` on the first n validation
-photos, scored with the quality benchmark's metrics: category accuracy, silhouette IoU
-(overall, category right, category wrong) and landmark NME. Prints a table and writes
-bench/results/category-val.{md,json}.
+0: the parser alone; the shipped head or `--head`), and the trained decision
+(`models.decision`, where one ships; the other rows weigh the hand-set rule), runs `flatten`
+on the first n validation photos, scored with the quality benchmark's metrics: category
+accuracy, silhouette IoU (overall, category right, category wrong) and landmark NME. Prints
+a table and writes bench/results/category-val.{md,json}.
 """
 
 from __future__ import annotations
@@ -111,26 +112,34 @@ def main() -> None:
         ap.error("--heads needs a category head: none ships yet, give --head DIR")
     shipped = (aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT, look_of(parser),
                parser.head_weight if parser.head is not None else 0.0)
+    # The rows weigh the hand-set rule's evidence; the trained decision (models.decision),
+    # where one ships, gets a row of its own at the shipped looks and head.
+    decider, aligner.decider = aligner.decider, None
     variants = ([(v, 0.0, shipped[2], shipped[3]) for v in votes]
                 + [(shipped[0], f, shipped[2], shipped[3]) for f in fits if f]
                 + [(shipped[0], shipped[1], look, shipped[3]) for look in looks]
-                + [(*shipped[:3], w) for w in heads])
+                + [(*shipped[:3], w) for w in heads]
+                + ([None] if decider is not None else []))
     start = SPLITS["val"][0]
     truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
     rows = []
     try:
-        for vote, fit, look, head in variants:
+        for variant in variants:
+            aligner.decider = decider if variant is None else None
+            vote, fit, look, head = shipped if variant is None else variant
             aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = vote, fit
             parser.zoom, parser.zoom_weight, parser.zoom_detail = look
             parser.head_weight = head
-            name = f"vote {vote:g}, fit {fit:g}, look {look_name(look)}, head {head:g}"
+            name = ("the trained decision (shipped)" if variant is None else
+                    f"vote {vote:g}, fit {fit:g}, look {look_name(look)}, head {head:g}")
             scored = [run_and_score(run, t, PipelineOptions(output_size=args.size,
                                                              seed=t.seed))[0]
                       for t in tqdm(truths, desc=name)]
             summary = _summary(scored)  # the quality benchmark's own aggregates
             rows.append({
-                "variant": name + (" (parser alone)" if vote == fit == 0 else "")
-                + (" (shipped)" if (vote, fit, look, head) == shipped else ""),
+                "variant": name if variant is None else name
+                + (" (parser alone)" if vote == fit == 0 else "")
+                + (" (the rule)" if variant == shipped else ""),
                 "n": summary["n_ok"],
                 **{key: rounded(summary[of]) for key, of in (
                     ("category_accuracy", "category_accuracy"),
@@ -140,6 +149,7 @@ def main() -> None:
                     ("landmark_nme", "landmark_nme"))}})
             print(rows[-1])
     finally:
+        aligner.decider = decider
         aligner.VOTE_WEIGHT, aligner.FIT_WEIGHT = shipped[:2]
         parser.zoom, parser.zoom_weight, parser.zoom_detail = shipped[2]
         parser.head_weight = shipped[3]

@@ -108,3 +108,20 @@ def test_category_training_writes_a_head_that_loads(tmp_path: Path) -> None:
     card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
     assert card.startswith("# Category head") and "flatlay train category --config tiny" in card
     assert "| step | loss | accuracy | wild |" in card
+
+
+def test_served_training_views_are_what_the_service_gives_the_head() -> None:
+    """`flatlay train category`'s default views: the decoded photo, the shipped parser's own
+    mask and the second-look square around it, as `GarmentParser.parse` hands them over."""
+    from models.garments import generate
+    from models.io import decode_image
+    from models.pattern import category_input
+    from models.train.pattern import CategoryTrainConfig, _served_category_views
+
+    assert CategoryTrainConfig().view == "served"
+    views, label, category = _served_category_views(1_000_001, 256, 48)
+    s = generate(1_000_001, size=256)
+    photo = decode_image(s.wild_jpeg)
+    mask = GarmentParser.from_pretrained(PARSER_WEIGHTS).parse(photo).mask
+    np.testing.assert_array_equal(views[0], category_input(photo, mask, 48))
+    assert label == category == CATEGORIES.index(s.category)

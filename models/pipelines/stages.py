@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from models.pipeline import (
     configured_bank_dir,
 )
 from models.presets import get_preset
+
+if TYPE_CHECKING:
+    from models.decision import CategoryEvidence
 
 # Below this standard deviation (8-bit levels, every channel) a photo is a plain colour.
 MIN_CONTRAST = 3.0
@@ -172,6 +175,7 @@ class StructureAligner:
         self.parser = None
         self.structurenet = None
         self.refiner = None
+        self.decider = None
         self.bank = None
         self._bank_stamp: tuple[str, float] | None = None
 
@@ -181,6 +185,9 @@ class StructureAligner:
             from models.silhouette import shipped_refiner
 
             self.refiner = shipped_refiner()
+        from models.decision import shipped_decider
+
+        self.decider = shipped_decider()
         self.fresh_bank()
 
     def fresh_bank(self):  # noqa: ANN201 (structure_bank is imported lazily)
@@ -246,29 +253,37 @@ class StructureAligner:
                                    parsed.visibility, category, k=self.K, fit=fit,
                                    shape_k=SHAPE_K if self.SHAPE_K is None else self.SHAPE_K)
 
-    def category_posterior(self, parsed, bank, query: np.ndarray  # noqa: ANN001
-                           ) -> tuple[dict[str, float], dict]:
-        """The parser's category belief times the vote of the query's top global hits
-        (add-half smoothed) to the power VOTE_WEIGHT, times the landmark fit (FIT_WEIGHT),
-        normalised over the categories; and the landmark fits measured on the way
-        (category → `CandidateFit`, for stage 4 to reuse). StructureNet's category head
-        lowered accuracy."""
+    def category_evidence(self, parsed, bank, query: np.ndarray  # noqa: ANN001
+                          ) -> tuple[CategoryEvidence, dict]:
+        """The evidence for the decision (`models.decision.CategoryEvidence`: the parser's
+        belief, the vote of the query's top global hits, add-half smoothed, and the landmark
+        fit of the FIT_CATEGORIES likeliest by parser × vote^VOTE_WEIGHT), and the fits
+        measured on the way (category → `CandidateFit`, for stage 4 to reuse)."""
         from collections import Counter
 
+        from models.decision import CategoryEvidence
         from models.garments import CATEGORIES
         from models.slle import CATEGORY_VOTERS
 
         log_p = np.log(np.array([parsed.category_probs[c] for c in CATEGORIES]) + 1e-6)
-        if self.VOTE_WEIGHT:
-            votes = Counter(h.category for h in bank.search(query, CATEGORY_VOTERS))
-            log_p += self.VOTE_WEIGHT * np.log(
-                np.array([votes.get(c, 0) for c in CATEGORIES]) + 0.5)
-        measured: dict = {}
-        if self.FIT_WEIGHT:
-            log_fits, measured = self._log_fits(parsed, bank, query, log_p)
-            log_p -= self.FIT_WEIGHT * log_fits
-        p = np.exp(log_p - log_p.max())
-        return dict(zip(CATEGORIES, (p / p.sum()).tolist(), strict=True)), measured
+        votes = Counter(h.category for h in bank.search(query, CATEGORY_VOTERS))
+        log_votes = np.log(np.array([votes.get(c, 0) for c in CATEGORIES]) + 0.5)
+        log_fits, measured = self._log_fits(parsed, bank, query,
+                                            log_p + self.VOTE_WEIGHT * log_votes)
+        return CategoryEvidence(parser=log_p, vote=log_votes, fit=log_fits), measured
+
+    def category_posterior(self, parsed, bank, query: np.ndarray  # noqa: ANN001
+                           ) -> tuple[dict[str, float], dict]:
+        """The category posterior from `category_evidence`, weighed by the trained decision
+        (`models.decision`, `self.decider`) or, where none ships, the hand-set rule: the
+        parser's belief × vote^VOTE_WEIGHT × fit^−FIT_WEIGHT; and the fits measured.
+        StructureNet's category head lowered accuracy."""
+        from models.decision import CategoryDecider, DecisionNet
+
+        evidence, measured = self.category_evidence(parsed, bank, query)
+        decider = self.decider or CategoryDecider(DecisionNet.rule(self.VOTE_WEIGHT,
+                                                                   self.FIT_WEIGHT))
+        return decider.posterior(evidence), measured
 
     def _log_fits(self, parsed, bank, query: np.ndarray,  # noqa: ANN001
                   log_p: np.ndarray) -> tuple[np.ndarray, dict]:

@@ -215,11 +215,13 @@ def served_alignment(aligner: Any, seed: int, photo_size: int,  # noqa: ANN401
     return s, photo, coarse
 
 
-def stages_stamp(refined: bool = False) -> str:
+def stages_stamp(*, decided: bool = True, refined: bool = False) -> str:
     """A short digest of the weights and the bank that stages 1–4 load (parser, category
-    head, StructureNet, the default bank) and, with `refined`, stage 5's silhouette refiner:
+    head, StructureNet, the default bank; with `decided` the category decision, without it
+    only the evidence the decision weighs) and, with `refined`, stage 5's silhouette refiner:
     data made behind other ones is another data set, so a cache folder carries it (a change
     of the stages' code needs the cache deleted)."""
+    from models.decision import DECISION_WEIGHTS
     from models.parser import PARSER_WEIGHTS
     from models.pattern import CATEGORY_WEIGHTS
     from models.silhouette import SILHOUETTE_WEIGHTS
@@ -227,8 +229,9 @@ def stages_stamp(refined: bool = False) -> str:
     from structure_bank.builder import default_bank_path
 
     digest = hashlib.sha256()
-    folders = [PARSER_WEIGHTS, CATEGORY_WEIGHTS, DEFAULT_WEIGHTS]
-    for folder in folders + ([SILHOUETTE_WEIGHTS] if refined else []):
+    folders = ([PARSER_WEIGHTS, CATEGORY_WEIGHTS, DEFAULT_WEIGHTS]
+               + [DECISION_WEIGHTS] * decided + [SILHOUETTE_WEIGHTS] * refined)
+    for folder in folders:
         weights = Path(folder) / "model.safetensors"
         digest.update(weights.read_bytes() if weights.is_file() else b"none")
     for path in sorted(Path(default_bank_path()).rglob("*")):

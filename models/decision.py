@@ -1,0 +1,110 @@
+"""Stage 3's category decision, learned from the evidence the stages gather.
+
+The evidence for each category c (`CategoryEvidence`, one (C,) vector per block):
+  parser  log of the parse's category probability (photo and mirror, both looks)
+  vote    log(votes + ½) of the query's top global hits (`models.slle.CATEGORY_VOTERS`)
+  fit     log of the best landmark residual of c's structures against the parse read as c
+          (the likeliest categories only; the others get the worst one measured, and all
+          zero when fewer than two could be measured)
+
+The category's logit is Σ_b w[c, b] · evidence[b][c] + bias[c]. The hand-set rule that
+served before (parser × vote^0.5 × fit^−1) is this net with w = (1, 0.5, −1) for every
+category and no bias (`DecisionNet.rule`): an unweighed decider serves it exactly. Trained
+by `flatlay train decision` on photos none of the stages learned from; the weights per
+category (regularised towards their mean) let the decision learn which evidence to trust
+where: the vote tells trousers from skirts, never a sweater from a long-sleeved top.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.config import model_config
+from models.garments import CATEGORIES
+from models.pretrained import load_weights, read_meta, save_weights
+
+DECISION_WEIGHTS = Path(__file__).parent / "weights" / "decision-tiny"
+BLOCKS = ("parser", "vote", "fit")
+
+
+@dataclass
+class CategoryEvidence:
+    """What the stages know about the category, each block (C,) in CATEGORIES order."""
+
+    parser: np.ndarray
+    vote: np.ndarray
+    fit: np.ndarray
+
+    def stacked(self) -> np.ndarray:
+        """(C, len(BLOCKS)) float32."""
+        return np.stack([getattr(self, b) for b in BLOCKS], -1).astype(np.float32)
+
+
+class DecisionNet(nn.Module):
+    """Evidence (N, C, B) → category logits (N, C): per-category weights of each block
+    (shared by every category when not `per_category`) and a bias per category."""
+
+    def __init__(self, per_category: bool = True,
+                 rule: tuple[float, ...] = (1.0, 0.5, -1.0)) -> None:
+        super().__init__()
+        rows = len(CATEGORIES) if per_category else 1
+        self.per_category = per_category
+        self.weight = nn.Parameter(torch.tensor(rule, dtype=torch.float32).repeat(rows, 1))
+        self.bias = nn.Parameter(torch.zeros(len(CATEGORIES)))
+
+    @classmethod
+    def from_config(cls, config: str | dict[str, Any]) -> DecisionNet:
+        """An unweighed net (the hand-set rule) from a named architecture
+        (`models/configs/decision-NAME.json`) or its dict."""
+        cfg = model_config("decision", config) if isinstance(config, str) else config
+        return cls(per_category=bool(cfg["per_category"]))
+
+    @classmethod
+    def rule(cls, vote: float, fit: float) -> DecisionNet:
+        """The hand-set rule: parser × vote^`vote` × fit^−`fit`."""
+        return cls(per_category=False, rule=(1.0, vote, -fit))
+
+    def config(self) -> dict[str, Any]:
+        return {"per_category": self.per_category, "blocks": list(BLOCKS)}
+
+    def forward(self, evidence: torch.Tensor) -> torch.Tensor:
+        return (evidence * self.weight).sum(-1) + self.bias
+
+
+class CategoryDecider:
+    """The trained decision: `posterior(evidence)` per photo."""
+
+    def __init__(self, net: DecisionNet, meta: dict[str, Any] | None = None) -> None:
+        self.net = net.eval()
+        self.meta = meta or {}
+
+    @classmethod
+    def from_pretrained(cls, folder: Path = DECISION_WEIGHTS) -> CategoryDecider:
+        meta = read_meta(folder, "category decision", "flatlay train decision")
+        return cls(load_weights(folder, DecisionNet.from_config(meta["model_cfg"])), meta)
+
+    def save_pretrained(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        save_weights(folder, self.net, {"architecture": "DecisionNet",
+                                        "model_cfg": self.net.config(), **(extra or {})})
+
+    @torch.inference_mode()
+    def posterior(self, evidence: CategoryEvidence) -> dict[str, float]:
+        """Category → probability."""
+        logits = self.net(torch.from_numpy(evidence.stacked())[None])[0]
+        return dict(zip(CATEGORIES, torch.softmax(logits, -1).tolist(), strict=True))
+
+
+@functools.cache
+def shipped_decider() -> CategoryDecider | None:
+    """The shipped decision, loaded once per process (None where none ships: the hand-set
+    rule decides)."""
+    if not (DECISION_WEIGHTS / "config.json").is_file():
+        return None
+    return CategoryDecider.from_pretrained()
