@@ -285,6 +285,9 @@ class ParsedGarment:
     confidence: np.ndarray
     # The network's outputs, to read another category's landmarks (GarmentParser.read_as).
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The category head's own probabilities (C,), where the parser has a head: evidence for
+    # stage 3's decision whether or not they were mixed into `category_probs`.
+    head_probs: np.ndarray | None = None
 
     def box(self, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
         """(top, left, bottom, right) of the mask, or None when it is empty."""
@@ -352,9 +355,11 @@ class GarmentParser:
             out, scale, pad = self._second_look(rgb, out, scale, pad)
         probs = torch.softmax(out["category"][0], -1).numpy()
         mask = self._photo_mask(out["mask"][0, 0], scale, pad, (h, w))
-        if self.head is not None and self.head_weight > 0 and (mask > 0.5).any():
-            probs = ((1 - self.head_weight) * probs
-                     + self.head_weight * self.head.probabilities(rgb, mask))
+        head_probs = None
+        if self.head is not None and (mask > 0.5).any():
+            head_probs = self.head.probabilities(rgb, mask)
+            if self.head_weight > 0:
+                probs = (1 - self.head_weight) * probs + self.head_weight * head_probs
         parsed = ParsedGarment(
             mask=mask,
             category="",
@@ -365,6 +370,7 @@ class GarmentParser:
             confidence=np.zeros(0, np.float32),
             raw={"heatmaps": out["heatmaps"], "visibility": out["visibility"],
                  "scale": scale, "pad": pad, "shape": (h, w)},
+            head_probs=head_probs,
         )
         return self.read_as(parsed, category or CATEGORIES[int(probs.argmax())])
 

@@ -140,3 +140,36 @@ def test_the_aligner_decides_with_the_shipped_decision() -> None:
     assert aligner.category_posterior(parsed, bank, query)[0] == rule.posterior(evidence)
     with torch.no_grad():
         assert not torch.equal(decider.net.weight, rule.net.weight)
+
+
+def test_the_category_head_is_evidence_of_its_own() -> None:
+    """A decision that weighs the head reads its probabilities from the parse (mixed into
+    the parser's or not); without a head there is no such evidence, and it says so."""
+    e = _evidence(np.random.default_rng(2))
+    net = DecisionNet(per_category=False, blocks=("parser", "vote", "fit", "head"))
+    assert net.weight[0, 3] == 0  # a block the rule did not weigh starts at nothing
+    with pytest.raises(ValueError, match="no head evidence"):
+        CategoryDecider(net).posterior(e)
+    e.head = np.log(np.full(C, 1.0 / C))
+    rule = CategoryDecider(DecisionNet.rule(0.5, 1.0)).posterior(e)
+    assert CategoryDecider(net).posterior(e) == pytest.approx(rule)
+    with pytest.raises(ValueError, match="unknown evidence"):
+        DecisionNet(blocks=("parser", "weather"))
+
+
+def test_a_parser_with_a_head_hands_its_probabilities_on() -> None:
+    from models.garments import generate
+    from models.parser import PARSER_WEIGHTS, GarmentParser
+    from models.pattern import CategoryClassifier, PatternNet
+
+    head = CategoryClassifier(PatternNet.from_config({"width": 4, "input_size": 32},
+                                                     classes=C))
+    parser = GarmentParser.from_pretrained(PARSER_WEIGHTS, head=head)
+    parser.head_weight = 0.0
+    s = generate(1_000_001, size=256)
+    parsed = parser.parse(s.wild_image)
+    assert parsed.head_probs is not None
+    np.testing.assert_allclose(parsed.head_probs, head.probabilities(s.wild_image, parsed.mask))
+    alone = GarmentParser.from_pretrained(PARSER_WEIGHTS).parse(s.wild_image)
+    assert alone.head_probs is None
+    assert parsed.category_probs == alone.category_probs  # not mixed at weight 0

@@ -270,7 +270,8 @@ class StructureAligner:
         log_votes = np.log(np.array([votes.get(c, 0) for c in CATEGORIES]) + 0.5)
         log_fits, measured = self._log_fits(parsed, bank, query,
                                             log_p + self.VOTE_WEIGHT * log_votes)
-        return CategoryEvidence(parser=log_p, vote=log_votes, fit=log_fits), measured
+        head = None if parsed.head_probs is None else np.log(parsed.head_probs + 1e-6)
+        return CategoryEvidence(parser=log_p, vote=log_votes, fit=log_fits, head=head), measured
 
     def category_posterior(self, parsed, bank, query: np.ndarray  # noqa: ANN001
                            ) -> tuple[dict[str, float], dict]:

@@ -31,7 +31,7 @@ from models.train.common import TrainRun, cached_shards, stages_stamp
 
 # Past the parser's, StructureNet's and the bank's training seeds (all below 30 000).
 TRAIN_START = 200_000
-FIELDS = ("evidence", "category", "seed")
+FIELDS = ("evidence", "category", "seed")  # evidence: (C, len(BLOCKS)), NaN where absent
 
 
 @dataclass
@@ -74,8 +74,21 @@ def evidence_example(job: tuple[int, int]) -> dict | None:
         return None
     query, _ = aligner.embed(photo, parsed.mask > 0.5)
     evidence, _ = aligner.category_evidence(parsed, aligner.fresh_bank(), query)
-    return {"evidence": evidence.stacked(), "category": CATEGORIES.index(s.category),
-            "seed": seed}
+    blocks = np.full((len(CATEGORIES), len(BLOCKS)), np.nan, np.float32)
+    for i, block in enumerate(BLOCKS):
+        if getattr(evidence, block) is not None:
+            blocks[:, i] = getattr(evidence, block)
+    return {"evidence": blocks, "category": CATEGORIES.index(s.category), "seed": seed}
+
+
+def weighed(data: dict[str, np.ndarray], blocks: tuple[str, ...]) -> np.ndarray:
+    """The cached evidence of `blocks`, (N, C, len(blocks)); ValueError where one is absent
+    (the head's, gathered behind a parser without a head)."""
+    x = data["evidence"][..., [BLOCKS.index(b) for b in blocks]]
+    if np.isnan(x).any():
+        raise ValueError(f"the cached evidence lacks one of {', '.join(blocks)}: gathered "
+                         "behind a parser without the category head")
+    return x
 
 
 def evidence_data(run: Path, name: str, start: int, n: int, photo_size: int,
@@ -150,22 +163,22 @@ def train_decision(cfg: DecisionTrainConfig) -> dict:
     val = evidence_data(run, "val", val_start, cfg.n_val, cfg.photo_size, cfg.workers)
     train = evidence_data(run, "train", TRAIN_START, cfg.n_train, cfg.photo_size, cfg.workers)
     rule = DecisionNet.rule(StructureAligner.VOTE_WEIGHT, StructureAligner.FIT_WEIGHT)
-    base = scores(posteriors(rule, val["evidence"]), val["category"])
+    base = scores(posteriors(rule, weighed(val, rule.blocks)), val["category"])
     print(f"the hand-set rule: {base}")
     net = DecisionNet.from_config(model)
     started = time.time()
-    loss = fit_decision(net, train["evidence"], train["category"], cfg.l2, cfg.steps)
+    loss = fit_decision(net, weighed(train, net.blocks), train["category"], cfg.l2, cfg.steps)
     seconds = round(time.time() - started, 1)
     final = {"train_loss": round(loss, 4),
-             "train_accuracy": scores(posteriors(net, train["evidence"]),
+             "train_accuracy": scores(posteriors(net, weighed(train, net.blocks)),
                                       train["category"])["accuracy"],
-             **scores(posteriors(net, val["evidence"]), val["category"])}
+             **scores(posteriors(net, weighed(val, net.blocks)), val["category"])}
     print(f"trained: {final}")
     out = Path(cfg.out)
     shipped = None
     if (out / "config.json").is_file():
-        shipped = scores(posteriors(CategoryDecider.from_pretrained(out).net, val["evidence"]),
-                         val["category"])
+        old = CategoryDecider.from_pretrained(out).net
+        shipped = scores(posteriors(old, weighed(val, old.blocks)), val["category"])
     refusal = export_refusal(final["accuracy"], {
         "the hand-set rule": base["accuracy"],
         **({"the shipped decision": shipped["accuracy"]} if shipped else {})})
@@ -199,7 +212,8 @@ def write_decision_card(folder: Path, training: dict, metrics: dict, base: dict,
                         + (f" | {net.bias[i].item():.3f} |" if net.per_category else " | |")
                         for i, (n, row) in enumerate(zip(names, w, strict=True)))
     if not net.per_category:
-        weights += "\n" + "\n".join(f"| bias {n} | | | | {b:.3f} |" for n, b in
+        gap = "| " * len(net.blocks)
+        weights += "\n" + "\n".join(f"| bias {n} {gap}| {b:.3f} |" for n, b in
                                     zip(CATEGORIES, net.bias.detach().numpy(), strict=True))
     rows = "\n".join(
         f"| {name} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {m['flagged']:.3f} | "
@@ -208,7 +222,7 @@ def write_decision_card(folder: Path, training: dict, metrics: dict, base: dict,
     text = f"""# Category decision ({folder.name})
 
 Stage 3's category posterior (`models.decision.DecisionNet`): softmax over the categories of \
-Σ_b w_b · evidence_b + bias, evidence blocks {', '.join(BLOCKS)} (`CategoryEvidence`), \
+Σ_b w_b · evidence_b + bias, evidence blocks {', '.join(net.blocks)} (`CategoryEvidence`), \
 {'weights per category' if net.per_category else 'weights shared by every category'}. \
 Fitted on the procedural garment world only; nothing downloaded.
 
@@ -228,8 +242,8 @@ among the rest |
 |---|---:|---:|---:|---:|---:|
 {rows}
 
-| weights | parser | vote | fit | bias |
-|---|---:|---:|---:|---:|
+| weights | {' | '.join(net.blocks)} | bias |
+|---|{'---:|' * (len(net.blocks) + 1)}
 {weights}
 """
     (folder / "MODEL_CARD.md").write_text(text)
