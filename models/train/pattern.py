@@ -6,9 +6,11 @@ For the attribute heads each seed gives two views of one garment with its true l
 (models.attributes.world_pattern, world_closure): the true flat-lay, and the wild photo's
 visible garment (occluders cut out, as `cutout` and the warp see it). Both are rendered at
 `render` px and reduced by `models.pattern.pattern_input`, then cached. The category head
-sees what stage 1 gives it: the wild photo's second-look square (its box jittered as a first
-pass's would be, `models.train.parser`) beside a mask as coarse as the parser's
-(`models.pattern.category_input`). Augmentation: mirror, brightness/colour
+sees what stage 1 gives it (`models.pattern.category_input`): by default the decoded photo's
+second-look square around the shipped parser's own mask, beside that mask, on train seeds
+from `train_start` (no model that decides the category learned from them); with `view
+"jittered"` the true mask coarsened to the parser's grid and its box jittered as a first
+pass's would be (`models.train.parser`). Augmentation: mirror, brightness/colour
 shifts, and on a share of the batch a blur down to about 128² and back, which is how a
 generated garment arrives. Cross-entropy; a checkpoint every `ckpt_every` steps, resumed
 automatically; weights, config and a model card at the end.
