@@ -305,10 +305,12 @@ class GarmentParser:
     # first pass's; chosen on validation photos (`bench/tune_category.py --looks`).
     ZOOM_WEIGHT = 0.5
     ZOOM_DETAIL = False
-    # The category head's share of the category (`head`, models.pattern.CategoryClassifier):
-    # the best of stage 1 alone on 800 validation photos (`bench/category_head_val.py`); the
-    # whole decision did not gain from it (`bench/tune_category.py --heads`), so none ships.
-    HEAD_WEIGHT = 0.3
+    # The category head's share of the parse's own category (`head`,
+    # models.pattern.CategoryClassifier). 0: the head's probabilities travel on the parse
+    # (`ParsedGarment.head_probs`) as evidence of their own, weighed by stage 3's learned
+    # decision (models.decision); 0.3 was the best of stage 1 alone for the ninth session's
+    # head (`bench/category_head_val.py`).
+    HEAD_WEIGHT = 0.0
 
     def __init__(self, net: ParserNet, meta: dict[str, Any] | None = None,
                  mirror: bool = True, head: Any = None) -> None:

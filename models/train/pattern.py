@@ -301,17 +301,22 @@ _CARD = {
                 "(`models.attributes.CLOSURE_CHOICES`)",
                 _BOTH_VIEWS.format(f"the categories with a choice ({', '.join(READ_CLOSURE)}) in "
                               "turn")),
-    "category": ("names the photo's garment's category, a third look that "
-                 "`models.parser.GarmentParser` mixes into the parse's",
+    "category": ("names the photo's garment's category, a third look whose probabilities "
+                 "stage 3's decision weighs (`models.decision`)",
                  "wild photos' second-look squares (the box jittered as a first pass's) beside "
                  "a mask as coarse as the parser's, every category"),
 }
+# The category head's served views (CategoryTrainConfig.view "served").
+_SERVED_CATEGORY = ("the decoded wild photos' second-look squares around the shipped parser's "
+                    "own mask, beside that mask, every category")
 
 
 def write_pattern_card(folder: Path, training: dict, metrics: dict, history: list[dict],
                        head: type[PatternClassifier] = PatternClassifier) -> None:
     c = training["config"]
     names, trained_on = _CARD[head.NAME]
+    if c.get("view") == "served":
+        trained_on = _SERVED_CATEGORY
     kinds = [k for k in ("flat", "wild") if f"accuracy_{k}" in metrics]
 
     def cells(h: dict) -> str:
