@@ -69,6 +69,8 @@ def test_trainers_take_the_named_files() -> None:
     (["train", "generator", "--minutes", "0"], "--minutes must be above 0"),
     (["train", "silhouette", "--steps", "0"], "--steps must be at least 1"),
     (["train", "silhouette", "--config", "wide"], "unknown silhouette config 'wide'"),
+    (["train", "decision", "--config", "wide"], "unknown decision config 'wide'"),
+    (["train", "decision", "--n-train", "0"], "--n-train must be at least 1"),
 ])
 def test_every_train_command_checks_its_settings_one_way(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
