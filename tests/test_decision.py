@@ -19,10 +19,9 @@ from models.decision import (
     shipped_decider,
 )
 from models.garments import CATEGORIES
-from models.train.common import stages_stamp
+from models.train.common import export_refusal, stages_stamp
 from models.train.decision import (
     DecisionTrainConfig,
-    export_refusal,
     fit_decision,
     posteriors,
     train_decision,
@@ -75,10 +74,11 @@ def test_fitting_learns_what_the_rule_gets_wrong() -> None:
 
 
 def test_export_only_beats_every_rival() -> None:
-    assert export_refusal(0.87, {"the hand-set rule": 0.858}) is None
-    refusal = export_refusal(0.86, {"the hand-set rule": 0.858, "the shipped decision": 0.87})
+    assert export_refusal("accuracy", 0.87, {"the hand-set rule": 0.858}) is None
+    refusal = export_refusal("accuracy", 0.86,
+                             {"the hand-set rule": 0.858, "the shipped decision": 0.87})
     assert refusal is not None and "the shipped decision's 0.87" in refusal
-    assert export_refusal(0.858, {"the hand-set rule": 0.858}) is not None
+    assert export_refusal("accuracy", 0.858, {"the hand-set rule": 0.858}) is not None
 
 
 def test_the_trainer_gathers_evidence_through_the_stages_and_exports_only_a_gain(

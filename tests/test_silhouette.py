@@ -22,11 +22,10 @@ from models.silhouette import (
     SilhouetteRefiner,
     refiner_views,
 )
-from models.train.common import stages_stamp
+from models.train.common import export_refusal, stages_stamp
 from models.train.pairs import flat_silhouette
 from models.train.silhouette import (
     SilhouetteTrainConfig,
-    export_refusal,
     train_silhouette,
 )
 from models.warp import warp_photo
@@ -115,10 +114,10 @@ def test_the_aligner_refines_what_retrieval_decided_and_keeps_a_given_structure(
 
 
 def test_export_only_beats_every_rival() -> None:
-    assert export_refusal(0.87, {"Ŝ": 0.86, "the shipped refiner": 0.865}) is None
-    assert export_refusal(0.862, {"Ŝ": 0.86, "the shipped refiner": 0.865}) == (
+    assert export_refusal("IoU", 0.87, {"Ŝ": 0.86, "the shipped refiner": 0.865}) is None
+    assert export_refusal("IoU", 0.862, {"Ŝ": 0.86, "the shipped refiner": 0.865}) == (
         "not exported: validation IoU 0.862 does not beat the shipped refiner's 0.865")
-    assert "Ŝ's 0.86" in export_refusal(0.86, {"Ŝ": 0.86})
+    assert "Ŝ's 0.86" in export_refusal("IoU", 0.86, {"Ŝ": 0.86})
 
 
 def test_training_resumes_and_exports_nothing_that_does_not_beat_the_fused_silhouette(

@@ -3,6 +3,7 @@ processes, and checkpoints that a run resumes from."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -196,23 +197,55 @@ def cached_shards(folder: Path, jobs: Sequence[Any], fn: Callable[[Any], dict | 
     return {k: np.concatenate([p[k] for p in parts]) for k in fields}
 
 
+def served_photo(seed: int, photo_size: int, family: str | None = None
+                 ) -> tuple[Any, Any]:
+    """A garment-world seed's sample and its photo as the service receives it: the decoded
+    JPEG (the rendered image where the sample has none)."""
+    from models.garments import generate
+    from models.io import decode_image
+
+    s = generate(int(seed), size=photo_size, family=family)
+    return s, decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
+
+
+@functools.cache
+def served_aligner(refine_silhouette: bool = True) -> Any:  # noqa: ANN401
+    """The shipped stages 1–5 (`StructureAligner`), loaded once per process and on one
+    thread: training data is made in as many worker processes as there are cores."""
+    import torch
+
+    from models.pipelines.stages import StructureAligner
+
+    torch.set_num_threads(1)
+    aligner = StructureAligner(refine_silhouette=refine_silhouette)
+    aligner.load()
+    return aligner
+
+
 def served_alignment(aligner: Any, seed: int, photo_size: int,  # noqa: ANN401
                      family: str | None = None) -> tuple[Any, Any, Any]:
     """A garment-world seed's sample, its photo as the service receives it (the decoded
     JPEG) and stages 1–5 on it as served — the warp at the photo's size, as the service
     warps at 1024² — or None in place of the alignment where the stages refuse the photo."""
-    from models.garments import generate
-    from models.io import decode_image
     from models.pipeline import PipelineError, StageClock
     from models.pipelines.flatten import FlattenPipeline
 
-    s = generate(int(seed), size=photo_size, family=family)
-    photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
+    s, photo = served_photo(seed, photo_size, family)
     try:
         coarse = aligner.align(photo, None, photo_size, StageClock(FlattenPipeline.stages, None))
     except PipelineError:
         coarse = None
     return s, photo, coarse
+
+
+def export_refusal(metric: str, score: float, rivals: dict[str, float]) -> str | None:
+    """None where a trained model's validation `metric` beats every rival's (what serves
+    today: the untrained stage, the shipped weights), else the line that says which one it
+    does not beat."""
+    best = max(rivals, key=rivals.__getitem__)
+    if score > rivals[best]:
+        return None
+    return f"not exported: validation {metric} {score} does not beat {best}'s {rivals[best]}"
 
 
 def stages_stamp(*, decided: bool = True, refined: bool = False) -> str:

@@ -14,7 +14,6 @@ shipped decision's.
 
 from __future__ import annotations
 
-import functools
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,14 @@ import torch.nn.functional as F
 from models.config import config_path, model_config
 from models.decision import BLOCKS, CategoryDecider, DecisionNet
 from models.garments import CATEGORIES, SPLITS
-from models.train.common import TrainRun, cached_shards, stages_stamp
+from models.train.common import (
+    TrainRun,
+    cached_shards,
+    export_refusal,
+    served_aligner,
+    served_photo,
+    stages_stamp,
+)
 
 # Past the parser's, StructureNet's and the bank's training seeds (all below 30 000).
 TRAIN_START = 200_000
@@ -47,27 +53,14 @@ class DecisionTrainConfig(TrainRun):
     l2: float = 1e-3
 
 
-@functools.cache
-def _aligner():  # noqa: ANN202 (one per process)
-    from models.pipelines.stages import StructureAligner
-
-    torch.set_num_threads(1)
-    aligner = StructureAligner(refine_silhouette=False)
-    aligner.load()
-    return aligner
-
-
 def evidence_example(job: tuple[int, int]) -> dict | None:
     """One photo's evidence (C, B), its true category, or None where stage 1 refuses it."""
-    from models.garments import generate
-    from models.io import decode_image
     from models.pipeline import PipelineError
     from models.pipelines.stages import parse_garment
 
     seed, photo_size = job
-    s = generate(int(seed), size=photo_size)
-    photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
-    aligner = _aligner()
+    s, photo = served_photo(seed, photo_size)
+    aligner = served_aligner(refine_silhouette=False)
     try:
         parsed = parse_garment(aligner.parser, photo)
     except PipelineError:
@@ -105,17 +98,17 @@ def evidence_data(run: Path, name: str, start: int, n: int, photo_size: int,
 def scores(probs: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Accuracy, log loss and the review flag's rates (`models.attributes.REVIEW_CONFIDENCE`)
     of posteriors (N, C) against true category indices (N,)."""
-    from models.attributes import REVIEW_CONFIDENCE
+    from models.eval.quality import review_rates
 
     right = probs.argmax(1) == truth
-    flagged = probs.max(1) < REVIEW_CONFIDENCE
-    wrong_flagged = float((~right[flagged]).mean()) if flagged.any() else 0.0
-    wrong_rest = float((~right[~flagged]).mean()) if (~flagged).any() else 0.0
+    review = review_rates([{"category_confidence": float(c), "category_ok": bool(ok)}
+                           for c, ok in zip(probs.max(1), right, strict=True)])
     return {"accuracy": round(float(right.mean()), 4),
             "log_loss": round(float(-np.log(probs[np.arange(len(truth)), truth] + 1e-9)
                                     .mean()), 4),
-            "flagged": round(float(flagged.mean()), 4),
-            "wrong_flagged": round(wrong_flagged, 4), "wrong_rest": round(wrong_rest, 4)}
+            "flagged": round(review["review_share"], 4),
+            "wrong_flagged": round(review["wrong_rate_flagged"] or 0.0, 4),
+            "wrong_rest": round(review["wrong_rate_rest"] or 0.0, 4)}
 
 
 def posteriors(net: DecisionNet, evidence: np.ndarray) -> np.ndarray:
@@ -139,15 +132,6 @@ def fit_decision(net: DecisionNet, evidence: np.ndarray, truth: np.ndarray, l2: 
 
     opt.step(closure)
     return float(closure().detach())
-
-
-def export_refusal(accuracy: float, rivals: dict[str, float]) -> str | None:
-    """None where the trained decision's validation accuracy beats every rival's (the
-    hand-set rule, the shipped decision), else the line that says which it does not beat."""
-    best = max(rivals, key=rivals.__getitem__)
-    if accuracy > rivals[best]:
-        return None
-    return f"not exported: validation accuracy {accuracy} does not beat {best}'s {rivals[best]}"
 
 
 def train_decision(cfg: DecisionTrainConfig) -> dict:
@@ -179,7 +163,7 @@ def train_decision(cfg: DecisionTrainConfig) -> dict:
     if (out / "config.json").is_file():
         old = CategoryDecider.from_pretrained(out).net
         shipped = scores(posteriors(old, weighed(val, old.blocks)), val["category"])
-    refusal = export_refusal(final["accuracy"], {
+    refusal = export_refusal("accuracy", final["accuracy"], {
         "the hand-set rule": base["accuracy"],
         **({"the shipped decision": shipped["accuracy"]} if shipped else {})})
     if refusal:

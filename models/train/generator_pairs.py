@@ -12,30 +12,17 @@ again, so an interrupted cache resumes where it stopped.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from models.garments import CATEGORIES, SPLITS
-from models.train.common import cached_shards, served_alignment, stages_stamp
+from models.train.common import cached_shards, served_aligner, served_alignment, stages_stamp
 
 SHARD = 250
 FIELDS = ("target", "warp", "validity", "structure", "embedding", "crop", "cutout",
           "category", "true_category", "seed")
-
-
-@functools.cache
-def _aligner():  # noqa: ANN202 (torch is imported lazily)
-    import torch
-
-    from models.pipelines.stages import StructureAligner
-
-    torch.set_num_threads(1)  # one per render process
-    aligner = StructureAligner()
-    aligner.load()
-    return aligner
 
 
 def make_pair(seed: int, photo_size: int, resolution: int, latent_size: int) -> dict | None:
@@ -43,7 +30,7 @@ def make_pair(seed: int, photo_size: int, resolution: int, latent_size: int) -> 
     from models.eval.quality import downsample_rgb
     from models.generator.conditioning import coarse_conditions
 
-    s, photo, coarse = served_alignment(_aligner(), seed, photo_size)
+    s, photo, coarse = served_alignment(served_aligner(), seed, photo_size)
     if coarse is None:
         return None
     cond = coarse_conditions(coarse, photo, resolution, latent_size)

@@ -32,7 +32,6 @@ from PIL import Image
 from models.attributes import CLOSURE_CHOICES, world_closure, world_pattern
 from models.config import model_config
 from models.garments import CATEGORIES, SPLITS, GarmentSample, generate
-from models.io import decode_image
 from models.parser import MASK_SIZE
 from models.pattern import (
     CategoryClassifier,
@@ -43,7 +42,7 @@ from models.pattern import (
     pattern_input,
     to_tensor,
 )
-from models.train.common import TrainRun, numpy_rng, render_map, supervised_loop
+from models.train.common import TrainRun, numpy_rng, render_map, served_photo, supervised_loop
 from models.train.parser import zoom_view
 
 
@@ -151,8 +150,7 @@ def _served_category_views(seed: int, render: int, size: int) -> tuple[list, int
     """The head's input as the service makes it: the shipped parser's mask of the decoded
     photo, the second look's square around it (`category_input`); where stage 1 would refuse
     the photo, the whole photo with the parser's mask."""
-    s = generate(seed, size=render)
-    photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
+    s, photo = served_photo(seed, render)
     mask = _served_parser().parse(photo).mask
     square = None if (mask > 0.5).any() else (0.0, 0.0, float(render))
     view = category_input(photo, mask, size, square)

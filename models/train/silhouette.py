@@ -14,7 +14,6 @@ the shipped refiner on validation.
 
 from __future__ import annotations
 
-import functools
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,9 @@ from models.silhouette import RefinerNet, SilhouetteRefiner, refiner_inputs, ref
 from models.train.common import (
     TrainRun,
     cached_shards,
+    export_refusal,
     numpy_rng,
+    served_aligner,
     served_alignment,
     stages_stamp,
     supervised_loop,
@@ -57,22 +58,13 @@ class SilhouetteTrainConfig(TrainRun):
     eval_every: int = 1_000
 
 
-@functools.cache
-def _aligner():  # noqa: ANN202 (one per render process)
-    from models.pipelines.stages import StructureAligner
-
-    torch.set_num_threads(1)
-    aligner = StructureAligner(refine_silhouette=False)
-    aligner.load()
-    return aligner
-
-
 def refiner_example(job: tuple[int, int, str]) -> dict | None:
     """One photo's example (see FIELDS), or None where stages 1–5 refuse it."""
     from models.train.pairs import flat_silhouette
 
     seed, photo_size, family = job
-    s, _, coarse = served_alignment(_aligner(), seed, photo_size, family)
+    s, _, coarse = served_alignment(served_aligner(refine_silhouette=False), seed, photo_size,
+                                   family)
     if coarse is None:
         return None
     return {"silhouette": coarse.fused.silhouette, **refiner_views(coarse.warped),
@@ -131,15 +123,6 @@ def evaluate(net: RefinerNet, sets: dict[str, tuple], right: dict[str, np.ndarra
     return _summary({name: refined_iou(net, data) for name, data in sets.items()}, right)
 
 
-def export_refusal(iou: float, rivals: dict[str, float]) -> str | None:
-    """None where the trained refiner's validation IoU beats every rival's (Ŝ as fused, the
-    shipped refiner), else the line that says which one it does not beat."""
-    best = max(rivals, key=rivals.__getitem__)
-    if iou > rivals[best]:
-        return None
-    return f"not exported: validation IoU {iou} does not beat {best}'s {rivals[best]}"
-
-
 def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     run = Path(cfg.run_dir)
@@ -179,7 +162,7 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     shipped = None
     if (out / "config.json").is_file():
         shipped = evaluate(SilhouetteRefiner.from_pretrained(out).net, sets, right)
-    refusal = export_refusal(final["iou_val"], {
+    refusal = export_refusal("IoU", final["iou_val"], {
         "Ŝ": base["iou_val"], **({"the shipped refiner": shipped["iou_val"]} if shipped else {})})
     if refusal:
         print(refusal)
