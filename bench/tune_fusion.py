@@ -37,7 +37,7 @@ RESULTS = REPO / "bench" / "results"
 def decided(aligner, seed: int, size: int) -> dict:  # noqa: ANN001 (flatten's aligner)
     """One validation photo through stages 1–3 and the category decision, with its truth."""
     s = generate(seed, size=size)
-    parsed = aligner.parser.parse(s.wild_image)
+    parsed = aligner.parser.parse(s.wild_image, with_head=True)
     query, _ = aligner.embed(s.wild_image, parsed.mask > 0.5)
     d = aligner.decide(parsed, aligner.bank, query)
     return {"category": d.category, "right": d.category == s.category, "query": query,

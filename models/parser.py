@@ -347,9 +347,12 @@ class GarmentParser:
                 "mask": MASK_SIZE, "categories": list(CATEGORIES)}, **(extra or {})})
 
     @torch.inference_mode()
-    def parse(self, rgb: np.ndarray, category: str | None = None) -> ParsedGarment:
+    def parse(self, rgb: np.ndarray, category: str | None = None,
+              with_head: bool = False) -> ParsedGarment:
         """rgb (H, W, 3) uint8 → ParsedGarment. `category` forces the landmark schema read
-        out (for example a category the caller already knows)."""
+        out (for example a category the caller already knows). The category head runs where
+        it is mixed in (`head_weight`) or `with_head` asks for its probabilities (stage 3's
+        decision weighs them); a caller that only wants the parse does not pay for it."""
         h, w = rgb.shape[:2]
         square, scale, pad = letterbox(rgb)
         out = self._forward(normalise(square[None]))
@@ -358,7 +361,7 @@ class GarmentParser:
         probs = torch.softmax(out["category"][0], -1).numpy()
         mask = self._photo_mask(out["mask"][0, 0], scale, pad, (h, w))
         head_probs = None
-        if self.head is not None and (mask > 0.5).any():
+        if self.head is not None and (with_head or self.head_weight > 0) and (mask > 0.5).any():
             head_probs = self.head.probabilities(rgb, mask)
             if self.head_weight > 0:
                 probs = (1 - self.head_weight) * probs + self.head_weight * head_probs

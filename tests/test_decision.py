@@ -129,7 +129,7 @@ def test_the_aligner_decides_with_the_shipped_decision() -> None:
     aligner.load()
     assert aligner.decider is decider
     s = generate(1_000_004, size=256)
-    parsed = parse_garment(aligner.parser, s.wild_image)
+    parsed = parse_garment(aligner.parser, s.wild_image, with_head=True)
     query, _ = aligner.embed(s.wild_image, parsed.mask > 0.5)
     bank = aligner.fresh_bank()
     evidence, _ = aligner.category_evidence(parsed, bank, query)
@@ -168,7 +168,7 @@ def test_a_parser_with_a_head_hands_its_probabilities_on() -> None:
     parser = GarmentParser.from_pretrained(PARSER_WEIGHTS, head=head)
     parser.head_weight = 0.0
     s = generate(1_000_001, size=256)
-    parsed = parser.parse(s.wild_image)
+    parsed = parser.parse(s.wild_image, with_head=True)
     assert parsed.head_probs is not None
     np.testing.assert_allclose(parsed.head_probs, head.probabilities(s.wild_image, parsed.mask))
     alone = GarmentParser.from_pretrained(PARSER_WEIGHTS).parse(s.wild_image)

@@ -66,13 +66,14 @@ def load_retrieval_models():  # noqa: ANN201 (torch models are imported lazily)
     return load_parser(), StructureNet.from_pretrained(DEFAULT_WEIGHTS)
 
 
-def parse_garment(parser, rgb: np.ndarray, category: str | None = None):  # noqa: ANN001, ANN201
+def parse_garment(parser, rgb: np.ndarray, category: str | None = None,  # noqa: ANN001, ANN201
+                  with_head: bool = False):
     """Stage 1: the parser's reading of the photo, or PipelineError `garment_not_found` for a
     plain-coloured photo (a learned parser sees a garment even in a wall) or an empty mask."""
     if float(rgb[::4, ::4].reshape(-1, 3).std(0).max()) < MIN_CONTRAST:
         raise PipelineError("garment_not_found",
                             "the photo is a plain colour: no garment stands out")
-    parsed = parser.parse(rgb, category=category)
+    parsed = parser.parse(rgb, category=category, with_head=with_head)
     if (parsed.mask > 0.5).mean() < MIN_GARMENT_SHARE:
         raise PipelineError("garment_not_found", "no garment was found in this photo")
     return parsed
@@ -355,7 +356,10 @@ class StructureAligner:
         if self.parser is None:
             self.load()
         with clock.stage("parse"):
-            parsed = parse_garment(self.parser, rgb, given.category if given else None)
+            # The head's reading is evidence for the decision, made only without a given
+            # structure.
+            parsed = parse_garment(self.parser, rgb, given.category if given else None,
+                                   with_head=given is None)
             garment = parsed.mask > 0.5
         with clock.stage("embed"):
             query, view = self.embed(rgb, garment)

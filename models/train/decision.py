@@ -62,7 +62,7 @@ def evidence_example(job: tuple[int, int]) -> dict | None:
     s, photo = served_photo(seed, photo_size)
     aligner = served_aligner(refine_silhouette=False)
     try:
-        parsed = parse_garment(aligner.parser, photo)
+        parsed = parse_garment(aligner.parser, photo, with_head=True)
     except PipelineError:
         return None
     query, _ = aligner.embed(photo, parsed.mask > 0.5)
