@@ -201,9 +201,11 @@ def side_output_files(result: FlatLayResult) -> dict[str, bytes]:
 
     from PIL import Image
 
+    from models.io import PNG_SAVE
+
     def png(array: np.ndarray, mode: str) -> bytes:
         buf = io.BytesIO()
-        Image.fromarray(array, mode).save(buf, "PNG", compress_level=3)
+        Image.fromarray(array, mode).save(buf, "PNG", **PNG_SAVE)
         return buf.getvalue()
 
     files = {"mask": png((np.clip(result.alpha, 0, 1) * 255 + 0.5).astype(np.uint8), "L")}

@@ -138,3 +138,18 @@ def test_encode_keeps_alpha_for_transparent_png() -> None:
     data, _ = encode_image(rgba, "png")
     img = Image.open(io.BytesIO(data))
     assert img.mode == "RGBA" and img.getpixel((0, 0))[3] == 0
+
+
+@pytest.mark.parametrize("opaque", [True, False])
+def test_png_delivery_is_lossless(opaque: bool) -> None:
+    # The delivered PNG's compression (`PNG_SAVE`) trades time for bytes, never pixels.
+    rng = np.random.default_rng(0)
+    rgba = np.full((96, 96, 4), 255, np.uint8)
+    rgba[16:80, 16:80, :3] = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    if not opaque:
+        rgba[..., 3] = 0
+        rgba[16:80, 16:80, 3] = rng.integers(1, 256, (64, 64), dtype=np.uint8)
+    data, _ = encode_image(rgba, "png")
+    back = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+    assert np.array_equal(back if not opaque else back[..., :3],
+                          rgba if not opaque else rgba[..., :3])
