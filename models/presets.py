@@ -65,6 +65,21 @@ def _check(name: str, value: Any, required: Any, passed: bool) -> dict[str, Any]
     return {"name": name, "value": value, "required": required, "passed": bool(passed)}
 
 
+def garment_band(garment: np.ndarray, band: int) -> np.ndarray:
+    """The garment and every pixel within `band` steps of it (4-connected), as
+    `binary_dilation(garment, iterations=band)`: computed on the garment's box grown by
+    `band`, which is exact (the dilation cannot reach past it) and a few ms cheaper than
+    dilating the whole 1024² canvas."""
+    near = np.zeros_like(garment, bool)
+    ys, xs = np.nonzero(garment.any(1))[0], np.nonzero(garment.any(0))[0]
+    if ys.size == 0:
+        return near
+    box = (slice(max(ys[0] - band, 0), ys[-1] + band + 1),
+           slice(max(xs[0] - band, 0), xs[-1] + band + 1))
+    near[box] = ndimage.binary_dilation(garment[box], iterations=band)
+    return near
+
+
 def check_compliance(image: np.ndarray, alpha: np.ndarray, preset: Preset, fmt: str,
                      background: str | None = None) -> dict[str, Any]:
     """Check a delivered image against its preset.
@@ -80,7 +95,7 @@ def check_compliance(image: np.ndarray, alpha: np.ndarray, preset: Preset, fmt: 
     ]
     garment = alpha > 0.0
     band = EDGE_BAND_PX.get(fmt, DEFAULT_EDGE_BAND_PX)
-    near = ndimage.binary_dilation(garment, iterations=band) if garment.any() else garment
+    near = garment_band(garment, band)
     outside = ~near
     wanted = parse_background(background or preset.background)
     if parse_background(preset.background) is None:

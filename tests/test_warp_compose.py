@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from models.compose import (
     draw_overlay,
@@ -15,7 +16,7 @@ from models.compose import (
     refine_alpha,
     silhouette_alpha,
 )
-from models.presets import PRESETS, check_compliance, get_preset
+from models.presets import PRESETS, check_compliance, garment_band, get_preset
 from models.warp import photo_to_canvas_map, warp_photo
 
 
@@ -156,6 +157,18 @@ def test_background_purity_catches_a_shadow() -> None:
     result = check_compliance(image, alpha, preset, "png")
     purity = next(c for c in result["checks"] if c["name"] == "background_purity")
     assert not purity["passed"] and purity["value"] < 0.999
+
+
+@pytest.mark.parametrize("band", [1, 2, 8])
+def test_garment_band_is_the_full_canvas_dilation(band: int) -> None:
+    rng = np.random.default_rng(band)
+    for box in [(slice(300, 700), slice(200, 650)), (slice(0, 90), slice(980, 1024)),
+                (slice(1020, 1024), slice(0, 3))]:  # inside, and touching the canvas edges
+        garment = np.zeros((1024, 1024), bool)
+        garment[box] = rng.random(garment[box].shape) < 0.3
+        assert np.array_equal(garment_band(garment, band),
+                              ndimage.binary_dilation(garment, iterations=band))
+    assert not garment_band(np.zeros((64, 64), bool), band).any()
 
 
 def test_transparent_preset_needs_an_alpha_channel() -> None:
