@@ -169,7 +169,8 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
         return final
     training = {
         "command": f"flatlay train silhouette --config "
-                   f"{cfg.config.removeprefix('silhouette-')} --steps {cfg.steps}",
+                   f"{cfg.config.removeprefix('silhouette-')} --steps {cfg.steps} "
+                   f"--n-train {cfg.n_train}",
         "config": {**asdict(cfg), "model": model},
         "architecture_file": str(config_path("silhouette", cfg.config)),
         "train_seeds": [TRAIN_START, TRAIN_START + cfg.n_train],
