@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from models.compose import parse_background
+from models.compose import garment_bbox, parse_background
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,10 @@ def garment_band(garment: np.ndarray, band: int) -> np.ndarray:
     `band`, which is exact (the dilation cannot reach past it) and a few ms cheaper than
     dilating the whole 1024² canvas."""
     near = np.zeros_like(garment, bool)
-    ys, xs = np.nonzero(garment.any(1))[0], np.nonzero(garment.any(0))[0]
-    if ys.size == 0:
+    if not garment.any():
         return near
-    box = (slice(max(ys[0] - band, 0), ys[-1] + band + 1),
-           slice(max(xs[0] - band, 0), xs[-1] + band + 1))
+    top, left, bottom, right = garment_bbox(garment, 0.0)
+    box = (slice(max(top - band, 0), bottom + band), slice(max(left - band, 0), right + band))
     near[box] = ndimage.binary_dilation(garment[box], iterations=band)
     return near
 
@@ -119,8 +118,10 @@ def check_compliance(image: np.ndarray, alpha: np.ndarray, preset: Preset, fmt: 
         checks.append(_check("background_colour", asked, preset.background,
                              wanted == parse_background(preset.background)))
     if preset.min_fill is not None:
-        ys, xs = np.nonzero(alpha > 0.5)
-        span = 0 if ys.size == 0 else max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+        span = 0
+        if (alpha > 0.5).any():
+            top, left, bottom, right = garment_bbox(alpha)
+            span = max(bottom - top, right - left)
         fill = span / max(h, w)
         checks.append(_check("fill_ratio", round(float(fill), 4), preset.min_fill,
                              fill >= preset.min_fill))
