@@ -450,13 +450,16 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
                            help="a generator folder (a run's candidate/) to fine-tune the "
                            "decoder for; it ships with the decoder if the pair beats the "
                            "shipped pair (default: the shipped generator)")
-        if name == "parser":
+        if name in ("parser", "silhouette"):
             p.add_argument("--init", type=Path, default=None,
-                           help="weights folder to start from (default: from scratch)")
+                           help="weights folder to start from (default: from scratch)"
+                           + ("; the run renders photos past those it saw"
+                              if name == "silhouette" else ""))
+            p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+        if name == "parser":
             p.add_argument("--zoom-share", type=float, default=None,
                            help="share of each batch that are second-look views, the garment's "
                            "box zoomed to the input (0–1, default 0)")
-            p.add_argument("--lr", type=float, default=None, help="peak learning rate")
         p.add_argument("--out", type=Path, default=None, help="weights folder")
         p.add_argument("--run-dir", type=Path, default=None, help="cache and checkpoints")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")

@@ -98,7 +98,15 @@ def refiner_inputs(silhouettes: np.ndarray, mask: np.ndarray, coverage: np.ndarr
                    rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched network inputs from N photos' Ŝ (N, C, C) bool and their `refiner_views`
     (stacked): (inputs (N, N_INPUTS, C, C), Ŝ's signed distance (N, 1, C, C) in px)."""
-    sdf = np.stack([signed_distance(s) for s in silhouettes]).astype(np.float32)
+    return refiner_tensors(np.stack([signed_distance(s) for s in silhouettes]), mask,
+                           coverage, rgb)
+
+
+def refiner_tensors(sdf: np.ndarray, mask: np.ndarray, coverage: np.ndarray,
+                    rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """`refiner_inputs` from Ŝ's signed distances (N, C, C) already computed (a trainer
+    keeps them compact and builds each batch's tensors from its indices)."""
+    sdf = np.asarray(sdf, np.float32)
     x = np.concatenate([np.clip(sdf / SDF_SCALE, -1, 1)[:, None],
                         np.asarray(mask, np.float32)[:, None] / 255.0,
                         np.asarray(coverage, np.float32)[:, None] / 255.0,

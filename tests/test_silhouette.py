@@ -141,6 +141,33 @@ def test_training_resumes_and_exports_nothing_that_does_not_beat_the_fused_silho
         f"val-1000000-3-standard-256-{stamp}"]
 
 
+def test_a_warm_start_continues_on_photos_its_weights_have_not_seen(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = RefinerNet(width=8, tau=4.0)
+    torch.nn.init.normal_(net.out.weight, std=0.5)  # a correction that is not zero
+    start = tmp_path / "start"
+    SilhouetteRefiner(net).save_pretrained(start, {"training": {
+        "command": "flatlay train silhouette --steps 5 --n-train 6", "cumulative_steps": 5,
+        "cumulative_minutes": 0.5, "seen_seeds": [200000, 200006]}})
+    cfg = SilhouetteTrainConfig(out=str(start), run_dir=str(tmp_path / "run"), init=str(start),
+                                n_train=4, n_val=3, photo_size=256, steps=1, batch=4,
+                                lr=1e-12, eval_every=1, workers=1, device="cpu")
+    metrics = train_silhouette(cfg)
+    assert "train-200006-4-standard-256-" in " ".join(
+        p.name for p in (tmp_path / "run" / "views").iterdir())
+    # It trained from the start's weights (a learning rate of nothing keeps them), and the
+    # start, shipped at `out`, is a rival it does not beat: nothing exported over it.
+    from models.train.silhouette import _tensors, evaluate, refiner_data
+
+    sets = {k: _tensors(refiner_data(tmp_path / "run", "val", SPLITS["val"][0], 3, family,
+                                     256, 1)) for k, family in
+            (("val", "standard"), ("heldout_family", "heldout"))}
+    right = {k: np.ones(3, bool) for k in sets}
+    assert metrics["iou_val"] == evaluate(net, sets, right)["iou_val"]
+    assert metrics["iou_val"] != evaluate(RefinerNet(width=8, tau=4.0), sets, right)["iou_val"]
+    assert SilhouetteRefiner.from_pretrained(start).meta["training"]["cumulative_steps"] == 5
+
+
 def test_views_made_behind_another_bank_are_another_data_set(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil

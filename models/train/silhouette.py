@@ -9,7 +9,9 @@ meets. BCE on the refined logit, mirror augmentation, cosine learning rate; vali
 reports silhouette IoU on the canonical canvas, Ŝ's against the refined one's, on the
 validation seeds and, as a diagnosis, the same seeds drawn from the held-out shape family
 (the held-out split itself is never read). The weights are exported only when they beat Ŝ and
-the shipped refiner on validation.
+the shipped refiner on validation. `init` warm-starts from a weights folder on photos past
+every one those weights saw, so each run adds data without rendering the old photos again
+(a fresh machine has no cached views).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import torch.nn.functional as F
 
 from models.config import config_path, model_config
 from models.garments import SPLITS
-from models.silhouette import RefinerNet, SilhouetteRefiner, refiner_inputs, refiner_views
+from models.silhouette import (
+    RefinerNet,
+    SilhouetteRefiner,
+    refiner_inputs,
+    refiner_tensors,
+    refiner_views,
+)
 from models.train.common import (
     TrainRun,
     cached_shards,
@@ -36,6 +44,7 @@ from models.train.common import (
     stages_stamp,
     supervised_loop,
 )
+from models.warp import signed_distance
 
 # Past the parser's, StructureNet's and the bank's training seeds (all below 30 000).
 TRAIN_START = 200_000
@@ -49,7 +58,8 @@ class SilhouetteTrainConfig(TrainRun):
     model: dict = field(default_factory=dict)
     # The shipped recipe (its model card): 6,000 photos left the refiner short of data.
     n_train: int = 12_000
-    n_val: int = 400
+    # 400 photos could not tell refiners 0.002 apart (paired s.e. 0.0018).
+    n_val: int = 1_200
     photo_size: int = 512
     steps: int = 8_000
     batch: int = 32
@@ -57,6 +67,8 @@ class SilhouetteTrainConfig(TrainRun):
     weight_decay: float = 1e-4
     warmup: int = 100
     eval_every: int = 1_000
+    # A weights folder to start from (its photos are not rendered again); empty: scratch.
+    init: str = ""
 
 
 def refiner_example(job: tuple[int, int, str]) -> dict | None:
@@ -124,30 +136,58 @@ def evaluate(net: RefinerNet, sets: dict[str, tuple], right: dict[str, np.ndarra
     return _summary({name: refined_iou(net, data) for name, data in sets.items()}, right)
 
 
+def _started_from(init: str) -> tuple[RefinerNet, dict]:
+    """The warm start's net and what it had done: its command, cumulative steps and minutes,
+    and the train seeds it saw (one range: each run continues where the last one stopped)."""
+    start = SilhouetteRefiner.from_pretrained(Path(init))
+    done = start.meta.get("training", {})
+    return start.net, {
+        "weights": init, "command": done.get("command", "?"),
+        "cumulative_steps": done.get("cumulative_steps", done.get("config", {}).get("steps", 0)),
+        "cumulative_minutes": done.get("cumulative_minutes",
+                                       round(done.get("seconds_this_run", 0.0) / 60, 1)),
+        "seen_seeds": done.get("seen_seeds", done.get("train_seeds",
+                                                      [TRAIN_START, TRAIN_START]))}
+
+
 def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    model = cfg.model or model_config("silhouette", cfg.config)
-    net = RefinerNet.from_config(model).to(cfg.device)
+    if cfg.init:
+        net, before = _started_from(cfg.init)
+        model = net.config()
+    else:
+        model = cfg.model or model_config("silhouette", cfg.config)
+        net = RefinerNet.from_config(model)
+        before = {"cumulative_steps": 0, "cumulative_minutes": 0.0,
+                  "seen_seeds": [TRAIN_START, TRAIN_START]}
+    net = net.to(cfg.device)
+    train_start = before["seen_seeds"][1]
     val_start = SPLITS["val"][0]
     raw = {"val": refiner_data(run, "val", val_start, cfg.n_val, "standard", cfg.photo_size,
                                cfg.workers),
            "heldout_family": refiner_data(run, "val", val_start, cfg.n_val, "heldout",
                                           cfg.photo_size, cfg.workers)}
-    train = refiner_data(run, "train", TRAIN_START, cfg.n_train, "standard", cfg.photo_size,
+    train = refiner_data(run, "train", train_start, cfg.n_train, "standard", cfg.photo_size,
                          cfg.workers)
     sets = {k: _tensors(v) for k, v in raw.items()}
     right = {k: v["right"].astype(bool) for k, v in raw.items()}
-    x, sdf, truth = _tensors(train)
+    # Kept as cached (uint8, Ŝ's distance in float16): as float32 tensors 12,000 photos
+    # took 5 GiB; each batch is built from its indices.
+    sdf16 = np.stack([signed_distance(m) for m in train["silhouette"]]).astype(np.float16)
+    views = {k: train[k] for k in ("mask", "coverage", "rgb")}
+    truth = train["truth"]
     base = _summary({name: _iou(s < 0, t) for name, (_, s, t) in sets.items()}, right)
     print(f"Ŝ as fused: {base}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
 
     def batch_loss() -> tuple[torch.Tensor, dict[str, float]]:
-        idx = torch.from_numpy(rng.integers(len(x), size=cfg.batch))
-        bx, bs, bt = x[idx], sdf[idx], truth[idx]
+        idx = rng.integers(len(truth), size=cfg.batch)
+        bx, bs = refiner_tensors(sdf16[idx], *(views[k][idx] for k in ("mask", "coverage",
+                                                                        "rgb")))
+        bt = torch.from_numpy(truth[idx][:, None].astype(np.float32))
         if rng.random() < 0.5:  # the garment seen in a mirror
             bx, bs, bt = bx.flip(-1), bs.flip(-1), bt.flip(-1)
         loss = F.binary_cross_entropy_with_logits(net(bx.to(cfg.device), bs.to(cfg.device)),
@@ -171,14 +211,20 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     training = {
         "command": f"flatlay train silhouette --config "
                    f"{cfg.config.removeprefix('silhouette-')} --steps {cfg.steps} "
-                   f"--n-train {cfg.n_train}",
+                   f"--n-train {cfg.n_train}" + (f" --init {cfg.init}" if cfg.init else "")
+                   + (f" --lr {cfg.lr}" if cfg.lr != SilhouetteTrainConfig.lr else ""),
         "config": {**asdict(cfg), "model": model},
         "architecture_file": str(config_path("silhouette", cfg.config)),
-        "train_seeds": [TRAIN_START, TRAIN_START + cfg.n_train],
+        "train_seeds": [train_start, train_start + cfg.n_train],
+        "seen_seeds": [before["seen_seeds"][0] if cfg.init else train_start,
+                       train_start + cfg.n_train],
         "val_seeds": [val_start, val_start + cfg.n_val],
-        "examples": int(len(x)),
+        "examples": int(len(truth)),
         "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        "started_from": before if cfg.init else None,
+        "cumulative_steps": before["cumulative_steps"] + cfg.steps,
+        "cumulative_minutes": round(before["cumulative_minutes"] + seconds / 60, 1),
     }
     SilhouetteRefiner(net.cpu()).save_pretrained(out, {
         "training": training, "metrics": final, "baseline": base})
@@ -191,6 +237,12 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
 def write_silhouette_card(folder: Path, training: dict, metrics: dict, base: dict,
                           history: list[dict]) -> None:
     c = training["config"]
+    origin = training.get("started_from")
+    start = ("Trained from scratch" if not origin else
+             f"Warm-started from `{origin['weights']}` (`{origin['command']}`, "
+             f"{origin['cumulative_steps']} steps on seeds {origin['seen_seeds'][0]}–"
+             f"{origin['seen_seeds'][1] - 1}) and trained")
+    seen = training.get("seen_seeds", training["train_seeds"])
     rows = "\n".join(
         f"| {h['step']} | {h['loss']} | {h['iou_val']:.4f} | {h['iou_val_right']:.4f} "
         f"| {h['iou_heldout_family']:.4f} |" for h in history)
@@ -200,8 +252,7 @@ A U-Net of width {c['model']['width']} at 64² (`models.silhouette.RefinerNet`) 
 signed distance, the warped photo mask, the photo's coverage of the canvas and the warped \
 photo W on the 128² canonical canvas and corrects Ŝ's logit (−distance / {c['model']['tau']} \
 px) through a zero-initialised layer. Stage 5 applies it after the warp \
-(`StructureAligner`). Trained from scratch on the procedural garment world only; nothing \
-downloaded.
+(`StructureAligner`). {start} on the procedural garment world only; nothing downloaded.
 
 - Training command: `{training['command']}`
 - Data: {training['examples']} photos of garment-world train seeds \
@@ -209,8 +260,11 @@ downloaded.
 at {c['photo_size']} px (refiner off); validation seeds {training['val_seeds'][0]}–\
 {training['val_seeds'][1] - 1}, and the same seeds drawn from the held-out shape family as a \
 diagnosis; seed {c['seed']}.
-- {c['steps']} steps of batch {c['batch']} (cumulative), cosine learning rate from \
-{c['lr']}, {training['seconds_this_run'] / 60:.1f} minutes on {training['machine']}.
+- {c['steps']} steps of batch {c['batch']}, cosine learning rate from {c['lr']}, \
+{training['seconds_this_run'] / 60:.1f} minutes on {training['machine']}; cumulative \
+{training.get('cumulative_steps', c['steps'])} steps, \
+{training.get('cumulative_minutes', round(training['seconds_this_run'] / 60, 1))} minutes, \
+train seeds {seen[0]}–{seen[1] - 1} seen in all.
 - Validation silhouette IoU (canonical canvas): Ŝ {base['iou_val']:.4f} → refined \
 **{metrics['iou_val']:.4f}** (category right: {base['iou_val_right']:.4f} → \
 {metrics['iou_val_right']:.4f}); held-out family {base['iou_heldout_family']:.4f} → \
