@@ -168,6 +168,30 @@ def test_a_warm_start_continues_on_photos_its_weights_have_not_seen(tmp_path: Pa
     assert SilhouetteRefiner.from_pretrained(start).meta["training"]["cumulative_steps"] == 5
 
 
+def test_a_warm_started_card_names_its_start_and_what_it_saw_in_all(tmp_path: Path) -> None:
+    from models.train.silhouette import write_silhouette_card
+
+    cfg = SilhouetteTrainConfig(model={"width": 16, "tau": 4.0})
+    scores = {"iou_val": 0.86, "iou_val_right": 0.88, "iou_heldout_family": 0.76}
+    training = {
+        "command": "flatlay train silhouette --config tiny --steps 8000 --n-train 12000 "
+                   "--init models/weights/silhouette-tiny",
+        "config": {**vars(cfg), "model": cfg.model}, "train_seeds": [212000, 224000],
+        "seen_seeds": [200000, 224000], "val_seeds": [1000000, 1001200], "examples": 12000,
+        "seconds_this_run": 1800.0, "machine": "x86_64", "cumulative_steps": 16000,
+        "cumulative_minutes": 63.0,
+        "started_from": {"weights": "models/weights/silhouette-tiny",
+                         "command": "flatlay train silhouette --steps 8000", "cumulative_steps":
+                         8000, "cumulative_minutes": 33.0, "seen_seeds": [200000, 212000]}}
+    write_silhouette_card(tmp_path, training, scores, scores,
+                          [{"step": 8000, "loss": 0.06, **scores}])
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "Warm-started from `models/weights/silhouette-tiny` (`flatlay train silhouette " \
+        "--steps 8000`, 8000 steps on seeds 200000–211999)" in card
+    assert "cumulative 16000 steps, 63.0 minutes, train seeds 200000–223999 seen in all" in card
+    assert "12000 photos of garment-world train seeds 212000–223999" in card
+
+
 def test_views_made_behind_another_bank_are_another_data_set(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
