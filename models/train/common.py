@@ -49,6 +49,23 @@ class TrainRun:
         self.run_dir = self.run_dir or f"runs/{self.config}"
 
 
+def warm_start_record(init: str, training: dict[str, Any]) -> dict[str, Any]:
+    """What the weights a run starts from had done, from their `training` meta: the folder,
+    its command, cumulative steps and minutes (weights from before cumulative counts: their
+    own run's)."""
+    return {"weights": init, "command": training.get("command", "?"),
+            "cumulative_steps": training.get("cumulative_steps",
+                                             training.get("config", {}).get("steps", 0)),
+            "cumulative_minutes": training.get("cumulative_minutes", round(
+                training.get("seconds_this_run", 0.0) / 60, 1))}
+
+
+def cumulative(before: dict[str, Any], steps: int, seconds: float) -> dict[str, Any]:
+    """The card's cumulative steps and minutes after a run of `steps` in `seconds`."""
+    return {"cumulative_steps": before["cumulative_steps"] + steps,
+            "cumulative_minutes": round(before["cumulative_minutes"] + seconds / 60, 1)}
+
+
 def cosine_lr(step: int, lr: float, warmup: int, steps: int) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
     if step < warmup:

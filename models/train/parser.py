@@ -46,7 +46,14 @@ from models.parser import (
     square_view,
     zoom_square,
 )
-from models.train.common import TrainRun, numpy_rng, render_map, supervised_loop
+from models.train.common import (
+    TrainRun,
+    cumulative,
+    numpy_rng,
+    render_map,
+    supervised_loop,
+    warm_start_record,
+)
 
 MAX_L = max(num_landmarks(c) for c in CATEGORIES)
 RENDER = 256
@@ -294,12 +301,7 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     if cfg.init:
         start = GarmentParser.from_pretrained(Path(cfg.init))
         net, model = start.net.to(cfg.device), start.meta["model_cfg"]
-        done = start.meta.get("training", {})
-        before = {"weights": cfg.init, "command": done.get("command", "?"),
-                  "cumulative_steps": done.get("cumulative_steps",
-                                               done.get("config", {}).get("steps", 0)),
-                  "cumulative_minutes": done.get("cumulative_minutes", round(
-                      done.get("seconds_this_run", 0.0) / 60, 1))}
+        before = warm_start_record(cfg.init, start.meta.get("training", {}))
     else:
         model = cfg.model or model_config("parser", cfg.config)
         net = ParserNet.from_config(model).to(cfg.device)
@@ -341,9 +343,7 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
     }
     training |= {"started_from": before if cfg.init else None,
-                 "cumulative_steps": before["cumulative_steps"] + cfg.steps,
-                 "cumulative_minutes": round(before["cumulative_minutes"]
-                                             + training["seconds_this_run"] / 60, 1)}
+                 **cumulative(before, cfg.steps, seconds)}
     GarmentParser(net.cpu()).save_pretrained(Path(cfg.out), {
         "training": training, "metrics": final, "second_look": cfg.zoom_share > 0})
     write_parser_card(Path(cfg.out), training, final, history)

@@ -37,12 +37,14 @@ from models.silhouette import (
 from models.train.common import (
     TrainRun,
     cached_shards,
+    cumulative,
     export_refusal,
     numpy_rng,
     served_aligner,
     served_alignment,
     stages_stamp,
     supervised_loop,
+    warm_start_record,
 )
 from models.warp import signed_distance
 
@@ -141,13 +143,8 @@ def _started_from(init: str) -> tuple[RefinerNet, dict]:
     and the train seeds it saw (one range: each run continues where the last one stopped)."""
     start = SilhouetteRefiner.from_pretrained(Path(init))
     done = start.meta.get("training", {})
-    return start.net, {
-        "weights": init, "command": done.get("command", "?"),
-        "cumulative_steps": done.get("cumulative_steps", done.get("config", {}).get("steps", 0)),
-        "cumulative_minutes": done.get("cumulative_minutes",
-                                       round(done.get("seconds_this_run", 0.0) / 60, 1)),
-        "seen_seeds": done.get("seen_seeds", done.get("train_seeds",
-                                                      [TRAIN_START, TRAIN_START]))}
+    return start.net, {**warm_start_record(init, done), "seen_seeds": done.get(
+        "seen_seeds", done.get("train_seeds", [TRAIN_START, TRAIN_START]))}
 
 
 def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
@@ -216,15 +213,13 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
         "config": {**asdict(cfg), "model": model},
         "architecture_file": str(config_path("silhouette", cfg.config)),
         "train_seeds": [train_start, train_start + cfg.n_train],
-        "seen_seeds": [before["seen_seeds"][0] if cfg.init else train_start,
-                       train_start + cfg.n_train],
+        "seen_seeds": [before["seen_seeds"][0], train_start + cfg.n_train],
         "val_seeds": [val_start, val_start + cfg.n_val],
         "examples": int(len(truth)),
         "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
         "started_from": before if cfg.init else None,
-        "cumulative_steps": before["cumulative_steps"] + cfg.steps,
-        "cumulative_minutes": round(before["cumulative_minutes"] + seconds / 60, 1),
+        **cumulative(before, cfg.steps, seconds),
     }
     SilhouetteRefiner(net.cpu()).save_pretrained(out, {
         "training": training, "metrics": final, "baseline": base})
@@ -242,7 +237,7 @@ def write_silhouette_card(folder: Path, training: dict, metrics: dict, base: dic
              f"Warm-started from `{origin['weights']}` (`{origin['command']}`, "
              f"{origin['cumulative_steps']} steps on seeds {origin['seen_seeds'][0]}–"
              f"{origin['seen_seeds'][1] - 1}) and trained")
-    seen = training.get("seen_seeds", training["train_seeds"])
+    seen = training["seen_seeds"]
     rows = "\n".join(
         f"| {h['step']} | {h['loss']} | {h['iou_val']:.4f} | {h['iou_val_right']:.4f} "
         f"| {h['iou_heldout_family']:.4f} |" for h in history)
@@ -262,8 +257,7 @@ at {c['photo_size']} px (refiner off); validation seeds {training['val_seeds'][0
 diagnosis; seed {c['seed']}.
 - {c['steps']} steps of batch {c['batch']}, cosine learning rate from {c['lr']}, \
 {training['seconds_this_run'] / 60:.1f} minutes on {training['machine']}; cumulative \
-{training.get('cumulative_steps', c['steps'])} steps, \
-{training.get('cumulative_minutes', round(training['seconds_this_run'] / 60, 1))} minutes, \
+{training['cumulative_steps']} steps, {training['cumulative_minutes']} minutes, \
 train seeds {seen[0]}–{seen[1] - 1} seen in all.
 - Validation silhouette IoU (canonical canvas): Ŝ {base['iou_val']:.4f} → refined \
 **{metrics['iou_val']:.4f}** (category right: {base['iou_val_right']:.4f} → \
