@@ -450,7 +450,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
                            help="a generator folder (a run's candidate/) to fine-tune the "
                            "decoder for; it ships with the decoder if the pair beats the "
                            "shipped pair (default: the shipped generator)")
-        if name in ("parser", "silhouette"):
+        if name in ("parser", "silhouette", "pattern", "closure", "category"):
             p.add_argument("--init", type=Path, default=None,
                            help="weights folder to start from (default: from scratch)"
                            + ("; the run renders photos past those it saw"

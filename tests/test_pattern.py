@@ -76,16 +76,49 @@ def test_training_writes_weights_card_and_resumes(tmp_path: Path) -> None:
     metrics = train_pattern(cfg)
     assert 0 <= metrics["accuracy"] <= 1 and {"accuracy_flat", "accuracy_wild"} <= set(metrics)
     first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["seconds"]
-    cfg.steps = 3
+    cfg.steps, cfg.out = 3, str(tmp_path / "w3")  # (w holds a head the run must beat)
     train_pattern(cfg)  # resumes at step 2
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3
     # The card's minutes are the run's, both sittings, not the resume's alone.
-    seconds = PatternClassifier.from_pretrained(tmp_path / "w").meta["training"][
+    seconds = PatternClassifier.from_pretrained(tmp_path / "w3").meta["training"][
         "seconds_this_run"]
     assert seconds >= round(first, 1) and state["seconds"] > first
-    card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    card = (tmp_path / "w3" / "MODEL_CARD.md").read_text()
     assert "flatlay train pattern --config tiny --steps 3" in card
+    assert "Trained from scratch" in card and "cumulative 3 steps" in card
+
+
+def test_a_warm_start_continues_and_exports_only_what_beats_the_head_there(
+        tmp_path: Path) -> None:
+    """`--init` starts from a head's weights and counts its steps on; a run that does not
+    beat the head already at `--out` leaves it as it was."""
+    from models.train.pattern import PatternTrainConfig, train_pattern
+
+    def config(out: str, run: str, **kw: object) -> PatternTrainConfig:
+        return PatternTrainConfig(out=str(tmp_path / out), run_dir=str(tmp_path / run),
+                                  model={"width": 4, "input_size": 32}, n_train=12, n_val=6,
+                                  render=64, batch=4, eval_every=2, workers=1, device="cpu",
+                                  **kw)
+
+    train_pattern(config("start", "run0", steps=2))
+    start = PatternClassifier.from_pretrained(tmp_path / "start")
+    train_pattern(config("next", "run1", steps=2, init=str(tmp_path / "start")))
+    warm = PatternClassifier.from_pretrained(tmp_path / "next")
+    assert warm.meta["training"]["started_from"]["weights"] == str(tmp_path / "start")
+    assert warm.meta["training"]["cumulative_steps"] == 4
+    card = (tmp_path / "next" / "MODEL_CARD.md").read_text()
+    assert f"Warm-started from `{tmp_path / 'start'}`" in card
+    assert f"--init {tmp_path / 'start'}" in card
+    # Unchanged weights (a learning rate of almost nothing) tie with the head at --out: a
+    # tie is no gain, so neither the weights nor the card move.
+    before = (tmp_path / "start" / "MODEL_CARD.md").read_text()
+    train_pattern(config("start", "run2", steps=2, init=str(tmp_path / "start"), lr=1e-12))
+    assert (tmp_path / "start" / "MODEL_CARD.md").read_text() == before
+    again = PatternClassifier.from_pretrained(tmp_path / "start")
+    for a, b in zip(start.net.state_dict().values(), again.net.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
 
 
 def test_shipped_head_reads_validation_garments() -> None:

@@ -13,7 +13,9 @@ from `train_start` (no model that decides the category learned from them); with 
 pass's would be (`models.train.parser`). Augmentation: mirror, brightness/colour
 shifts, and on a share of the batch a blur down to about 128² and back, which is how a
 generated garment arrives. Cross-entropy; a checkpoint every `ckpt_every` steps, resumed
-automatically; weights, config and a model card at the end.
+automatically. `init` warm-starts from a weights folder (more views, a longer schedule); the
+weights are exported only when their validation accuracy beats the head already at `out`,
+with a model card that keeps the cumulative steps and minutes.
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ from models.pattern import (
     pattern_input,
     to_tensor,
 )
-from models.train.common import TrainRun, numpy_rng, render_map, served_photo, supervised_loop
+from models.train.common import (
+    TrainRun,
+    cumulative,
+    export_refusal,
+    numpy_rng,
+    render_map,
+    served_photo,
+    supervised_loop,
+    warm_start_record,
+)
 from models.train.parser import zoom_view
 
 
@@ -62,6 +73,8 @@ class PatternTrainConfig(TrainRun):
     warmup: int = 50
     eval_every: int = 250
     blur_share: float = 0.3
+    # A weights folder to start from (empty: from scratch).
+    init: str = ""
 
 
 @dataclass
@@ -250,8 +263,15 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
     head, name = cfg.HEAD, cfg.HEAD.NAME
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    model = cfg.model or model_config(cfg.FAMILY, cfg.config)
-    net = PatternNet.from_config(model, classes=len(head.LABELS)).to(cfg.device)
+    before = {"cumulative_steps": 0, "cumulative_minutes": 0.0}
+    if cfg.init:
+        start_head = head.from_pretrained(Path(cfg.init))
+        net, model = start_head.net.train(), start_head.net.config()
+        before = warm_start_record(cfg.init, start_head.meta.get("training", {}))
+    else:
+        model = cfg.model or model_config(cfg.FAMILY, cfg.config)
+        net = PatternNet.from_config(model, classes=len(head.LABELS))
+    net = net.to(cfg.device)
     views, start = name, None
     if isinstance(cfg, CategoryTrainConfig):
         if cfg.view not in ("served", "jittered"):
@@ -277,17 +297,34 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
         evaluate=lambda: evaluate(net, val_data, cfg.device, head),
         rng=numpy_rng(rng))
     final = history[-1] if history else evaluate(net, val_data, cfg.device, head)
+    out = Path(cfg.out)
+    if (out / "config.json").is_file():
+        shipped = head.from_pretrained(out).net
+        shipped_val = val_data if shipped.input_size == net.input_size else pattern_data(
+            run, "val", cfg.n_val, cfg.render, shipped.input_size, cfg.workers, views)
+        refusal = export_refusal("accuracy", final["accuracy"], {
+            f"the {name} head in {out}": evaluate(shipped, shipped_val, cfg.device,
+                                                  head)["accuracy"]})
+        if refusal:
+            print(refusal)
+            return final
     training = {
         "command": f"flatlay train {name} --config "
-                   f"{cfg.config.removeprefix(cfg.FAMILY + '-')} --steps {cfg.steps}",
+                   f"{cfg.config.removeprefix(cfg.FAMILY + '-')} --steps {cfg.steps}"
+                   + (f" --n-train {cfg.n_train}" if cfg.n_train != type(cfg).n_train else "")
+                   + (f" --init {cfg.init}" if cfg.init else "")
+                   + (f" --lr {cfg.lr}" if cfg.lr != type(cfg).lr else ""),
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [start or SPLITS["train"][0], (start or SPLITS["train"][0]) + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        "started_from": before if cfg.init else None,
+        **cumulative(before, cfg.steps, seconds),
     }
-    head(net.cpu()).save_pretrained(Path(cfg.out), {"training": training, "metrics": final})
-    write_pattern_card(Path(cfg.out), training, final, history, head)
+    head(net.cpu()).save_pretrained(out, {"training": training, "metrics": final})
+    write_pattern_card(out, training, final, history, head)
+    print(f"exported to {out}: validation accuracy {final['accuracy']}")
     return final
 
 
@@ -325,19 +362,24 @@ def write_pattern_card(folder: Path, training: dict, metrics: dict, history: lis
     recalls = ", ".join(f"{k.removeprefix('recall_')} {v:.3f}" for k, v in metrics.items()
                         if k.startswith("recall_"))
     per_view = ", ".join(f"{k} {metrics[f'accuracy_{k}']:.3f}" for k in kinds)
+    origin = training.get("started_from")
+    start = ("Trained from scratch" if not origin else
+             f"Warm-started from `{origin['weights']}` (`{origin['command']}`, "
+             f"{origin['cumulative_steps']} steps before this run) and trained")
     text = f"""# {head.NAME.capitalize()} head ({folder.name})
 
 A small CNN (`models.pattern.PatternNet`, width {c['model']['width']}, input \
 {c['model']['input_size']}²) that {names}: {', '.join(head.LABELS)}. \
-Trained from scratch on the procedural garment world only ({trained_on}, rendered at \
+{start} on the procedural garment world only ({trained_on}, rendered at \
 {c['render']} px); nothing downloaded.
 
 - Training command: `{training['command']}`
 - Data: garment-world train seeds {training['train_seeds'][0]}–\
 {training['train_seeds'][1] - 1}, validation seeds {training['val_seeds'][0]}–\
 {training['val_seeds'][1] - 1}; seed {c['seed']}.
-- {c['steps']} steps of batch {c['batch']} (cumulative), \
-{training['seconds_this_run'] / 60:.1f} minutes on {training['machine']}.
+- {c['steps']} steps of batch {c['batch']}, \
+{training['seconds_this_run'] / 60:.1f} minutes on {training['machine']}; cumulative \
+{training['cumulative_steps']} steps, {training['cumulative_minutes']} minutes.
 - Validation: accuracy {metrics['accuracy']:.3f} ({per_view}); recall per \
 {head.NAME}: {recalls}.
 
