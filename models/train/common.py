@@ -60,6 +60,21 @@ def warm_start_record(init: str, training: dict[str, Any]) -> dict[str, Any]:
                 training.get("seconds_this_run", 0.0) / 60, 1))}
 
 
+def started_from_line(origin: dict[str, Any] | None) -> str:
+    """A card's words on where its weights started (`warm_start_record`, or None)."""
+    if not origin:
+        return "Trained from scratch"
+    return (f"Warm-started from `{origin['weights']}` (`{origin['command']}`, "
+            f"{origin['cumulative_steps']} steps before this run) and trained")
+
+
+def changed_flags(cfg: TrainRun, *names: str) -> str:
+    """The command-line flags of the config fields `names` whose values differ from their
+    defaults, in that order: what a card's training command adds to its fixed part."""
+    return "".join(f" --{name.replace('_', '-')} {getattr(cfg, name)}" for name in names
+                   if getattr(cfg, name) != getattr(type(cfg), name))
+
+
 def cumulative(before: dict[str, Any], steps: int, seconds: float) -> dict[str, Any]:
     """The card's cumulative steps and minutes after a run of `steps` in `seconds`."""
     return {"cumulative_steps": before["cumulative_steps"] + steps,

@@ -48,9 +48,11 @@ from models.parser import (
 )
 from models.train.common import (
     TrainRun,
+    changed_flags,
     cumulative,
     numpy_rng,
     render_map,
+    started_from_line,
     supervised_loop,
     warm_start_record,
 )
@@ -331,11 +333,7 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
     final = history[-1] if history else validate()
     training = {
         "command": f"flatlay train parser --config {cfg.config} --steps {cfg.steps}"
-                   + (f" --init {cfg.init}" if cfg.init else "")
-                   + (f" --zoom-share {cfg.zoom_share}" if cfg.zoom_share else "")
-                   + (f" --lr {cfg.lr}" if cfg.lr != ParserTrainConfig.lr else "")
-                   + (f" --n-train {cfg.n_train}"
-                      if cfg.n_train != ParserTrainConfig.n_train else ""),
+                   + changed_flags(cfg, "init", "zoom_share", "lr", "n_train"),
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
@@ -358,10 +356,7 @@ def write_parser_card(folder: Path, training: dict, metrics: dict, history: list
         + (f" {h['zoom_mask_iou']:.3f} | {h['zoom_category_accuracy']:.3f} | "
            f"{h['zoom_landmark_nme']:.4f} |" if zoom else "") for h in history)
     c = training["config"]
-    origin = training.get("started_from")
-    start = ("Trained from scratch" if not origin else
-             f"Warm-started from `{origin['weights']}` (`{origin['command']}`, "
-             f"{origin['cumulative_steps']} steps before this run) and trained")
+    start = started_from_line(training.get("started_from"))
     views = (f"\n- A share of {c['zoom_share']} of each batch are second-look views (the visible "
              "garment's box, edges jittered, with a margin, at the input size); the weights' "
              "config turns `GarmentParser`'s second look on." if zoom else "")

@@ -46,11 +46,13 @@ from models.pattern import (
 )
 from models.train.common import (
     TrainRun,
+    changed_flags,
     cumulative,
     export_refusal,
     numpy_rng,
     render_map,
     served_photo,
+    started_from_line,
     supervised_loop,
     warm_start_record,
 )
@@ -311,9 +313,7 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
     training = {
         "command": f"flatlay train {name} --config "
                    f"{cfg.config.removeprefix(cfg.FAMILY + '-')} --steps {cfg.steps}"
-                   + (f" --n-train {cfg.n_train}" if cfg.n_train != type(cfg).n_train else "")
-                   + (f" --init {cfg.init}" if cfg.init else "")
-                   + (f" --lr {cfg.lr}" if cfg.lr != type(cfg).lr else ""),
+                   + changed_flags(cfg, "n_train", "init", "lr"),
         "config": {**asdict(cfg), "model": model},
         "train_seeds": [start or SPLITS["train"][0], (start or SPLITS["train"][0]) + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
@@ -362,10 +362,7 @@ def write_pattern_card(folder: Path, training: dict, metrics: dict, history: lis
     recalls = ", ".join(f"{k.removeprefix('recall_')} {v:.3f}" for k, v in metrics.items()
                         if k.startswith("recall_"))
     per_view = ", ".join(f"{k} {metrics[f'accuracy_{k}']:.3f}" for k in kinds)
-    origin = training.get("started_from")
-    start = ("Trained from scratch" if not origin else
-             f"Warm-started from `{origin['weights']}` (`{origin['command']}`, "
-             f"{origin['cumulative_steps']} steps before this run) and trained")
+    start = started_from_line(training.get("started_from"))
     text = f"""# {head.NAME.capitalize()} head ({folder.name})
 
 A small CNN (`models.pattern.PatternNet`, width {c['model']['width']}, input \

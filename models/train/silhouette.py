@@ -37,6 +37,7 @@ from models.silhouette import (
 from models.train.common import (
     TrainRun,
     cached_shards,
+    changed_flags,
     cumulative,
     export_refusal,
     numpy_rng,
@@ -208,8 +209,7 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     training = {
         "command": f"flatlay train silhouette --config "
                    f"{cfg.config.removeprefix('silhouette-')} --steps {cfg.steps} "
-                   f"--n-train {cfg.n_train}" + (f" --init {cfg.init}" if cfg.init else "")
-                   + (f" --lr {cfg.lr}" if cfg.lr != SilhouetteTrainConfig.lr else ""),
+                   f"--n-train {cfg.n_train}" + changed_flags(cfg, "init", "lr"),
         "config": {**asdict(cfg), "model": model},
         "architecture_file": str(config_path("silhouette", cfg.config)),
         "train_seeds": [train_start, train_start + cfg.n_train],
