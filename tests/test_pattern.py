@@ -107,9 +107,14 @@ def test_a_warm_start_continues_and_exports_only_what_beats_the_head_there(
     warm = PatternClassifier.from_pretrained(tmp_path / "next")
     assert warm.meta["training"]["started_from"]["weights"] == str(tmp_path / "start")
     assert warm.meta["training"]["cumulative_steps"] == 4
+    # It learned from photos its start never saw, and the card counts both.
+    first = start.meta["training"]["train_seeds"]
+    assert warm.meta["training"]["train_seeds"] == [first[1], first[1] + 12]
+    assert warm.meta["training"]["seen_seeds"] == [first[0], first[1] + 12]
     card = (tmp_path / "next" / "MODEL_CARD.md").read_text()
     assert f"Warm-started from `{tmp_path / 'start'}`" in card
     assert f"--init {tmp_path / 'start'}" in card
+    assert f"those its start had learned from: {first[0]}–{first[1] + 11}" in card
     # Unchanged weights (a learning rate of almost nothing) tie with the head at --out: a
     # tie is no gain, so neither the weights nor the card move.
     before = (tmp_path / "start" / "MODEL_CARD.md").read_text()

@@ -265,21 +265,25 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
     head, name = cfg.HEAD, cfg.HEAD.NAME
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    before = {"cumulative_steps": 0, "cumulative_minutes": 0.0}
-    if cfg.init:
-        start_head = head.from_pretrained(Path(cfg.init))
-        net, model = start_head.net.train(), start_head.net.config()
-        before = warm_start_record(cfg.init, start_head.meta.get("training", {}))
-    else:
-        model = cfg.model or model_config(cfg.FAMILY, cfg.config)
-        net = PatternNet.from_config(model, classes=len(head.LABELS))
-    net = net.to(cfg.device)
-    views, start = name, None
+    views, start = name, SPLITS["train"][0]
     if isinstance(cfg, CategoryTrainConfig):
         if cfg.view not in ("served", "jittered"):
             raise ValueError(f"view {cfg.view!r}: 'served' or 'jittered'")
         if cfg.view == "served":
             views, start = "category-served", cfg.train_start
+    before = {"cumulative_steps": 0, "cumulative_minutes": 0.0, "seen_seeds": [start, start]}
+    if cfg.init:
+        start_head = head.from_pretrained(Path(cfg.init))
+        net, model = start_head.net.train(), start_head.net.config()
+        done = start_head.meta.get("training", {})
+        # A warm start learns from photos its weights never saw: it renders past them.
+        before = {**warm_start_record(cfg.init, done),
+                  "seen_seeds": done.get("seen_seeds", done.get("train_seeds", [start, start]))}
+        start = max(start, before["seen_seeds"][1])
+    else:
+        model = cfg.model or model_config(cfg.FAMILY, cfg.config)
+        net = PatternNet.from_config(model, classes=len(head.LABELS))
+    net = net.to(cfg.device)
     train_data = pattern_data(run, "train", cfg.n_train, cfg.render, net.input_size,
                               cfg.workers, views, start)
     val_data = pattern_data(run, "val", cfg.n_val, cfg.render, net.input_size, cfg.workers,
@@ -315,7 +319,8 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
                    f"{cfg.config.removeprefix(cfg.FAMILY + '-')} --steps {cfg.steps}"
                    + changed_flags(cfg, "n_train", "init", "lr"),
         "config": {**asdict(cfg), "model": model},
-        "train_seeds": [start or SPLITS["train"][0], (start or SPLITS["train"][0]) + cfg.n_train],
+        "train_seeds": [start, start + cfg.n_train],
+        "seen_seeds": [before["seen_seeds"][0], start + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": seconds,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
@@ -363,6 +368,9 @@ def write_pattern_card(folder: Path, training: dict, metrics: dict, history: lis
                         if k.startswith("recall_"))
     per_view = ", ".join(f"{k} {metrics[f'accuracy_{k}']:.3f}" for k in kinds)
     start = started_from_line(training.get("started_from"))
+    seen = training.get("seen_seeds", training["train_seeds"])
+    seen = ("" if seen == training["train_seeds"] else
+            f" (with those its start had learned from: {seen[0]}–{seen[1] - 1})")
     text = f"""# {head.NAME.capitalize()} head ({folder.name})
 
 A small CNN (`models.pattern.PatternNet`, width {c['model']['width']}, input \
@@ -372,7 +380,7 @@ A small CNN (`models.pattern.PatternNet`, width {c['model']['width']}, input \
 
 - Training command: `{training['command']}`
 - Data: garment-world train seeds {training['train_seeds'][0]}–\
-{training['train_seeds'][1] - 1}, validation seeds {training['val_seeds'][0]}–\
+{training['train_seeds'][1] - 1}{seen}, validation seeds {training['val_seeds'][0]}–\
 {training['val_seeds'][1] - 1}; seed {c['seed']}.
 - {c['steps']} steps of batch {c['batch']}, \
 {training['seconds_this_run'] / 60:.1f} minutes on {training['machine']}; cumulative \
