@@ -15,6 +15,7 @@ import http.client
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -293,6 +294,17 @@ def _objects(proxy: FaultyS3, bucket: str, job_id: str) -> list[str]:
                   if "/outputs-" not in o["Key"])
 
 
+def _wait_status(c, job_id: str, want: str, attempts: int = 0,  # noqa: ANN001
+                 timeout: float = 90.0) -> dict:
+    """The job's status once it is `want` after at least `attempts` attempts."""
+    deadline = time.monotonic() + timeout
+    while ((status := c.get(f"/assets/{job_id}").json())["status"] != want
+           or status["attempts"] < attempts):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
+
+
 @pytest.mark.slow
 def test_s3_answering_503_through_flatlay_serve(
     faulty_s3: tuple[FaultyS3, str], tmp_path: Path, photo: bytes
@@ -304,7 +316,7 @@ def test_s3_answering_503_through_flatlay_serve(
            "FLATLAY_AUTH_ENABLED": "false", "FLATLAY_RATE_LIMIT_PER_S": "0",
            "FLATLAY_EXTRA_PIPELINES": TEST_PIPELINES,
            "FLATLAY_PRELOAD_PIPELINES": "cutout,test-slow", SLOW_SECONDS_ENV: "1.5",
-           "FLATLAY_MAX_ATTEMPTS": "3", "FLATLAY_STORAGE_RETRY_S": "0.5",
+           "FLATLAY_MAX_ATTEMPTS": "3", "FLATLAY_STORAGE_RETRY_S": "3",
            "FLATLAY_WORKER_HEARTBEAT_S": "1", "FLATLAY_RECONCILE_INTERVAL_S": "1"}
     svc = ServiceProcesses.start([["serve", "--port", str(port)]], env=env, port=port,
                                  log_dir=tmp_path)
@@ -323,12 +335,16 @@ def test_s3_answering_503_through_flatlay_serve(
             assert r.json()["error"]["code"] == "storage_unavailable"
 
             # The first attempt's result cannot be stored; the retry's can. The fault names
-            # the first attempt's keys, so no poll has to catch the short `queued` between.
+            # the first attempt's keys, so the retry passes however late the poll below sees
+            # the job `queued` between them (a window of the 3 s retry delay: CI's load once
+            # made a 0.1 s poll miss a 0.5 s window).
             proxy.fail = None
             assert c.get("/readyz").status_code == 200
             refused = proxy.refused
             proxy.fail = re.compile(r"/assets/[^/]+/(result|outputs)-a1")
             job_id = c.post("/assets", files=files, data=form).json()["id"]
+            waiting = _wait_status(c, job_id, "queued", attempts=1)
+            assert waiting["error"]["code"] == "storage_unavailable", waiting
             status = wait_for_job(c, job_id)
             assert status["status"] == "succeeded" and status["attempts"] == 2, status
             assert proxy.refused > refused
