@@ -60,6 +60,17 @@ def warm_start_record(init: str, training: dict[str, Any]) -> dict[str, Any]:
                 training.get("seconds_this_run", 0.0) / 60, 1))}
 
 
+def seen_seeds_record(init: str, training: dict[str, Any], first_seed: int) -> dict[str, Any]:
+    """Where a run starts, for trainers whose warm starts render past the seeds their weights
+    learned from: `warm_start_record` of `init` (empty: from scratch, nothing done) and
+    `seen_seeds`, one range from `first_seed`, each run continuing where the last stopped."""
+    if not init:
+        return {"cumulative_steps": 0, "cumulative_minutes": 0.0,
+                "seen_seeds": [first_seed, first_seed]}
+    return {**warm_start_record(init, training), "seen_seeds": training.get(
+        "seen_seeds", training.get("train_seeds", [first_seed, first_seed]))}
+
+
 def started_from_line(origin: dict[str, Any] | None) -> str:
     """A card's words on where its weights started (`warm_start_record`, or None)."""
     if not origin:

@@ -51,10 +51,10 @@ from models.train.common import (
     export_refusal,
     numpy_rng,
     render_map,
+    seen_seeds_record,
     served_photo,
     started_from_line,
     supervised_loop,
-    warm_start_record,
 )
 from models.train.parser import zoom_view
 
@@ -271,14 +271,12 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
             raise ValueError(f"view {cfg.view!r}: 'served' or 'jittered'")
         if cfg.view == "served":
             views, start = "category-served", cfg.train_start
-    before = {"cumulative_steps": 0, "cumulative_minutes": 0.0, "seen_seeds": [start, start]}
+    before = seen_seeds_record("", {}, start)
     if cfg.init:
         start_head = head.from_pretrained(Path(cfg.init))
         net, model = start_head.net.train(), start_head.net.config()
-        done = start_head.meta.get("training", {})
         # A warm start learns from photos its weights never saw: it renders past them.
-        before = {**warm_start_record(cfg.init, done),
-                  "seen_seeds": done.get("seen_seeds", done.get("train_seeds", [start, start]))}
+        before = seen_seeds_record(cfg.init, start_head.meta.get("training", {}), start)
         start = max(start, before["seen_seeds"][1])
     else:
         model = cfg.model or model_config(cfg.FAMILY, cfg.config)

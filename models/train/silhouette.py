@@ -41,11 +41,11 @@ from models.train.common import (
     cumulative,
     export_refusal,
     numpy_rng,
+    seen_seeds_record,
     served_aligner,
     served_alignment,
     stages_stamp,
     supervised_loop,
-    warm_start_record,
 )
 from models.warp import signed_distance
 
@@ -144,8 +144,7 @@ def _started_from(init: str) -> tuple[RefinerNet, dict]:
     and the train seeds it saw (one range: each run continues where the last one stopped)."""
     start = SilhouetteRefiner.from_pretrained(Path(init))
     done = start.meta.get("training", {})
-    return start.net, {**warm_start_record(init, done), "seen_seeds": done.get(
-        "seen_seeds", done.get("train_seeds", [TRAIN_START, TRAIN_START]))}
+    return start.net, seen_seeds_record(init, done, TRAIN_START)
 
 
 def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
@@ -158,8 +157,7 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     else:
         model = cfg.model or model_config("silhouette", cfg.config)
         net = RefinerNet.from_config(model)
-        before = {"cumulative_steps": 0, "cumulative_minutes": 0.0,
-                  "seen_seeds": [TRAIN_START, TRAIN_START]}
+        before = seen_seeds_record("", {}, TRAIN_START)
     net = net.to(cfg.device)
     train_start = before["seen_seeds"][1]
     val_start = SPLITS["val"][0]
