@@ -1,11 +1,13 @@
 """The `ragdiffusion` choices, made on the validation split (never on test).
 
-    python bench/tune_ragdiffusion.py [--n 40] [--size 1024]
+    python bench/tune_ragdiffusion.py [--n 40] [--size 1024] [--family heldout]
 
 Each row sets the `ragdiffusion` call options (detail, detail_where, silhouette), the step
 count or stage 5's silhouette refiner away from the shipped values (`flatten` is the
 reference row) and scores the first n validation photos with the quality benchmark's own
-metrics (`models.eval.quality.score`).
+metrics (`models.eval.quality.score`). `--family heldout` draws the same validation seeds from
+the held-out shape family (a diagnosis on validation photos, never the held-out split) and
+writes ragdiffusion-val-heldout-family.*.
 Prints a table and writes bench/results/ragdiffusion-val.{md,json}, and a grid of the first
 `--grid` photos under every variant (ragdiffusion-val.png) to look at beside the numbers.
 """
@@ -32,6 +34,7 @@ RESULTS = REPO / "bench" / "results"
 # Each variant: the pipeline's call options (`detail`, `silhouette`) and request `steps`.
 VARIANTS: list[tuple[str, dict]] = [
     ("flatten (reference)", {"pipeline": "flatten"}),
+    ("noretrieval (reference)", {"pipeline": "noretrieval"}),
     ("shipped", {}),
     ("detail 0", {"detail": 0.0}),
     ("detail 0.5", {"detail": 0.5}),
@@ -57,6 +60,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--only", default="", help="comma-separated variant labels (default: all)")
     ap.add_argument("--grid", type=int, default=4, help="photos in the grid (0: none)")
+    ap.add_argument("--family", choices=("standard", "heldout"), default="standard",
+                    help="the validation seeds' shape family")
     args = ap.parse_args()
     if args.n < 1 or args.grid < 0:
         ap.error("--n must be ≥ 1 and --grid ≥ 0")
@@ -66,21 +71,25 @@ def main() -> None:
         ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
     pipe = get_pipeline("ragdiffusion")
     pipe.load()
-    reference = get_pipeline("flatten")
-    reference.load()
+    references = {}
     shipped = {"detail": pipe.DETAIL, "detail_where": pipe.DETAIL_WHERE,
                "silhouette": pipe.SILHOUETTE,
                "steps": pipe.generator.default_steps}
     start = SPLITS["val"][0]
-    truths = [load_truth(start + i, args.size) for i in tqdm(range(args.n), desc="photos")]
+    truths = [load_truth(start + i, args.size, args.family)
+              for i in tqdm(range(args.n), desc="photos")]
     rows = []
     grid = [(t, downsample_rgb(t.photo), {}) for t in truths[:args.grid]]
     for label, knobs in VARIANTS:
         if only and label not in only:
             continue
-        flatten = knobs.get("pipeline") == "flatten"
-        aligner = (reference if flatten else pipe).aligner
-        refiner = aligner.refiner
+        reference = knobs.get("pipeline")
+        if reference and reference not in references:
+            references[reference] = get_pipeline(reference)
+            references[reference].load()
+        run = references[reference] if reference else pipe
+        aligner = getattr(run, "aligner", None)
+        refiner = aligner.refiner if aligner else None
         if knobs.get("refine") is False:
             aligner.refiner = None
         call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette", "detail_where")}
@@ -91,8 +100,7 @@ def main() -> None:
                                       steps=knobs.get("steps"))
             t0 = time.perf_counter()
             try:
-                result = (reference(t.photo, options) if flatten
-                          else pipe(t.photo, options, **call))
+                result = run(t.photo, options, **call)
             except PipelineError as e:
                 if i < args.grid:
                     grid[i][2][label] = (None, {"failure": e.code})
@@ -103,21 +111,24 @@ def main() -> None:
                 grid[i][2][label] = (out, metrics)
             for m in METRICS:
                 per[m].append(metrics[m])
-        aligner.refiner = refiner
+        if aligner:
+            aligner.refiner = refiner
         rows.append({"variant": label, **{m: round(float(np.nanmean(v)), 4)
                                           for m, v in per.items()},
                      "seconds_p50": round(float(np.median(seconds)), 3)})
         print(rows[-1])
+    stem = "ragdiffusion-val" + ("-heldout-family" if args.family == "heldout" else "")
     intro = ["# ragdiffusion choices on the validation split", "",
-             f"Validation seeds {start}–{start + args.n - 1}, {args.size}² photos and canvases; "
+             f"Validation seeds {start}–{start + args.n - 1} ({args.family} shape family), "
+             f"{args.size}² photos and canvases; "
              f"metrics as `flatlay bench quality` (256²). Shipped: {shipped}.", ""]
-    print(write_variants(args.out, "ragdiffusion-val", intro, rows,
+    print(write_variants(args.out, stem, intro, rows,
                          [("silhouette_iou", "IoU", ".3f"), ("ssim_garment", "SSIM garment", ".3f"),
                           ("delta_e", "ΔE2000", ".2f"), ("psnr", "PSNR", ".2f"),
                           ("seconds_p50", "s p50", ".3f")]))
     if grid:
         labels = [row["variant"] for row in rows]
-        grid_image(grid, labels).save(args.out / "ragdiffusion-val.png")
+        grid_image(grid, labels).save(args.out / f"{stem}.png")
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from models.eval.quality import (
     delta_e,
     downsample_mask,
     landmark_nme,
+    load_truth,
     on_white,
     psnr,
     review_rates,
@@ -31,6 +32,7 @@ from models.eval.quality import (
     ssim_scores,
     write_report,
 )
+from models.garments import SPLITS
 from models.pipeline import FlatLayResult, PipelineError, PipelineOptions
 from models.pipelines.cutout import CutoutPipeline
 
@@ -319,6 +321,17 @@ def test_a_pipeline_that_cannot_load_exits_2(test_pipelines: None, tmp_path: Pat
     err = capsys.readouterr().err
     assert code == 2 and "'test-wont-load' could not load" in err and "no weights here" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_validation_seed_drawn_from_the_heldout_shape_family() -> None:
+    # The held-out family's diagnosis on validation seeds (bench/tune_ragdiffusion.py
+    # --family heldout): the same garment and photo draw, another shape family.
+    seed = SPLITS["val"][0]
+    standard, same, heldout = (load_truth(seed, 64, f) for f in (None, "standard", "heldout"))
+    assert np.array_equal(standard.mask, same.mask) and standard.category == heldout.category
+    assert not np.array_equal(standard.mask, heldout.mask)
+    with pytest.raises(ValueError, match="family"):
+        load_truth(seed, 64, "plaid")
 
 
 def test_silhouette_iou_split_by_category_outcome() -> None:

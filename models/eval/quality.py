@@ -162,11 +162,12 @@ class Truth:
     landmarks: np.ndarray  # (L, 2) float32, canonical unit square
 
 
-def load_truth(seed: int, size: int) -> Truth:
+def load_truth(seed: int, size: int, family: str | None = None) -> Truth:
+    """The asset of `seed`; family: `generate`'s shape family (default: the seed's split's)."""
     from models.garments import generate
     from models.io import decode_image
 
-    s = generate(int(seed), size=size)
+    s = generate(int(seed), size=size, family=family)
     photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
     return Truth(seed=int(seed), category=s.category, difficulty=float(s.difficulty),
                  scene=str(s.attributes.get("wild", {}).get("scene", "")), photo=photo,
