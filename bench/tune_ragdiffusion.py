@@ -7,7 +7,9 @@ count or stage 5's silhouette refiner away from the shipped values (`flatten` is
 reference row) and scores the first n validation photos with the quality benchmark's own
 metrics (`models.eval.quality.score`). `--family heldout` draws the same validation seeds from
 the held-out shape family (a diagnosis on validation photos, never the held-out split) and
-writes ragdiffusion-val-heldout-family.*.
+writes ragdiffusion-val-heldout-family.*. Beside the metrics, garment SSIM split by each
+variant's silhouette (`models.eval.quality.garment_coverage`: the share of the true garment
+covered, the SSIM there and where it is missed).
 Prints a table and writes bench/results/ragdiffusion-val.{md,json}, and a grid of the first
 `--grid` photos under every variant (ragdiffusion-val.png) to look at beside the numbers.
 """
@@ -26,7 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import write_variants  # noqa: E402
-from models.eval.quality import downsample_rgb, grid_image, load_truth, score  # noqa: E402
+from models.eval.quality import (  # noqa: E402
+    downsample_mask,
+    downsample_rgb,
+    garment_coverage,
+    grid_image,
+    load_truth,
+    score,
+)
 from models.garments import SPLITS  # noqa: E402
 from models.pipeline import PipelineError, PipelineOptions, get_pipeline  # noqa: E402
 
@@ -50,7 +59,8 @@ VARIANTS: list[tuple[str, dict]] = [
     ("4 steps", {"steps": 4}),
     ("8 steps", {"steps": 8}),
 ]
-METRICS = ("silhouette_iou", "ssim_garment", "delta_e", "psnr")
+METRICS = ("silhouette_iou", "ssim_garment", "delta_e", "psnr", "cover", "ssim_covered",
+           "ssim_missed")
 
 
 def main() -> None:
@@ -107,6 +117,8 @@ def main() -> None:
                 continue
             seconds.append(time.perf_counter() - t0)
             metrics, out = score(result, t)
+            metrics.update(garment_coverage(out, downsample_mask(np.clip(result.alpha, 0, 1)),
+                                            t.flat, t.mask))
             if i < args.grid:
                 grid[i][2][label] = (out, metrics)
             for m in METRICS:
@@ -125,6 +137,9 @@ def main() -> None:
     print(write_variants(args.out, stem, intro, rows,
                          [("silhouette_iou", "IoU", ".3f"), ("ssim_garment", "SSIM garment", ".3f"),
                           ("delta_e", "ΔE2000", ".2f"), ("psnr", "PSNR", ".2f"),
+                          ("cover", "true garment covered", ".3f"),
+                          ("ssim_covered", "SSIM covered", ".3f"),
+                          ("ssim_missed", "SSIM missed", ".3f"),
                           ("seconds_p50", "s p50", ".3f")]))
     if grid:
         labels = [row["variant"] for row in rows]

@@ -23,6 +23,7 @@ from models.eval.quality import (
     ceiling_images,
     delta_e,
     downsample_mask,
+    garment_coverage,
     landmark_nme,
     load_truth,
     on_white,
@@ -121,6 +122,24 @@ def test_delta_e_and_ssim_garment_look_inside_the_mask_only() -> None:
     assert garment == pytest.approx(1.0) and canvas < 0.9
     out[20, 10] = (255, 0, 0)
     assert delta_e(out, truth, mask) > 0
+
+
+def test_garment_ssim_splits_by_the_silhouette_that_covers_it() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = np.clip(truth.astype(int) + rng.integers(-30, 31, truth.shape), 0, 255).astype(np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[8:56, 8:56] = True
+    pred = np.zeros_like(mask)
+    pred[8:56, 8:40] = True  # two thirds of the garment, nothing outside it
+    out[~pred] = 255  # what the pipeline left white
+    split = garment_coverage(out, pred, truth, mask)
+    garment = ssim_scores(out, truth, mask)[0]
+    assert split["cover"] == pytest.approx(2 / 3)
+    assert split["ssim_covered"] > split["ssim_missed"]
+    assert garment == pytest.approx(split["cover"] * split["ssim_covered"]
+                                    + (1 - split["cover"]) * split["ssim_missed"])
+    assert garment_coverage(out, mask, truth, mask)["cover"] == 1.0
 
 
 def test_alpha_and_composite_at_the_eval_size() -> None:

@@ -118,13 +118,30 @@ def ssim_scores(output: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tupl
     ssim_canvas: skimage's mean SSIM. ssim_garment: the SSIM map, averaged over channels,
     averaged inside `mask` (NaN when the mask is empty).
     """
+    canvas, smap = _ssim_map(output, truth)
+    garment = float(smap[mask].mean()) if mask.any() else float("nan")
+    return garment, canvas
+
+
+def _ssim_map(output: np.ndarray, truth: np.ndarray) -> tuple[float, np.ndarray]:
+    """skimage's mean SSIM and its (S, S) map averaged over the channels."""
     from skimage.metrics import structural_similarity
 
     canvas, full = structural_similarity(truth, output, channel_axis=-1, data_range=255,
                                          full=True)
-    smap = full.mean(axis=-1)
-    garment = float(smap[mask].mean()) if mask.any() else float("nan")
-    return garment, float(canvas)
+    return float(canvas), full.mean(axis=-1)
+
+
+def garment_coverage(output: np.ndarray, pred_mask: np.ndarray, truth: np.ndarray,
+                     mask: np.ndarray) -> dict[str, float]:
+    """ssim_garment split by the pipeline's own silhouette: the share of the true garment
+    `pred_mask` covers, and the SSIM map's mean where it covers and where it misses (white
+    against cloth). ssim_garment = cover · covered + (1 − cover) · missed."""
+    smap = _ssim_map(output, truth)[1]
+    hit, miss = mask & pred_mask, mask & ~pred_mask
+    return {"cover": float(hit.sum() / mask.sum()) if mask.any() else float("nan"),
+            "ssim_covered": float(smap[hit].mean()) if hit.any() else float("nan"),
+            "ssim_missed": float(smap[miss].mean()) if miss.any() else float("nan")}
 
 
 def psnr(output: np.ndarray, truth: np.ndarray) -> float:
