@@ -3,15 +3,16 @@
     python bench/tune_ragdiffusion.py [--n 40] [--size 1024] [--family heldout]
 
 Each row sets the `ragdiffusion` call options (detail, detail_where, silhouette), the step
-count or stage 5's silhouette refiner away from the shipped values (`flatten` is the
-reference row) and scores the first n validation photos with the quality benchmark's own
-metrics (`models.eval.quality.score`). `--family heldout` draws the same validation seeds from
-the held-out shape family (a diagnosis on validation photos, never the held-out split) and
-writes ragdiffusion-val-heldout-family.*. Beside the metrics, garment SSIM split by each
-variant's silhouette (`models.eval.quality.garment_coverage`: the share of the true garment
-covered, the SSIM there and where it is missed).
-Prints a table and writes bench/results/ragdiffusion-val.{md,json}, and a grid of the first
-`--grid` photos under every variant (ragdiffusion-val.png) to look at beside the numbers.
+count or stage 5's silhouette refiner away from the shipped values (`flatten` and
+`noretrieval` are reference rows) and scores the first n validation photos with the quality
+benchmark's own metrics (`models.eval.quality.score`). `--family heldout` draws the same
+validation seeds from the held-out shape family (a diagnosis on validation photos, never the
+held-out split) and writes ragdiffusion-val-heldout-family.*. Beside the metrics, garment
+SSIM split by each variant's silhouette (`models.eval.quality.garment_coverage`: the share
+of the true garment covered, the SSIM there and where it is missed).
+Prints a table and writes ragdiffusion-val.{md,json} under `--out` (bench/results), and a
+grid of the first `--grid` photos under every variant (ragdiffusion-val.png) to look at
+beside the numbers.
 """
 
 from __future__ import annotations
