@@ -30,11 +30,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.harness import write_variants  # noqa: E402
 from models.eval.quality import (  # noqa: E402
-    downsample_mask,
     downsample_rgb,
     garment_coverage,
     grid_image,
     load_truth,
+    result_mask,
     score,
 )
 from models.garments import SPLITS  # noqa: E402
@@ -118,8 +118,7 @@ def main() -> None:
                 continue
             seconds.append(time.perf_counter() - t0)
             metrics, out = score(result, t)
-            metrics.update(garment_coverage(out, downsample_mask(np.clip(result.alpha, 0, 1)),
-                                            t.flat, t.mask))
+            metrics.update(garment_coverage(out, result_mask(result), t.flat, t.mask))
             if i < args.grid:
                 grid[i][2][label] = (out, metrics)
             for m in METRICS:

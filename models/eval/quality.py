@@ -192,10 +192,15 @@ def load_truth(seed: int, size: int, family: str | None = None) -> Truth:
                  landmarks=np.asarray(s.flat_landmarks, dtype=np.float32))
 
 
+def result_mask(result: Any) -> np.ndarray:
+    """A FlatLayResult's garment as the metrics read it: its alpha at EVAL_SIZE, > 0.5."""
+    return downsample_mask(np.clip(result.alpha, 0.0, 1.0))
+
+
 def score(result: Any, truth: Truth) -> tuple[dict[str, Any], np.ndarray]:
     """Metrics of one FlatLayResult against its truth, and the 256² output on white."""
     out = downsample_rgb(on_white(result.image))
-    pred_mask = downsample_mask(np.clip(result.alpha, 0.0, 1.0))
+    pred_mask = result_mask(result)
     metrics = score_image(out, pred_mask, result.category, result.canvas_landmarks, truth)
     metrics["category_confidence"] = result.category_confidence
     return metrics, out
