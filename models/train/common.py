@@ -100,11 +100,25 @@ def cosine_lr(step: int, lr: float, warmup: int, steps: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _one_thread() -> None:
+    """Each forked render process computes on one thread: there are as many processes as
+    cores, and BLAS's own threads (numpy's matrix products in the warp and the fusion) would
+    otherwise contend with the other process's and spin."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def render_pool(workers: int) -> Any:  # noqa: ANN401 (multiprocessing's Pool)
+    """`workers` forked processes for making training data, one compute thread each."""
+    return mp.get_context("fork").Pool(workers, initializer=_one_thread)
+
+
 def render_map(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int, desc: str
                ) -> list[Any]:
     """[fn(j) for j in jobs], in order, in `workers` forked processes, with a progress bar."""
     if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
+        with render_pool(workers) as pool:
             return list(tqdm(pool.imap(fn, jobs, chunksize=16), total=len(jobs), desc=desc))
     return [fn(j) for j in tqdm(jobs, desc=desc)]
 
@@ -221,7 +235,7 @@ def cached_shards(folder: Path, jobs: Sequence[Any], fn: Callable[[Any], dict | 
     todo = [(a, b) for a, b in shards if not (folder / f"{a:06d}.npz").is_file()]
     if todo:
         bar = tqdm(total=sum(b - a for a, b in todo), desc=desc, unit="photo")
-        with mp.get_context("fork").Pool(workers) as pool:
+        with render_pool(workers) as pool:
             for a, b in todo:
                 rows = []
                 for row in pool.imap(fn, jobs[a:b], chunksize=8):
