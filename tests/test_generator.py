@@ -251,7 +251,8 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     ema = torch.load(tmp_path / "run" / "generator" / "checkpoint.pt",
                      weights_only=False)["ema_unet"]
     saved = load_file(candidate / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(saved[k], v) for k, v in ema.items())
+    # Stored in half precision.
+    assert all(torch.equal(saved[k], v.half()) for k, v in ema.items())
     shutil.rmtree(tmp_path / "run" / "vae-decoder")
     cfg.generator = str(candidate)
     train_latent_space(cfg)
@@ -281,7 +282,7 @@ def test_training_checkpoints_resumes_and_ships_weights(tmp_path: Path) -> None:
     state = torch.load(tmp_path / "run" / "generator" / "checkpoint.pt",
                        weights_only=False)["unet"]
     assert torch.allclose(state["down_blocks.0.resnets.0.conv1.weight"],
-                          shipped["down_blocks.0.resnets.0.conv1.weight"], atol=1e-4)
+                          shipped["down_blocks.0.resnets.0.conv1.weight"].float(), atol=1e-4)
     assert state[f"down_blocks.0.resnets.{layers}.conv2.weight"].abs().max() < 1e-4
 
 
@@ -592,3 +593,22 @@ def test_the_training_ssim_is_the_benchmarks_garment_ssim_and_its_gradient_resto
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_a_resumed_minutes_budget_continues_its_schedule(tmp_path: Path) -> None:
+    """A `--minutes` run resumed from its checkpoint spends its new minutes on the rest of the
+    cosine (not a restart at the peak rate); a finished one has nothing left to resume."""
+    import time
+
+    from models.train.generator import Budget
+
+    fresh = Budget(steps=10, minutes=1.0, started=time.time() - 30)
+    assert 0.49 < fresh.progress(0) < 0.55
+    resumed = Budget(steps=10, minutes=1.0, started=time.time() - 30, before=0.6)
+    assert 0.79 < resumed.progress(0) < 0.85  # 0.6 + 0.4 · ½
+    assert not resumed.finished(None, tmp_path)
+    assert not resumed.finished({"step": 5}, tmp_path)
+    assert Budget(steps=10, minutes=1.0, before=1.0).finished({"step": 5}, tmp_path)
+    # Counted in steps, a resumed run's step count is its place in the schedule.
+    assert not Budget(steps=3, minutes=None, before=1.0).finished({"step": 2}, tmp_path)
+    assert Budget(steps=3, minutes=None).finished({"step": 3}, tmp_path)

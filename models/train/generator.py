@@ -449,12 +449,26 @@ class Budget:
     steps: int
     minutes: float | None
     started: float = field(default_factory=time.time)
-    first_step: int = 0
+    # The share of the schedule that earlier invocations of the same run (its checkpoint)
+    # went through: a resumed `--minutes` run spends its minutes on the rest of the cosine
+    # instead of starting it again at the peak rate (a resumed decoder fine-tune that
+    # restarted gave back ΔE 10.857 → 10.908, docs/generator.md).
+    before: float = 0.0
 
     def progress(self, step: int) -> float:
         if self.minutes is not None:
-            return (time.time() - self.started) / (60 * self.minutes)
+            spent = (time.time() - self.started) / (60 * self.minutes)
+            return self.before + (1.0 - self.before) * spent
         return step / max(1, self.steps)
+
+    def finished(self, state: dict | None, run: Path) -> bool:
+        """Whether the checkpoint `state` (None: a new run) already went through its whole
+        schedule, said in one line: there is nothing left to resume."""
+        if state is None or not self.done(state["step"]):
+            return False
+        tqdm.write(f"the run in {run} finished its schedule at step {state['step']}: nothing "
+                   "to resume (another --run-dir starts a new run from the shipped weights)")
+        return True
 
     def done(self, step: int) -> bool:
         return self.progress(step) >= 1.0
@@ -524,7 +538,10 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     if shipped is not None and best is None:
         best = _shipped_score(shipped_bridge or load_bridge(out, cfg.device), vae, adapter,
                               schedule, m, val, run)
-    budget = Budget(cfg.steps or t["steps"], cfg.minutes, first_step=step)
+    budget = Budget(cfg.steps or t["steps"], cfg.minutes,
+                    before=state.get("progress", 0.0) if state is not None else 0.0)
+    if budget.finished(state, run):
+        return history[-1] if history else {}
     b, k = t["batch"], t.get("pixel_batch", 0)
     next_eval = time.time() + 60 * t["eval_minutes"]
     bar = tqdm(total=None if cfg.minutes else budget.steps, initial=step,
@@ -595,6 +612,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
                                   "rng": rng.bit_generator.state, "gen": gen.get_state(),
                                   "step": step, "history": history, "lineage": lineage,
                                   "seconds": seconds + time.time() - run_started,
+                                  "progress": budget.progress(step),
                                   "baseline": best if shipped is not None else None,
                                   "peak_lr": peak_lr})
     bar.close()
@@ -660,8 +678,9 @@ def load_bridge(out: Path, device: str) -> tuple:
     """The shipped bridge's denoiser and conditioner from `out`, frozen, in eval mode."""
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(out / "unet", low_cpu_mem_usage=False)
-    cond = Conditioner.from_pretrained(out / "conditioner", low_cpu_mem_usage=False)
+    kw = {"torch_dtype": torch.float32, "low_cpu_mem_usage": False}
+    unet = UNet2DConditionModel.from_pretrained(out / "unet", **kw)
+    cond = Conditioner.from_pretrained(out / "conditioner", **kw)
     for part in (unet, cond):
         part.to(device).eval().requires_grad_(False)
     return unet, cond
@@ -700,8 +719,10 @@ def _export_generator(out: Path, ema_unet, ema_cond, schedule: BridgeSchedule,  
     import shutil
 
     out.mkdir(parents=True, exist_ok=True)
-    copy.deepcopy(ema_unet).cpu().save_pretrained(out / "unet")
-    copy.deepcopy(ema_cond).cpu().save_pretrained(out / "conditioner")
+    # Stored in half precision (loaded as float32 on the CPU): half the bytes of the weights
+    # budget, the generated flat-lays unchanged (docs/generator.md, *Half-precision storage*).
+    copy.deepcopy(ema_unet).cpu().half().save_pretrained(out / "unet")
+    copy.deepcopy(ema_cond).cpu().half().save_pretrained(out / "conditioner")
     if (out / "scheduler").is_dir():  # a noise-start model's; the bridge has none
         shutil.rmtree(out / "scheduler")
     final = history[-1]
@@ -919,7 +940,7 @@ tokens (`conditioner/`) in cross-attention. Loss: latent MSE, plus L1, Lab dista
 {training.get('loss_weights', '—')}). Each condition level was dropped at random
 in training, so the ablations and `noretrieval` are these weights with a level switched off;
 each pair was seen in a mirror with probability {training.get('flip', 0.0):g} (`flip`).
-Config: `{training['model_config']}`.
+Config: `{training['model_config']}`. Stored in half precision, computed in float32 on the CPU.
 
 - Training command: `{training['command']}` (after `flatlay train vae`; resumes from
   `runs/`, else continues from these weights); this run: {training.get('steps_this_run')}

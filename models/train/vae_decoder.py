@@ -147,7 +147,10 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
     k = int(round(GENERATED_SHARE * b))
     blank = blank_pattern(vae, b, m["resolution"], latent).cpu()
     no_drop = {key: np.zeros(k, bool) for key in ("soft", "hard", "pattern", "noretrieval")}
-    budget = Budget(cfg.steps or t["steps"], cfg.minutes, first_step=step)
+    budget = Budget(cfg.steps or t["steps"], cfg.minutes,
+                    before=state.get("progress", 0.0) if state is not None else 0.0)
+    if budget.finished(state, run):
+        return history[-1] if history else {}
     bar = tqdm(total=None if cfg.minutes else budget.steps, initial=step,
                desc="fine-tune decoder")
     next_eval, started, exported = time.time() + 60 * t["decoder_eval_minutes"], time.time(), False
@@ -201,7 +204,8 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
                 exported = True
         if step % cfg.ckpt_every == 0 or last:
             save_checkpoint(run, {**state_dicts(parts), "rng": rng.bit_generator.state,
-                                  "step": step, "history": history, "baseline": baseline,
+                                  "step": step, "progress": budget.progress(step),
+                                  "history": history, "baseline": baseline,
                                   "lineage": lineage})
     bar.close()
     pair = f" and {cfg.generator} to {cfg.out}" if cfg.generator else ""
