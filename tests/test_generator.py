@@ -609,6 +609,9 @@ def test_a_resumed_minutes_budget_continues_its_schedule(tmp_path: Path) -> None
     assert not resumed.finished(None, tmp_path)
     assert not resumed.finished({"step": 5}, tmp_path)
     assert Budget(steps=10, minutes=1.0, before=1.0).finished({"step": 5}, tmp_path)
+    # The checkpoint's recorded progress is where a resumed run starts.
+    assert Budget.resumed(10, 1.0, {"step": 5, "progress": 0.6}).before == 0.6
+    assert Budget.resumed(10, 1.0, None).before == 0.0
     # Counted in steps, a resumed run's step count is its place in the schedule.
     assert not Budget(steps=3, minutes=None, before=1.0).finished({"step": 2}, tmp_path)
     assert Budget(steps=3, minutes=None).finished({"step": 3}, tmp_path)

@@ -461,6 +461,13 @@ class Budget:
             return self.before + (1.0 - self.before) * spent
         return step / max(1, self.steps)
 
+    @classmethod
+    def resumed(cls, steps: int, minutes: float | None, state: dict | None) -> Budget:
+        """The budget of a run continuing from its checkpoint `state` (None: a new run),
+        which records how far along the schedule it got (`progress`)."""
+        return cls(steps, minutes, before=state.get("progress", 0.0) if state is not None
+                   else 0.0)
+
     def finished(self, state: dict | None, run: Path) -> bool:
         """Whether the checkpoint `state` (None: a new run) already went through its whole
         schedule, said in one line: there is nothing left to resume."""
@@ -538,8 +545,7 @@ def train_generator(cfg: GeneratorTrainConfig) -> dict:
     if shipped is not None and best is None:
         best = _shipped_score(shipped_bridge or load_bridge(out, cfg.device), vae, adapter,
                               schedule, m, val, run)
-    budget = Budget(cfg.steps or t["steps"], cfg.minutes,
-                    before=state.get("progress", 0.0) if state is not None else 0.0)
+    budget = Budget.resumed(cfg.steps or t["steps"], cfg.minutes, state)
     if budget.finished(state, run):
         return history[-1] if history else {}
     b, k = t["batch"], t.get("pixel_batch", 0)

@@ -147,8 +147,7 @@ def finetune_decoder(cfg: GeneratorTrainConfig) -> dict:
     k = int(round(GENERATED_SHARE * b))
     blank = blank_pattern(vae, b, m["resolution"], latent).cpu()
     no_drop = {key: np.zeros(k, bool) for key in ("soft", "hard", "pattern", "noretrieval")}
-    budget = Budget(cfg.steps or t["steps"], cfg.minutes,
-                    before=state.get("progress", 0.0) if state is not None else 0.0)
+    budget = Budget.resumed(cfg.steps or t["steps"], cfg.minutes, state)
     if budget.finished(state, run):
         return history[-1] if history else {}
     bar = tqdm(total=None if cfg.minutes else budget.steps, initial=step,
