@@ -51,6 +51,23 @@ VARIANTS: list[tuple[str, dict]] = [
     ("detail 1", {"detail": 1.0}),
     ("detail 1 printed", {"detail": 1.0, "detail_where": "printed"}),
     ("detail 0.5 printed", {"detail": 0.5, "detail_where": "printed"}),
+    ("detail 1 printed 2× band", {"detail": 1.0, "detail_where": "printed", "detail_scale": 2}),
+    ("detail 1 printed 4× band", {"detail": 1.0, "detail_where": "printed", "detail_scale": 4}),
+    ("detail 0.5 printed 4× band", {"detail": 0.5, "detail_where": "printed",
+                                     "detail_scale": 4}),
+    ("detail 1 printed 8× band", {"detail": 1.0, "detail_where": "printed", "detail_scale": 8}),
+    ("detail 0.5 printed 8× band", {"detail": 0.5, "detail_where": "printed",
+                                     "detail_scale": 8}),
+    ("detail 0.75 printed 8× band", {"detail": 0.75, "detail_where": "printed",
+                                      "detail_scale": 8}),
+    ("detail 1 printed 16× band", {"detail": 1.0, "detail_where": "printed",
+                                   "detail_scale": 16}),
+    ("detail 0.5 printed 16× band", {"detail": 0.5, "detail_where": "printed",
+                                     "detail_scale": 16}),
+    ("detail 0.75 printed 16× band", {"detail": 0.75, "detail_where": "printed",
+                                      "detail_scale": 16}),
+    ("detail 1 printed 32× band", {"detail": 1.0, "detail_where": "printed",
+                                   "detail_scale": 32}),
     ("silhouette generated", {"silhouette": "generated"}),
     # Stage 5 without the silhouette refiner: Ŝ as fused, under both pipelines.
     ("flatten Ŝ unrefined", {"pipeline": "flatten", "refine": False}),
@@ -84,6 +101,7 @@ def main() -> None:
     pipe.load()
     references = {}
     shipped = {"detail": pipe.DETAIL, "detail_where": pipe.DETAIL_WHERE,
+               "detail_scale": pipe.DETAIL_SCALE,
                "silhouette": pipe.SILHOUETTE,
                "steps": pipe.generator.default_steps}
     start = SPLITS["val"][0]
@@ -103,7 +121,8 @@ def main() -> None:
         refiner = aligner.refiner if aligner else None
         if knobs.get("refine") is False:
             aligner.refiner = None
-        call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette", "detail_where")}
+        call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette", "detail_where",
+                                                          "detail_scale")}
         per: dict[str, list[float]] = {m: [] for m in METRICS}
         seconds = []
         for i, t in enumerate(tqdm(truths, desc=label)):

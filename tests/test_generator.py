@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from scipy import ndimage
 
 from cli import main
 from models.config import model_config, train_config
@@ -80,6 +81,24 @@ def test_detail_goes_only_where_the_photo_is_known_and_printed_only_on_prints() 
     out = transfer_detail(image, warp, everywhere, resolution=64, printed=True)
     assert np.abs(out[40:-40, 20:100] - 128).mean() > 20
     assert np.abs(out[40:-40, 170:230] - 128).max() < 1e-3
+    # A wider band brings back a print's motifs the generation washed out: with the warp's
+    # band replacing the image's own below the generator's scale, a generation that already
+    # holds the print is left as it is, and a plain one gets it.
+    motifs = np.where((np.arange(256) // 16) % 2, 200, 60).astype(np.float32)
+    # (a generation upsampled from the working resolution has no band of its own above it)
+    motifs = ndimage.gaussian_filter1d(motifs, 2.0, mode="wrap")
+    held = np.broadcast_to(motifs[None, :, None], (256, 256, 3)).copy()
+    fine = np.where((np.arange(256) // 2) % 2, 40, -40).astype(np.float32)
+    printed_warp = np.clip(held + fine[:, None, None], 0, 255).astype(np.uint8)
+    again = transfer_detail(held, printed_warp, everywhere, resolution=64, printed=True,
+                            scale=4)
+    inner = (slice(48, -48), slice(48, -48))
+    target = printed_warp.astype(np.float32)[inner]
+    assert np.abs(again[inner] - target).mean() < 6
+    plain = transfer_detail(image, printed_warp, everywhere, resolution=64, printed=True,
+                            scale=4)
+    narrow = transfer_detail(image, printed_warp, everywhere, resolution=64, printed=True)
+    assert np.abs(plain[inner] - target).mean() < np.abs(narrow[inner] - target).mean() / 2
     # The alpha's edge stays about one output pixel wide after an 8× upscale.
     small = np.zeros((32, 32), np.float32)
     small[8:24, 8:24] = 1
@@ -92,7 +111,6 @@ def test_detail_goes_only_where_the_photo_is_known_and_printed_only_on_prints() 
 def test_the_coarse_grid_blur_is_the_gaussian_blur_of_the_canvas() -> None:
     """`smooth`, which the detail transfer uses at 1024² (σ 4 and 8), stays within about a
     grey level of the full-size Gaussian on a photo, whatever the map's shape."""
-    from scipy import ndimage
 
     from models.generator.detail import smooth
 

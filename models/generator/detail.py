@@ -58,25 +58,34 @@ PRINT_LOW, PRINT_HIGH = 4.0, 12.0
 
 
 def transfer_detail(image: np.ndarray, warp: np.ndarray, validity: np.ndarray,
-                    resolution: int, strength: float = 1.0, printed: bool = False) -> np.ndarray:
+                    resolution: int, strength: float = 1.0, printed: bool = False,
+                    scale: float = 1.0) -> np.ndarray:
     """Add the warp's detail above `resolution` to `image` where the photo is known.
 
     image: (S, S, 3) float32 in [0, 255], the upsampled generation; warp: (S, S, 3) uint8, W
     at full size; validity: (S, S) bool, V. The band is W minus W blurred at the generator's
     scale; V's edge is feathered over the same scale so no seam shows. printed: only where
     the band is strong (prints, text, stripes), not on the fine creases and noise of plain
-    cloth.
+    cloth. scale > 1 widens the band to `scale` times the generator's scale (a print's
+    motifs, which the generation washes out), where the warp's band replaces the image's own
+    instead of adding to it, and feathers V's edge over the wider scale too. Where a region
+    counts as printed is read at the generator's scale always.
     """
     size = image.shape[0]
     if strength <= 0 or size <= resolution or not validity.any():
         return image
     sigma = 0.5 * size / resolution
     w = warp.astype(np.float32)
-    low = np.stack([smooth(w[..., c], sigma) for c in range(3)], -1)
-    known = ndimage.binary_erosion(validity, iterations=max(1, round(2 * sigma)))
-    weight = smooth(known.astype(np.float32), sigma)
-    band = w - low
+    band = w - np.stack([smooth(w[..., c], sigma) for c in range(3)], -1)
+    # A wide band stays well inside V: its blurs would mix in what lies beyond V's edge
+    # (measured: averaging over V alone, to reach the edge, cost garment SSIM and ΔE).
+    wide = sigma * scale
+    known = ndimage.binary_erosion(validity, iterations=max(1, round(2 * wide)))
+    weight = smooth(known.astype(np.float32), wide)
     if printed:
         energy = smooth(np.abs(band).mean(-1), 2 * sigma)
         weight = weight * np.clip((energy - PRINT_LOW) / (PRINT_HIGH - PRINT_LOW), 0.0, 1.0)
+    if scale > 1:
+        band = w - np.stack([smooth(w[..., c], wide) for c in range(3)], -1)
+        band -= image - np.stack([smooth(image[..., c], wide) for c in range(3)], -1)
     return np.clip(image + strength * weight[..., None] * band, 0.0, 255.0)

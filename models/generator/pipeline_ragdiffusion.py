@@ -52,8 +52,11 @@ class RAGDiffusionPipeline:
     # measures them on the validation split; docs/generator.md has the table). Half the high
     # band, only on prints: no detail scores about as well but washes out the stripes and
     # prints a person sees at once, and the band everywhere brings back the photo's creases.
+    # The band reaches 8× below the generator's scale, where the generation loses a print's
+    # motifs (stripes, numbers), and is kept well inside V.
     DETAIL = 0.5
     DETAIL_WHERE = "printed"
+    DETAIL_SCALE = 8.0
     SILHOUETTE = "structure"
 
     def __init__(self) -> None:
@@ -67,7 +70,7 @@ class RAGDiffusionPipeline:
     def __call__(
         self, rgb: np.ndarray, options: PipelineOptions, progress: ProgressFn | None = None,
         *, detail: float | None = None, silhouette: str | None = None,
-        detail_where: str | None = None,
+        detail_where: str | None = None, detail_scale: float | None = None,
     ) -> FlatLayResult:
         """detail: the share of the full-resolution warp's high band added back where V is
         known (0: none, 1: all; default DETAIL). silhouette: where the garment's alpha comes
@@ -83,11 +86,12 @@ class RAGDiffusionPipeline:
         detail = self.DETAIL if detail is None else detail
         silhouette = silhouette or self.SILHOUETTE
         detail_where = detail_where or self.DETAIL_WHERE
+        detail_scale = self.DETAIL_SCALE if detail_scale is None else detail_scale
         if silhouette not in ("structure", "generated") or not 0 <= detail <= 1 or \
-                detail_where not in ("known", "printed"):
+                detail_where not in ("known", "printed") or not 1 <= detail_scale <= 32:
             raise ValueError(f"silhouette {silhouette!r} (structure or generated), detail "
                              f"{detail} (0–1), detail_where {detail_where!r} (known or "
-                             "printed)")
+                             f"printed), detail_scale {detail_scale} (1–32)")
         gen = self.generator
         clock = StageClock(self.stages, progress)
         size = options.output_size
@@ -105,7 +109,8 @@ class RAGDiffusionPipeline:
             if self.ALIGNED:
                 image = transfer_detail(image, coarse.warped.image, coarse.warped.validity,
                                         gen.resolution, detail,
-                                        printed=detail_where == "printed")
+                                        printed=detail_where == "printed",
+                                        scale=detail_scale)
             return deliver(options, image, alpha, clock=clock, coarse=coarse, with_warp=True)
 
 
