@@ -4,6 +4,7 @@ on garment-world photos whose true flat-lay is known."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -179,6 +180,20 @@ def test_ragdiffusion_gives_a_seeded_flat_lay_with_its_side_outputs(ragdiffusion
     # A garment, where the truth has one, on a clean white canvas.
     assert _iou(r.alpha, sample.flat_mask) > 0.6
     assert (r.image[r.alpha == 0][:, :3] == 255).all()
+
+
+@pytest.mark.slow
+def test_bad_call_options_are_refused_by_name(ragdiffusion, sample) -> None:  # noqa: ANN001
+    options = PipelineOptions(output_size=512)
+    for bad, name in (({"detail": 1.5}, "detail 1.5"), ({"detail_where": "edges"}, "'edges'"),
+                      ({"silhouette": "box"}, "'box'"), ({"detail_scale": 0.5}, "0.5 (1–32)"),
+                      ({"detail_scale": 64}, "64 (1–32)")):
+        with pytest.raises(ValueError, match=re.escape(name)):
+            ragdiffusion(sample.wild_image, options, **bad)
+    # A wider band is a different delivery of the same asset, inside the same silhouette.
+    plain = ragdiffusion(sample.wild_image, options)
+    wide = ragdiffusion(sample.wild_image, options, detail_scale=8)
+    assert np.array_equal(plain.alpha, wide.alpha)
 
 
 @pytest.mark.slow
