@@ -112,7 +112,6 @@ def test_detail_goes_only_where_the_photo_is_known_and_printed_only_on_prints() 
 def test_the_coarse_grid_blur_is_the_gaussian_blur_of_the_canvas() -> None:
     """`smooth`, which the detail transfer uses at 1024² (σ 4 and 8), stays within about a
     grey level of the full-size Gaussian on a photo, whatever the map's shape."""
-
     from models.generator.detail import smooth
 
     photo = generate(SEED, size=1024).wild_image[..., 1].astype(np.float32)
