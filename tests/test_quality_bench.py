@@ -12,6 +12,7 @@ from PIL import Image
 
 import models.pipeline as pipeline_module
 from cli import main
+from models.attributes import PATTERNS
 from models.eval.quality import (
     CEILINGS,
     EVAL_SIZE,
@@ -27,6 +28,7 @@ from models.eval.quality import (
     landmark_nme,
     load_truth,
     on_white,
+    per_pattern,
     psnr,
     review_rates,
     silhouette_iou,
@@ -234,8 +236,9 @@ def test_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert 0.0 <= cutout["silhouette_iou"] <= 1.0 and cutout["seconds_p50"] > 0
     assert [a["seed"] for a in saved["assets"]] == [1_100_000, 1_100_001]
     assert set(saved["per_category"]) == {a["category"] for a in saved["assets"]}
+    assert set(saved["per_pattern"]) == {a["pattern"] for a in saved["assets"]} <= set(PATTERNS)
     md = (out / "quality-test.md").read_text()
-    assert "| cutout |" in md and "quality-test.png" in md
+    assert "| cutout |" in md and "quality-test.png" in md and "Per true pattern" in md
     # The category confusion is drawn where the pipeline decides a category.
     assert bool(saved["confusion"]) == (out / "quality-test-confusion.png").is_file()
     with Image.open(out / "quality-test.png") as grid:
@@ -385,3 +388,23 @@ def test_review_rates_and_the_category_confusion() -> None:
     assert category_confusion(assets) == {
         "pipeline": "flatten",
         "counts": {"skirt": {"failed": 1}, "tshirt": {"tshirt": 1, "shirt": 1}}}
+
+
+def test_garment_metrics_per_true_pattern() -> None:
+    def rec(ssim: float, de: float, failure: str | None = None) -> dict:
+        return {"failure": failure, "ssim_garment": ssim, "delta_e": de}
+
+    assets = [{"pattern": "printed", "pipelines": {"flatten": rec(0.4, 10.0),
+                                                   "ragdiffusion": rec(0.6, 8.0)}},
+              {"pattern": "printed", "pipelines": {"flatten": rec(0.2, 20.0),
+                                                   "ragdiffusion": rec(0.0, 0.0, "x")}},
+              {"pattern": "solid", "pipelines": {"flatten": rec(0.5, 5.0)}}]
+    table = per_pattern(assets, ["flatten", "ragdiffusion"])
+    assert list(table) == ["solid", "printed"]  # in PATTERNS' order
+    assert table["printed"]["flatten"] == {"n": 2, "n_ok": 2, "ssim_garment": 0.3,
+                                           "delta_e": 15.0}
+    # A failed job counts in n, not in the means.
+    assert table["printed"]["ragdiffusion"] == {"n": 2, "n_ok": 1, "ssim_garment": 0.6,
+                                                "delta_e": 8.0}
+    assert table["solid"]["ragdiffusion"] == {"n": 1, "n_ok": 0, "ssim_garment": None,
+                                              "delta_e": None}

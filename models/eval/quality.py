@@ -177,10 +177,12 @@ class Truth:
     flat: np.ndarray  # (EVAL_SIZE, EVAL_SIZE, 3) uint8
     mask: np.ndarray  # (EVAL_SIZE, EVAL_SIZE) bool
     landmarks: np.ndarray  # (L, 2) float32, canonical unit square
+    pattern: str = ""  # models.attributes.PATTERNS: what the garment's fabric or print shows
 
 
 def load_truth(seed: int, size: int, family: str | None = None) -> Truth:
     """The asset of `seed`; family: `generate`'s shape family (default: the seed's split's)."""
+    from models.attributes import world_pattern
     from models.garments import generate
     from models.io import decode_image
 
@@ -189,7 +191,8 @@ def load_truth(seed: int, size: int, family: str | None = None) -> Truth:
     return Truth(seed=int(seed), category=s.category, difficulty=float(s.difficulty),
                  scene=str(s.attributes.get("wild", {}).get("scene", "")), photo=photo,
                  flat=downsample_rgb(s.flat_image), mask=downsample_mask(s.flat_mask),
-                 landmarks=np.asarray(s.flat_landmarks, dtype=np.float32))
+                 landmarks=np.asarray(s.flat_landmarks, dtype=np.float32),
+                 pattern=world_pattern(s.attributes))
 
 
 def result_mask(result: Any) -> np.ndarray:
@@ -324,6 +327,24 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def per_pattern(assets: list[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """Garment SSIM and ΔE2000 per true pattern (`Truth.pattern`) and pipeline: the means of
+    the whole table hardly tell a washed-out print from a solid garment's colour, and prints
+    are what a catalog editor looks at first."""
+    from models.attributes import PATTERNS
+
+    out: dict[str, Any] = {}
+    for pattern in [p for p in PATTERNS if any(a.get("pattern") == p for a in assets)]:
+        mine = [a for a in assets if a.get("pattern") == pattern]
+        out[pattern] = {}
+        for name in names:
+            ok = [a["pipelines"][name] for a in mine if name in a["pipelines"]
+                  and a["pipelines"][name].get("failure") is None]
+            out[pattern][name] = _round({"n": len(mine), "n_ok": len(ok), **{
+                key: _mean([r[key] for r in ok]) for key in ("ssim_garment", "delta_e")}})
+    return out
+
+
 def category_confusion(assets: list[dict[str, Any]]) -> dict[str, Any]:
     """True category → decided category → count, for the first pipeline that decides one
     (stages 1–4 decide it alike for flatten, nearest and the generator's pipelines); a
@@ -428,7 +449,7 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
                                   seed=seed)
         row: dict[str, Any] = {"seed": seed, "category": truth.category,
                                "difficulty": round(truth.difficulty, 4), "scene": truth.scene,
-                               "pipelines": {}}
+                               "pattern": truth.pattern, "pipelines": {}}
         cells: dict[str, tuple[np.ndarray | None, dict]] = {}
         in_grid = len(grid) < grid_rows
         # Kept rows are checked on the grid's assets (on the first one without a grid).
@@ -469,6 +490,7 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
         "generator_version": GENERATOR_VERSION,
         "pipelines": {},
         "per_category": {},
+        "per_pattern": per_pattern(assets, rows_of),
         "wall_seconds": round(time.perf_counter() - wall, 2),
         "confusion": category_confusion(assets),
         "assets": assets,
@@ -657,7 +679,8 @@ def _provenance(updated: dict[str, Any] | None) -> str:
 
 
 def format_markdown(result: dict[str, Any], png_name: str | None) -> str:
-    """Per-pipeline means, then IoU / NME per true category."""
+    """Per-pipeline means, then IoU / NME per true category, garment SSIM / ΔE per true
+    pattern, the category confusion and the review rates."""
     names = list(result["pipelines"])
     lines = [f"# quality-{result['split']}", "",
              f"Split `{result['split']}`, seeds {result['seeds'][0]}–{result['seeds'][1]} "
@@ -681,6 +704,17 @@ def format_markdown(result: dict[str, Any], png_name: str | None) -> str:
         cells = [f"{_fmt(p['silhouette_iou'])} / {_fmt(p['landmark_nme'], 4)} "
                  f"({p['landmark_nme_n']}/{p['n']})" for p in per.values()]
         lines.append(f"| {cat} | {n} | " + " | ".join(cells) + " |")
+    patterns = result.get("per_pattern") or {}
+    if patterns:
+        lines += ["", "Per true pattern (the fabric's, or a front print's): garment SSIM / "
+                  "ΔE2000.", "",
+                  "| pattern | n | " + " | ".join(names) + " |",
+                  "|---|---:|" + "---|" * len(names)]
+        for pattern, per in patterns.items():
+            n = next(iter(per.values()))["n"]
+            cells = [f"{_fmt(per[p]['ssim_garment'])} / {_fmt(per[p]['delta_e'], 2)}"
+                     if p in per else "—" for p in names]
+            lines.append(f"| {pattern} | {n} | " + " | ".join(cells) + " |")
     confusion = result.get("confusion") or {}
     if confusion:
         counts = confusion["counts"]
