@@ -178,21 +178,59 @@ class Truth:
     mask: np.ndarray  # (EVAL_SIZE, EVAL_SIZE) bool
     landmarks: np.ndarray  # (L, 2) float32, canonical unit square
     pattern: str = ""  # models.attributes.PATTERNS: what the garment's fabric or print shows
+    # The photo's visible garment placed where it belongs on the flat-lay (`registered_photo`),
+    # (EVAL_SIZE, EVAL_SIZE, 3) uint8, and where the photo shows it; with `registration` only.
+    registered: np.ndarray | None = None
+    registered_known: np.ndarray | None = None
 
 
-def load_truth(seed: int, size: int, family: str | None = None) -> Truth:
-    """The asset of `seed`; family: `generate`'s shape family (default: the seed's split's)."""
+def load_truth(seed: int, size: int, family: str | None = None,
+               registration: bool = False) -> Truth:
+    """The asset of `seed`; family: `generate`'s shape family (default: the seed's split's);
+    registration: also the photo through the true correspondence (`Truth.registered`)."""
     from models.attributes import world_pattern
     from models.garments import generate
     from models.io import decode_image
 
-    s = generate(int(seed), size=size, family=family)
+    s = generate(int(seed), size=size, family=family, coords=registration)
     photo = decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
+    registered = known = None
+    if registration:
+        registered, known = registered_photo(photo, s.wild_mask, s.wild_flat_coords)
     return Truth(seed=int(seed), category=s.category, difficulty=float(s.difficulty),
                  scene=str(s.attributes.get("wild", {}).get("scene", "")), photo=photo,
                  flat=downsample_rgb(s.flat_image), mask=downsample_mask(s.flat_mask),
                  landmarks=np.asarray(s.flat_landmarks, dtype=np.float32),
-                 pattern=world_pattern(s.attributes))
+                 pattern=world_pattern(s.attributes), registered=registered,
+                 registered_known=known)
+
+
+def registered_photo(photo: np.ndarray, visible: np.ndarray, coords: np.ndarray,
+                     size: int = EVAL_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The photo's `visible` garment pixels moved to their true place on the flat-lay
+    (`coords`: `GarmentSample.wild_flat_coords`) and averaged per pixel of a size² canvas:
+    a warp that made no error, keeping the photo's shading, colour cast and blur. Returns the
+    (size, size, 3) uint8 image (white where unknown) and where the photo shows the garment
+    (pixels no photo pixel lands on, a crack between landed ones is filled from its
+    neighbours; occluded or out-of-frame cloth stays unknown)."""
+    from scipy import ndimage
+
+    ok = visible & np.isfinite(coords[..., 0])
+    cell = np.clip((coords[ok] * size).astype(np.int64), 0, size - 1)
+    flat = cell[:, 1] * size + cell[:, 0]
+    count = np.bincount(flat, minlength=size * size).reshape(size, size).astype(np.float64)
+    seen = photo[ok].astype(np.float64)
+    rgb = np.stack([np.bincount(flat, seen[:, c], size * size) for c in range(3)],
+                   -1).reshape(size, size, 3)
+    landed = count > 0
+    # A one-pixel crack between landed pixels (a stretched photo) is filled, larger gaps not.
+    known = ndimage.binary_closing(landed, np.ones((3, 3), bool)) | landed
+    weight = ndimage.uniform_filter(landed.astype(np.float64), 3)
+    mean = np.where(landed[..., None], rgb / np.maximum(count, 1)[..., None], 0.0)
+    near = np.stack([ndimage.uniform_filter(mean[..., c], 3) for c in range(3)], -1)
+    out = np.where(landed[..., None], mean, near / np.maximum(weight, 1e-9)[..., None])
+    out = np.where(known[..., None], out, 255.0)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), known
 
 
 def result_mask(result: Any) -> np.ndarray:
@@ -253,24 +291,27 @@ def score_image(out: np.ndarray, pred_mask: np.ndarray, category: str | None,
 
 # What a perfect generator behind `flatten`'s structure would score: rows of the benchmark
 # built from flatten's own output and silhouette (`--ceilings`).
-CEILINGS = ("ceiling: oracle colour", "ceiling: truth 64²", "ceiling: truth 128²",
-            "ceiling: truth")
+CEILINGS = ("ceiling: oracle colour", "ceiling: registration",
+            "ceiling: registration, oracle colour", "ceiling: truth 64²",
+            "ceiling: truth 128²", "ceiling: truth")
 
 
 def ceiling_images(out: np.ndarray, alpha: np.ndarray, truth: Truth) -> dict[str, np.ndarray]:
     """`out`: flatten's 256² output on white, `alpha` its 256² alpha in [0, 1] → each
     ceiling's 256² image on white inside that silhouette: flatten with the one affine RGB map
-    that best fits the truth (least squares on the garment), and the true flat-lay at 64²,
-    128² (bicubic back up) and as it is."""
+    that best fits the truth (least squares on the garment); where the truth has
+    `registered`, flatten with a warp that made no error (the photo's own pixels where they
+    belong, flatten's where the photo does not show the garment), as it is and with the best
+    affine RGB map; and the true flat-lay at 64², 128² (bicubic back up) and as it is."""
     a = alpha[..., None]
     fit = truth.mask & (alpha > 0.5)
-    x = np.c_[out.reshape(-1, 3).astype(np.float64), np.ones(out.shape[0] * out.shape[1])]
-    if fit.sum() >= 4:
-        m, *_ = np.linalg.lstsq(x[fit.ravel()], truth.flat[fit].astype(np.float64), rcond=None)
-        colour = (x @ m).reshape(out.shape)
-    else:
-        colour = out.astype(np.float64)
-    images = {"ceiling: oracle colour": colour}
+    images = {"ceiling: oracle colour": _oracle_colour(out, truth.flat, fit)}
+    if truth.registered is not None and truth.registered_known is not None:
+        known = truth.registered_known[..., None]
+        registered = np.where(known, truth.registered, out).astype(np.uint8)
+        images["ceiling: registration"] = registered.astype(np.float64)
+        images["ceiling: registration, oracle colour"] = _oracle_colour(
+            registered, truth.flat, fit)
     for side in (64, 128):
         small = Image.fromarray(truth.flat).resize((side, side), Image.Resampling.BOX)
         images[f"ceiling: truth {side}²"] = np.asarray(
@@ -278,6 +319,16 @@ def ceiling_images(out: np.ndarray, alpha: np.ndarray, truth: Truth) -> dict[str
     images["ceiling: truth"] = truth.flat.astype(np.float64)
     return {name: np.clip(img * a + 255.0 * (1 - a) + 0.5, 0, 255).astype(np.uint8)
             for name, img in images.items()}
+
+
+def _oracle_colour(out: np.ndarray, target: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """`out` through the one affine RGB map that best fits `target` on `fit` (least
+    squares), float64; `out` as it is where fewer than 4 pixels fit."""
+    x = np.c_[out.reshape(-1, 3).astype(np.float64), np.ones(out.shape[0] * out.shape[1])]
+    if fit.sum() < 4:
+        return out.astype(np.float64)
+    m, *_ = np.linalg.lstsq(x[fit.ravel()], target[fit].astype(np.float64), rcond=None)
+    return (x @ m).reshape(out.shape)
 
 
 # ---- the run ------------------------------------------------------------------------------
@@ -444,7 +495,7 @@ def benchmark_quality(split: str = "test", n: int = 200, pipelines: Sequence[str
 
     for seed in tqdm(range(start, start + n), desc=f"quality {split}", unit="asset",
                      disable=not progress):
-        truth = load_truth(seed, size)
+        truth = load_truth(seed, size, registration=ceilings)
         options = PipelineOptions(output_size=size, background="#ffffff", preset=PRESET,
                                   seed=seed)
         row: dict[str, Any] = {"seed": seed, "category": truth.category,

@@ -42,7 +42,10 @@ class WildRender:
     (S, S) bool pixels covered by hands, hanger or objects; `landmarks` (N, 2) float32 in the
     wild image's unit square (x, y; may fall outside [0, 1] when out of frame); `visibility`
     (N,) uint8, 1 = visible, 0 = occluded, self-occluded or out of frame. `jpeg` is the JPEG
-    file the photo went through; decoding it gives `image` exactly."""
+    file the photo went through; decoding it gives `image` exactly. `flat_coords` (S, S, 2)
+    float32, only when asked for: the true correspondence, where on the flat-lay (its unit
+    square, x, y) lies the cloth that each pixel shows (the front-most layer; NaN where no
+    layer covers the pixel; occluders are not subtracted: `mask` says what shows)."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -51,6 +54,7 @@ class WildRender:
     visibility: np.ndarray
     attributes: dict
     jpeg: bytes
+    flat_coords: np.ndarray | None = None
 
 
 # ---- geometry ------------------------------------------------------------------------------
@@ -303,8 +307,10 @@ def _draw_hand(draw, grip: np.ndarray, inward: np.ndarray, unit: float, skin, rn
 
 
 def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random.Generator,
-                difficulty: float, scene: str | None = None) -> WildRender:
-    """Render the garment in the wild; see `WildRender` for the outputs."""
+                difficulty: float, scene: str | None = None, coords: bool = False
+                ) -> WildRender:
+    """Render the garment in the wild; see `WildRender` for the outputs (`coords`: also the
+    true correspondence, `flat_coords`; the photo is the same either way)."""
     d = float(np.clip(difficulty, 0.0, 1.0))
     top = shape.category in _TOPS
     if scene is None:
@@ -385,6 +391,7 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
     # the window where the part can land.
     part_grids: dict[str, np.ndarray] = {}
     warped: dict[str, np.ndarray] = {}
+    sources: dict[str, tuple] = {}  # part -> (window, source x, source y), for `coords`
     for part, layer in zip(flat.parts, flat.layers, strict=True):
         src = rot_about(part.name, p_nodes, True).reshape(GRID + 1, GRID + 1, 2) * size
         part_grids[part.name] = src
@@ -405,8 +412,19 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
             dense_x = _dense(src[..., 0], xs, size, win)
             dense_y = _dense(src[..., 1], xs, size, win)
             rgba[win] = _sample_rgba(np.asarray(layer), dense_x, dense_y, bbox)
+            if coords:
+                sources[part.name] = (win, dense_x, dense_y)
         warped[part.name] = rgba
     order = sorted(warped, key=lambda n: (z_of[n], n))
+    flat_coords = None
+    if coords:
+        # Painted back to front, as the layers are composited below.
+        flat_coords = np.full((size, size, 2), np.nan, np.float32)
+        for name in order:
+            if name in sources:
+                win, sx, sy = sources[name]
+                over = warped[name][win][..., 3] >= 0.5
+                flat_coords[win][over] = np.stack([sx[over], sy[over]], -1) / size
 
     # 5. Landmarks: analytic forward map, refined on the rendered piecewise-bilinear map.
     p_rot = lm.copy()
@@ -566,7 +584,7 @@ def render_wild(shape: GarmentShape, flat: FlatLayers, size: int, rng: np.random
         vis[i] = 1
     return WildRender(image=image, mask=mask, occluder_mask=occluder_mask,
                       landmarks=(out / size).astype(np.float32), visibility=vis, attributes=attrs,
-                      jpeg=jpeg)
+                      jpeg=jpeg, flat_coords=flat_coords)
 
 
 def _draw_hanger(draw, names, out, unit, top, rng) -> None:

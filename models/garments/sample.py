@@ -63,6 +63,9 @@ class GarmentSample:
     the pairs (wild_landmarks[i], flat_landmarks[i]) are correspondences for a warp.
     `attributes` is a JSON-ready dict: shape parameters, fabric, print, scene, camera, ...
     `wild_jpeg` is the JPEG file the photo was compressed to; it decodes to `wild_image`.
+    `wild_flat_coords` (S, S, 2) float32, where `generate(..., coords=True)` asked for it: the
+    true correspondence, the flat-lay unit-square point each photo pixel shows (NaN off the
+    garment's layers; see `WildRender.flat_coords`).
     """
 
     seed: int
@@ -79,6 +82,7 @@ class GarmentSample:
     wild_landmarks: np.ndarray
     wild_visibility: np.ndarray
     wild_jpeg: bytes = field(default=b"", repr=False)
+    wild_flat_coords: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -91,13 +95,14 @@ class GarmentSample:
 
 def generate(seed: int, *, size: int = 256, category: str | None = None,
              family: str | None = None, difficulty: float | None = None,
-             scene: str | None = None) -> GarmentSample:
+             scene: str | None = None, coords: bool = False) -> GarmentSample:
     """Generate the garment of `seed`.
 
     category: one of CATEGORIES (default: drawn from the seed). family: "standard" or
     "heldout" (default: "heldout" for seeds in SPLITS["heldout"], else "standard").
     difficulty: 0 (clean, upright, unoccluded) .. 1 (hard) for the wild photo (default: drawn
-    uniformly from the seed). scene: "surface", "hanger" or "worn" (default: drawn).
+    uniformly from the seed). scene: "surface", "hanger" or "worn" (default: drawn). coords:
+    also the photo's true correspondence to the flat-lay (`wild_flat_coords`).
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -122,7 +127,7 @@ def generate(seed: int, *, size: int = 256, category: str | None = None,
     shape = sample_shape(category, _rng(seed, "shape"), family)
     fabric = sample_fabric(category, _rng(seed, "fabric"), size)
     flat = render_flat(shape, fabric, size, _rng(seed, "flat"))
-    wild = render_wild(shape, flat, size, _rng(seed, "wild"), difficulty, scene)
+    wild = render_wild(shape, flat, size, _rng(seed, "wild"), difficulty, scene, coords)
     attributes = {"shape": shape.attributes, "fabric": fabric.attributes, **flat.attributes,
                   "wild": wild.attributes}
     return GarmentSample(
@@ -140,4 +145,5 @@ def generate(seed: int, *, size: int = 256, category: str | None = None,
         wild_landmarks=wild.landmarks,
         wild_visibility=wild.visibility,
         wild_jpeg=wild.jpeg,
+        wild_flat_coords=wild.flat_coords,
     )
