@@ -523,8 +523,9 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the summary as one JSON line instead of a table")
     p.add_argument("--ceilings", action="store_true",
-                   help="add what a perfect generator behind flatten's silhouette would score "
-                   "(oracle colour map, the truth at 64², 128², full)")
+                   help="add what flatten's silhouette could hold at best (oracle colour map; "
+                   "the photo registered without error, with and without it; the truth at "
+                   "64², 128², full)")
     p.add_argument("--hints", action="store_true",
                    help="text hints on the split's hard photos (occluded or cropped): no "
                    "hint, a correct one and a wrong one (one pipeline, default flatten)")
