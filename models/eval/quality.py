@@ -289,8 +289,8 @@ def score_image(out: np.ndarray, pred_mask: np.ndarray, category: str | None,
     return metrics
 
 
-# What a perfect generator behind `flatten`'s structure would score: rows of the benchmark
-# built from flatten's own output and silhouette (`--ceilings`).
+# What a perfect generator, or a warp without error, behind `flatten`'s structure would
+# score: rows of the benchmark built from flatten's own output and silhouette (`--ceilings`).
 CEILINGS = ("ceiling: oracle colour", "ceiling: registration",
             "ceiling: registration, oracle colour", "ceiling: truth 64²",
             "ceiling: truth 128²", "ceiling: truth")
@@ -764,7 +764,7 @@ def format_markdown(result: dict[str, Any], png_name: str | None) -> str:
         for pattern, per in patterns.items():
             n = next(iter(per.values()))["n"]
             cells = [f"{_fmt(per[p]['ssim_garment'])} / {_fmt(per[p]['delta_e'], 2)}"
-                     if p in per else "—" for p in names]
+                     for p in names]
             lines.append(f"| {pattern} | {n} | " + " | ".join(cells) + " |")
     confusion = result.get("confusion") or {}
     if confusion:
