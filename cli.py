@@ -157,6 +157,9 @@ TRAINERS = {
     "silhouette": Trainer("silhouette", "models.train.silhouette", "SilhouetteTrainConfig",
                           "train_silhouette",
                           "stage 5's silhouette refiner (after parser, structurenet, bank)"),
+    "registration": Trainer("registration", "models.train.registration",
+                            "RegistrationTrainConfig", "train_registration",
+                            "stage 5's registration of the photo (after the silhouette refiner)"),
     "decision": Trainer("decision", "models.train.decision", "DecisionTrainConfig",
                         "train_decision",
                         "stage 3's category decision (after parser, structurenet, bank)"),
@@ -450,11 +453,11 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
                            help="a generator folder (a run's candidate/) to fine-tune the "
                            "decoder for; it ships with the decoder if the pair beats the "
                            "shipped pair (default: the shipped generator)")
-        if name in ("parser", "silhouette", "pattern", "closure", "category"):
+        if name in ("parser", "silhouette", "registration", "pattern", "closure", "category"):
             p.add_argument("--init", type=Path, default=None,
                            help="weights folder to start from (default: from scratch)"
                            + ("; the run renders photos past those it saw"
-                              if name == "silhouette" else ""))
+                              if name in ("silhouette", "registration") else ""))
             p.add_argument("--lr", type=float, default=None, help="peak learning rate")
         if name == "parser":
             p.add_argument("--zoom-share", type=float, default=None,

@@ -17,7 +17,7 @@ from typing import Any
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TRAIN_CONFIG_DIR = CONFIG_DIR / "train"
 FAMILIES = ("parser", "structurenet", "generator", "pattern", "closure", "category",
-            "illuminant", "hints", "silhouette", "decision")
+            "illuminant", "hints", "silhouette", "decision", "registration")
 
 
 def config_names(family: str) -> list[str]:

@@ -181,7 +181,14 @@ def photo_to_canvas_map(photo_landmarks: np.ndarray, canvas_landmarks: np.ndarra
 def warp_photo(rgb: np.ndarray, mask: np.ndarray, photo_landmarks: np.ndarray,
                canvas_landmarks: np.ndarray, size: int, smoothing: float = 1e-3) -> PhotoWarp:
     """Re-sample the full-resolution photo onto a `size`² canvas so that its landmarks land
-    on `canvas_landmarks` (bilinear: sharpness follows the photo, not a model resolution).
+    on `canvas_landmarks` (`photo_to_canvas_map`, then `resample_photo`)."""
+    return resample_photo(rgb, mask, photo_to_canvas_map(photo_landmarks, canvas_landmarks,
+                                                         rgb.shape[:2], size, smoothing))
+
+
+def resample_photo(rgb: np.ndarray, mask: np.ndarray, photo_map: np.ndarray) -> PhotoWarp:
+    """The photo and its mask sampled at a backward map (2, S, S) of photo (rows, cols) per
+    canvas pixel (bilinear: sharpness follows the photo, not a model resolution).
 
     rgb: (H, W, 3) uint8; mask: (H, W) float in [0, 1]. Sampling runs in torch's
     grid_sample (threaded), about ten times faster than per-channel scipy at 2000².
@@ -189,8 +196,7 @@ def warp_photo(rgb: np.ndarray, mask: np.ndarray, photo_landmarks: np.ndarray,
     import torch
     import torch.nn.functional as F
 
-    rows, cols = photo_to_canvas_map(photo_landmarks, canvas_landmarks, rgb.shape[:2], size,
-                                     smoothing)
+    rows, cols = photo_map
     h, w = rgb.shape[:2]
     inside = (rows >= -0.5) & (rows <= h - 0.5) & (cols >= -0.5) & (cols <= w - 0.5)
     planes = np.concatenate([rgb, (np.clip(mask, 0, 1) * 255)[..., None]], axis=-1)

@@ -328,7 +328,7 @@ def test_cached_pairs_and_latents_are_named_by_what_made_them(
     from models.train.generator_pairs import pairs_folder
 
     before = pairs_folder(tmp_path, "val", 256, 128)
-    assert before.name == f"val-256-128-{common.stages_stamp(refined=True)}"
+    assert before.name == f"val-256-128-{common.stages_stamp(refined=True, registered=True)}"
     assert common.stages_stamp(refined=True) != common.stages_stamp()
     refiner = tmp_path / "refiner"
     shutil.copytree(silhouette.SILHOUETTE_WEIGHTS, refiner)

@@ -121,6 +121,8 @@ class CoarseAlignment:
     # The decided parse's landmarks, isotropic photo frame (None where the request gave the
     # structure: then its landmarks say everything).
     photo_landmarks: np.ndarray | None = None
+    # W's backward map, photo (rows, cols) of each canvas pixel, (2, S, S) float32.
+    photo_map: np.ndarray | None = None
 
 
 class StructureAligner:
@@ -164,15 +166,20 @@ class StructureAligner:
     # choice is explained). An attribute so bench/tune_fusion.py can weigh others.
     SHAPE_K: int | None = None
 
-    def __init__(self, fusion: str = "slle", refine_silhouette: bool = True) -> None:
+    def __init__(self, fusion: str = "slle", refine_silhouette: bool = True,
+                 register_photo: bool = True) -> None:
         """refine_silhouette: after the warp, the learned refiner (`models.silhouette`)
         corrects Ŝ from the warped photo where retrieval decided the structure (a request's
         structure is kept as given); False serves Ŝ as fused — the refiner's own training
-        data and its ablation."""
+        data and its ablation. register_photo: then the learned registration
+        (`models.registration`, where its weights ship) corrects the spline's warp, under the
+        same condition; False serves the spline's warp (registration's training data)."""
         if fusion not in ("slle", "nearest"):
             raise ValueError(f"fusion {fusion!r}: 'slle' or 'nearest'")
         self.fusion = fusion
         self.refine_silhouette = refine_silhouette
+        self.register_photo = register_photo
+        self.registration = None
         self.parser = None
         self.structurenet = None
         self.refiner = None
@@ -186,6 +193,11 @@ class StructureAligner:
             from models.silhouette import shipped_refiner
 
             self.refiner = shipped_refiner()
+        if self.register_photo:
+            from models.registration import REGISTRATION_WEIGHTS, shipped_registration
+
+            if (REGISTRATION_WEIGHTS / "config.json").is_file():
+                self.registration = shipped_registration()
         from models.decision import shipped_decider
 
         self.decider = shipped_decider()
@@ -351,7 +363,7 @@ class StructureAligner:
         evidence beside the photo for the category and the structures fused (a given
         structure overrides both)."""
         from models.slle import structure_on_landmarks
-        from models.warp import warp_photo
+        from models.warp import photo_to_canvas_map, resample_photo
 
         if self.parser is None:
             self.load()
@@ -384,13 +396,17 @@ class StructureAligner:
                 raise PipelineError("structure_unavailable", str(exc)) from None
         with clock.stage("warp"):
             src, dst = self._correspondences(parsed, fused, garment)
-            warped = warp_photo(rgb, parsed.mask, src, dst, size, self.TPS_SMOOTHING)
+            photo_map = photo_to_canvas_map(src, dst, rgb.shape[:2], size, self.TPS_SMOOTHING)
+            warped = resample_photo(rgb, parsed.mask, photo_map)
             if self.refiner is not None and given is None:
                 fused = replace(fused, silhouette=self.refiner.refine(fused.silhouette, warped))
+            if self.registration is not None and given is None:
+                warped, photo_map = self.registration.register(rgb, parsed.mask, photo_map,
+                                                               fused.silhouette, warped)
         return CoarseAlignment(parsed=parsed, query=query, fused=fused, warped=warped,
                                crop=crop, category_confidence=confidence, hint=outcome,
                                photo_landmarks=None if given is not None
-                               else _isotropic_landmarks(parsed))
+                               else _isotropic_landmarks(parsed), photo_map=photo_map)
 
     def silhouette(self, coarse: CoarseAlignment, size: int) -> np.ndarray:
         """The garment's (size, size) alpha: Ŝ, refined against the warped photo near its

@@ -254,19 +254,21 @@ def cached_shards(folder: Path, jobs: Sequence[Any], fn: Callable[[Any], dict | 
     return {k: np.concatenate([p[k] for p in parts]) for k in fields}
 
 
-def served_photo(seed: int, photo_size: int, family: str | None = None
-                 ) -> tuple[Any, Any]:
-    """A garment-world seed's sample and its photo as the service receives it: the decoded
-    JPEG (the rendered image where the sample has none)."""
+def served_photo(seed: int, photo_size: int, family: str | None = None,
+                 coords: bool = False) -> tuple[Any, Any]:
+    """A garment-world seed's sample (with `coords`, its true correspondence) and its photo
+    as the service receives it: the decoded JPEG (the rendered image where the sample has
+    none)."""
     from models.garments import generate
     from models.io import decode_image
 
-    s = generate(int(seed), size=photo_size, family=family)
+    s = generate(int(seed), size=photo_size, family=family, coords=coords)
     return s, decode_image(s.wild_jpeg) if s.wild_jpeg else s.wild_image
 
 
 @functools.cache
-def served_aligner(refine_silhouette: bool = True) -> Any:  # noqa: ANN401
+def served_aligner(refine_silhouette: bool = True, register_photo: bool = True
+                   ) -> Any:  # noqa: ANN401
     """The shipped stages 1–5 (`StructureAligner`), loaded once per process and on one
     thread: training data is made in as many worker processes as there are cores."""
     import torch
@@ -274,20 +276,22 @@ def served_aligner(refine_silhouette: bool = True) -> Any:  # noqa: ANN401
     from models.pipelines.stages import StructureAligner
 
     torch.set_num_threads(1)
-    aligner = StructureAligner(refine_silhouette=refine_silhouette)
+    aligner = StructureAligner(refine_silhouette=refine_silhouette,
+                               register_photo=register_photo)
     aligner.load()
     return aligner
 
 
 def served_alignment(aligner: Any, seed: int, photo_size: int,  # noqa: ANN401
-                     family: str | None = None) -> tuple[Any, Any, Any]:
+                     family: str | None = None, coords: bool = False) -> tuple[Any, Any, Any]:
     """A garment-world seed's sample, its photo as the service receives it (the decoded
     JPEG) and stages 1–5 on it as served — the warp at the photo's size, as the service
-    warps at 1024² — or None in place of the alignment where the stages refuse the photo."""
+    warps at 1024² — or None in place of the alignment where the stages refuse the photo.
+    coords: the sample carries its true correspondence (`wild_flat_coords`)."""
     from models.pipeline import PipelineError, StageClock
     from models.pipelines.flatten import FlattenPipeline
 
-    s, photo = served_photo(seed, photo_size, family)
+    s, photo = served_photo(seed, photo_size, family, coords)
     try:
         coarse = aligner.align(photo, None, photo_size, StageClock(FlattenPipeline.stages, None))
     except PipelineError:
@@ -305,22 +309,25 @@ def export_refusal(metric: str, score: float, rivals: dict[str, float]) -> str |
     return f"not exported: validation {metric} {score} does not beat {best}'s {rivals[best]}"
 
 
-def stages_stamp(*, decided: bool = True, refined: bool = False) -> str:
+def stages_stamp(*, decided: bool = True, refined: bool = False,
+                 registered: bool = False) -> str:
     """A short digest of the weights and the bank that stages 1–4 load (parser, category
     head, StructureNet, the default bank; with `decided` the category decision, without it
-    only the evidence the decision weighs) and, with `refined`, stage 5's silhouette refiner:
-    data made behind other ones is another data set, so a cache folder carries it (a change
-    of the stages' code needs the cache deleted)."""
+    only the evidence the decision weighs) and, with `refined` and `registered`, stage 5's
+    silhouette refiner and registration: data made behind other ones is another data set, so
+    a cache folder carries it (a change of the stages' code needs the cache deleted)."""
     from models.decision import DECISION_WEIGHTS
     from models.parser import PARSER_WEIGHTS
     from models.pattern import CATEGORY_WEIGHTS
+    from models.registration import REGISTRATION_WEIGHTS
     from models.silhouette import SILHOUETTE_WEIGHTS
     from models.structurenet import DEFAULT_WEIGHTS
     from structure_bank.builder import default_bank_path
 
     digest = hashlib.sha256()
     folders = ([PARSER_WEIGHTS, CATEGORY_WEIGHTS, DEFAULT_WEIGHTS]
-               + [DECISION_WEIGHTS] * decided + [SILHOUETTE_WEIGHTS] * refined)
+               + [DECISION_WEIGHTS] * decided + [SILHOUETTE_WEIGHTS] * refined
+               + [REGISTRATION_WEIGHTS] * registered)
     for folder in folders:
         weights = Path(folder) / "model.safetensors"
         digest.update(weights.read_bytes() if weights.is_file() else b"none")

@@ -60,7 +60,7 @@ def evidence_example(job: tuple[int, int]) -> dict | None:
 
     seed, photo_size = job
     s, photo = served_photo(seed, photo_size)
-    aligner = served_aligner(refine_silhouette=False)
+    aligner = served_aligner(refine_silhouette=False, register_photo=False)
     try:
         parsed = parse_garment(aligner.parser, photo, with_head=True)
     except PipelineError:

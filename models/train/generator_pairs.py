@@ -65,4 +65,4 @@ def pairs_folder(run: Path, split: str, photo_size: int, resolution: int) -> Pat
     """Where a split's pairs are cached: named by the set and the stages that make them (the
     served stages 1–5, the silhouette refiner included)."""
     return (Path(run) / "pairs"
-            / f"{split}-{photo_size}-{resolution}-{stages_stamp(refined=True)}")
+            / f"{split}-{photo_size}-{resolution}-{stages_stamp(refined=True, registered=True)}")

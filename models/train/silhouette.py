@@ -79,8 +79,8 @@ def refiner_example(job: tuple[int, int, str]) -> dict | None:
     from models.train.pairs import flat_silhouette
 
     seed, photo_size, family = job
-    s, _, coarse = served_alignment(served_aligner(refine_silhouette=False), seed, photo_size,
-                                   family)
+    aligner = served_aligner(refine_silhouette=False, register_photo=False)
+    s, _, coarse = served_alignment(aligner, seed, photo_size, family)
     if coarse is None:
         return None
     return {"silhouette": coarse.fused.silhouette, **refiner_views(coarse.warped),
