@@ -36,9 +36,17 @@ N_INPUTS = 6  # Ŝ's signed distance, warped mask, coverage, W's RGB
 SDF_SCALE = 16.0
 
 
-def _block(i: int, o: int) -> nn.Sequential:
+def conv_block(i: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.GroupNorm(4, o), nn.SiLU(),
                          nn.Conv2d(o, o, 3, padding=1), nn.GroupNorm(4, o), nn.SiLU())
+
+
+def canvas_encoder(width: int) -> nn.ModuleList:
+    """Four levels from the N_INPUTS canvas channels at C/2 down to C/16 (width 1–4×): the
+    encoder the refiner and registration share (each pools before its level)."""
+    w = width
+    return nn.ModuleList([conv_block(N_INPUTS, w), conv_block(w, 2 * w),
+                          conv_block(2 * w, 3 * w), conv_block(3 * w, 4 * w)])
 
 
 class RefinerNet(nn.Module):
@@ -49,10 +57,9 @@ class RefinerNet(nn.Module):
     def __init__(self, width: int, tau: float) -> None:
         super().__init__()
         w = width
-        self.enc = nn.ModuleList([_block(N_INPUTS, w), _block(w, 2 * w), _block(2 * w, 3 * w),
-                                  _block(3 * w, 4 * w)])
-        self.dec = nn.ModuleList([_block(7 * w, 3 * w), _block(5 * w, 2 * w),
-                                  _block(3 * w, w)])
+        self.enc = canvas_encoder(w)
+        self.dec = nn.ModuleList([conv_block(7 * w, 3 * w), conv_block(5 * w, 2 * w),
+                                  conv_block(3 * w, w)])
         self.out = nn.Conv2d(w, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

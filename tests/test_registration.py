@@ -215,3 +215,30 @@ def test_shipped_registration_beats_the_spline_on_validation_photos() -> None:
         base.append(float(endpoint_error(pm, t, k, 100 / 512)[0]))
         registered.append(float(endpoint_error(fixed, t, k, 100 / 512)[0]))
     assert np.mean(registered) < np.mean(base) * 0.95, (np.mean(registered), np.mean(base))
+
+
+def test_a_warm_start_continues_on_photos_its_weights_have_not_seen(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = RegistrationNet(width=8)
+    torch.nn.init.normal_(net.out.weight, std=0.5)  # a displacement that is not zero
+    start = tmp_path / "start"
+    PhotoRegistration(net).save_pretrained(start, {"training": {
+        "command": "flatlay train registration --steps 5 --n-train 6", "cumulative_steps": 5,
+        "cumulative_minutes": 0.5, "seen_seeds": [300000, 300006]}})
+    cfg = RegistrationTrainConfig(out=str(start), run_dir=str(tmp_path / "run"),
+                                  init=str(start), n_train=4, n_val=3, photo_size=256,
+                                  steps=1, batch=4, lr=1e-12, eval_every=1, workers=1,
+                                  device="cpu")
+    metrics = train_registration(cfg)
+    assert "train-300006-4-standard-256-" in " ".join(
+        p.name for p in (tmp_path / "run" / "views").iterdir())
+    # It trained from the start's weights (a learning rate of nothing keeps them), and the
+    # start, shipped at `out`, is a rival it does not beat: nothing exported over it.
+    from models.train.registration import evaluate, registration_data
+
+    sets = {k: registration_data(tmp_path / "run", "val", SPLITS["val"][0], 3, family, 256, 1)
+            for k, family in (("val", "standard"), ("heldout_family", "heldout"))}
+    right = {k: np.ones(3, bool) for k in sets}
+    assert metrics["epe_val"] == evaluate(net, sets, right)["epe_val"]
+    assert metrics["epe_val"] != evaluate(None, sets, right)["epe_val"]
+    assert PhotoRegistration.from_pretrained(start).meta["training"]["cumulative_steps"] == 5

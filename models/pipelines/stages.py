@@ -172,8 +172,8 @@ class StructureAligner:
         corrects Ŝ from the warped photo where retrieval decided the structure (a request's
         structure is kept as given); False serves Ŝ as fused — the refiner's own training
         data and its ablation. register_photo: then the learned registration
-        (`models.registration`, where its weights ship) corrects the spline's warp, under the
-        same condition; False serves the spline's warp (registration's training data)."""
+        (`models.registration`) corrects the spline's warp, under the same condition; False
+        serves the spline's warp (registration's training data)."""
         if fusion not in ("slle", "nearest"):
             raise ValueError(f"fusion {fusion!r}: 'slle' or 'nearest'")
         self.fusion = fusion
@@ -194,10 +194,9 @@ class StructureAligner:
 
             self.refiner = shipped_refiner()
         if self.register_photo:
-            from models.registration import REGISTRATION_WEIGHTS, shipped_registration
+            from models.registration import shipped_registration
 
-            if (REGISTRATION_WEIGHTS / "config.json").is_file():
-                self.registration = shipped_registration()
+            self.registration = shipped_registration()
         from models.decision import shipped_decider
 
         self.decider = shipped_decider()
