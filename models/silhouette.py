@@ -32,6 +32,10 @@ SILHOUETTE_WEIGHTS = Path(__file__).parent / "weights" / "silhouette-tiny"
 # Ŝ's own resolution (the bank's silhouettes): the refiner works on the same canvas.
 CANVAS = 128
 N_INPUTS = 6  # Ŝ's signed distance, warped mask, coverage, W's RGB
+# The side of the spline's warp that the refiner's and registration's CANVAS² views are
+# area-downsampled from: the photo size both were trained at, so a larger served canvas
+# samples the photo at this side for them and at full size only once, through the final map.
+VIEW_SIZE = 512
 # Ŝ's signed distance is fed clipped at ±SDF_SCALE px: the correction is local to the edge.
 SDF_SCALE = 16.0
 

@@ -26,7 +26,7 @@ from models.registration import (
     endpoint_error,
     true_photo_map,
 )
-from models.silhouette import CANVAS
+from models.silhouette import CANVAS, VIEW_SIZE
 from models.train.common import stages_stamp
 from models.train.registration import RegistrationTrainConfig, train_registration
 from models.warp import photo_to_canvas_map, resample_photo
@@ -150,6 +150,35 @@ def test_the_aligner_registers_what_retrieval_decided_and_keeps_a_given_structur
     kept = full.align(photo, given, 256, clock)
     np.testing.assert_array_equal(kept.photo_map, plain.align(photo, given, 256,
                                                               clock).photo_map)
+
+
+def test_a_canvas_above_the_view_size_is_registered_as_at_the_view_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The refiner and registration read the spline's warp at VIEW_SIZE² whatever the served
+    # canvas, and the photo is sampled at full size once, through the registered map: a
+    # 1024² canvas gets the same refined Ŝ and, at half the pitch, the same registered map as
+    # a 512² one.
+    s = generate(SPLITS["val"][0] + 11, size=512)
+    photo = decode_image(s.wild_jpeg)
+    clock = StageClock(FlattenPipeline.stages, None)
+    aligner = StructureAligner()
+    aligner.load()
+    at_view = aligner.align(photo, None, VIEW_SIZE, clock)
+    sampled = []
+
+    def counted(rgb, mask, photo_map):  # noqa: ANN001, ANN202
+        sampled.append(photo_map.shape[-1])
+        return resample_photo(rgb, mask, photo_map)
+
+    monkeypatch.setattr("models.warp.resample_photo", counted)
+    monkeypatch.setattr("models.registration.resample_photo", counted)
+    above = aligner.align(photo, None, 2 * VIEW_SIZE, clock)
+    assert sampled == [VIEW_SIZE, 2 * VIEW_SIZE]
+    np.testing.assert_array_equal(above.fused.silhouette, at_view.fused.silhouette)
+    assert above.warped.image.shape == (2 * VIEW_SIZE, 2 * VIEW_SIZE, 3)
+    pooled = above.photo_map.reshape(2, VIEW_SIZE, 2, VIEW_SIZE, 2).mean((2, 4))
+    inside = at_view.warped.coverage
+    assert np.abs(pooled - at_view.photo_map)[:, inside].max() < 0.5  # photo px
 
 
 def test_training_resumes_and_exports_nothing_that_does_not_beat_the_spline(

@@ -361,6 +361,7 @@ class StructureAligner:
         the photo onto the fused landmarks on a `size`² canonical canvas. A text `hint` is
         evidence beside the photo for the category and the structures fused (a given
         structure overrides both)."""
+        from models.silhouette import VIEW_SIZE
         from models.slle import structure_on_landmarks
         from models.warp import photo_to_canvas_map, resample_photo
 
@@ -396,12 +397,20 @@ class StructureAligner:
         with clock.stage("warp"):
             src, dst = self._correspondences(parsed, fused, garment)
             photo_map = photo_to_canvas_map(src, dst, rgb.shape[:2], size, self.TPS_SMOOTHING)
-            warped = resample_photo(rgb, parsed.mask, photo_map)
+            registering = self.registration is not None and given is None
+            if registering and size > VIEW_SIZE:
+                # The refiner and registration read the spline's warp at 128²: sampled at
+                # VIEW_SIZE² for them, the full-resolution photo is sampled once, through the
+                # registered map, instead of twice.
+                view = resample_photo(rgb, parsed.mask, photo_to_canvas_map(
+                    src, dst, rgb.shape[:2], VIEW_SIZE, self.TPS_SMOOTHING))
+            else:
+                view = warped = resample_photo(rgb, parsed.mask, photo_map)
             if self.refiner is not None and given is None:
-                fused = replace(fused, silhouette=self.refiner.refine(fused.silhouette, warped))
-            if self.registration is not None and given is None:
+                fused = replace(fused, silhouette=self.refiner.refine(fused.silhouette, view))
+            if registering:
                 warped, photo_map = self.registration.register(rgb, parsed.mask, photo_map,
-                                                               fused.silhouette, warped)
+                                                               fused.silhouette, view)
         return CoarseAlignment(parsed=parsed, query=query, fused=fused, warped=warped,
                                crop=crop, category_confidence=confidence, hint=outcome,
                                photo_landmarks=None if given is not None

@@ -34,7 +34,7 @@ from models.registration import (
     endpoint_error,
     true_photo_map,
 )
-from models.silhouette import CANVAS, refiner_tensors, refiner_views
+from models.silhouette import CANVAS, VIEW_SIZE, refiner_tensors, refiner_views
 from models.train.common import (
     TrainRun,
     cached_shards,
@@ -62,7 +62,7 @@ class RegistrationTrainConfig(TrainRun):
     model: dict = field(default_factory=dict)
     n_train: int = 6_000
     n_val: int = 600
-    photo_size: int = 512
+    photo_size: int = VIEW_SIZE
     steps: int = 6_000
     batch: int = 32
     lr: float = 1e-3

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from models.config import config_path, model_config
 from models.garments import SPLITS
 from models.silhouette import (
+    VIEW_SIZE,
     RefinerNet,
     SilhouetteRefiner,
     refiner_inputs,
@@ -63,7 +64,7 @@ class SilhouetteTrainConfig(TrainRun):
     n_train: int = 12_000
     # 400 photos could not tell refiners 0.002 apart (paired s.e. 0.0018).
     n_val: int = 1_200
-    photo_size: int = 512
+    photo_size: int = VIEW_SIZE
     steps: int = 8_000
     batch: int = 32
     lr: float = 1e-3
