@@ -118,6 +118,13 @@ def test_export_only_beats_every_rival() -> None:
     assert export_refusal("IoU", 0.862, {"Ŝ": 0.86, "the shipped refiner": 0.865}) == (
         "not exported: validation IoU 0.862 does not beat the shipped refiner's 0.865")
     assert "Ŝ's 0.86" in export_refusal("IoU", 0.86, {"Ŝ": 0.86})
+    # An error: lower beats.
+    rivals = {"the spline": 4.6, "the shipped registration": 3.7}
+    assert export_refusal("EPE", 3.6, rivals, lower_is_better=True) is None
+    assert export_refusal("EPE", 3.7, rivals, lower_is_better=True) == (
+        "not exported: validation EPE 3.7 does not beat the shipped registration's 3.7")
+    assert "the spline's 4.6" in export_refusal("EPE", 4.7, {"the spline": 4.6},
+                                                 lower_is_better=True)
 
 
 def test_training_resumes_and_exports_nothing_that_does_not_beat_the_fused_silhouette(

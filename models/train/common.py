@@ -299,14 +299,83 @@ def served_alignment(aligner: Any, seed: int, photo_size: int,  # noqa: ANN401
     return s, photo, coarse
 
 
-def export_refusal(metric: str, score: float, rivals: dict[str, float]) -> str | None:
+def export_refusal(metric: str, score: float, rivals: dict[str, float],
+                   lower_is_better: bool = False) -> str | None:
     """None where a trained model's validation `metric` beats every rival's (what serves
     today: the untrained stage, the shipped weights), else the line that says which one it
     does not beat."""
-    best = max(rivals, key=rivals.__getitem__)
-    if score > rivals[best]:
+    sign = -1 if lower_is_better else 1
+    best = max(rivals, key=lambda k: sign * rivals[k])
+    if sign * score > sign * rivals[best]:
         return None
     return f"not exported: validation {metric} {score} does not beat {best}'s {rivals[best]}"
+
+
+def machine_line(device: str) -> str:
+    """A card's words on what trained it."""
+    import platform
+
+    import torch
+
+    return f"{platform.machine()}, torch {torch.__version__}, {device}"
+
+
+def per_set_means(prefix: str, values: dict[str, Any], right: dict[str, Any]
+                  ) -> dict[str, float]:
+    """Per set of photos, the mean of a per-photo metric (`PREFIX_SET`) and its mean where
+    the category was right (`PREFIX_SET_right`; `right` holds each set's bool mask)."""
+    out = {}
+    for name, v in values.items():
+        out[f"{prefix}_{name}"] = round(float(v.mean()), 4)
+        out[f"{prefix}_{name}_right"] = round(float(v[right[name]].mean()), 4)
+    return out
+
+
+def warm_start(pretrained: Callable[[Path], Any], init: str, first_seed: int
+               ) -> tuple[Any, dict[str, Any]]:
+    """A warm start's weights (`pretrained(folder)`: a stage's `from_pretrained`, something
+    with `net` and `meta`) and what they had done (`seen_seeds_record`): the run renders on
+    from where they stopped."""
+    start = pretrained(Path(init))
+    return start.net, seen_seeds_record(init, start.meta.get("training", {}), first_seed)
+
+
+def stage_views(run: Path, name: str, start: int, n: int, family: str, photo_size: int,
+                workers: int, example: Callable[[Any], dict | None], fields: Sequence[str],
+                stamp: str) -> dict[str, Any]:
+    """n photos from seed `start` through stages 1–5 as served (`example((seed, photo_size,
+    family))` for each), cached under run/views/ in a folder named by the set and `stamp`,
+    the stages' (`stages_stamp`)."""
+    jobs = [(seed, photo_size, family) for seed in range(start, start + n)]
+    folder = run / "views" / f"{name}-{start}-{n}-{family}-{photo_size}-{stamp}"
+    return cached_shards(folder, jobs, example, fields, workers, f"stages 1–5 {name} {family}")
+
+
+def seen_seeds_training(cfg: Any, family: str, model: dict[str, Any],  # noqa: ANN401
+                        before: dict[str, Any], train_start: int, val_start: int,
+                        examples: int, seconds: float) -> dict[str, Any]:
+    """The `training` meta of a stage-5 net trained `cfg.steps` on `cfg.n_train` photos past
+    the seeds its warm start saw (`before`, `seen_seeds_record`): the command that repeats
+    it, the seeds, and the cumulative steps and minutes."""
+    from dataclasses import asdict
+
+    from models.config import config_path
+
+    return {
+        "command": f"flatlay train {family} --config "
+                   f"{cfg.config.removeprefix(family + '-')} --steps {cfg.steps} "
+                   f"--n-train {cfg.n_train}" + changed_flags(cfg, "init", "lr"),
+        "config": {**asdict(cfg), "model": model},
+        "architecture_file": str(config_path(family, cfg.config)),
+        "train_seeds": [train_start, train_start + cfg.n_train],
+        "seen_seeds": [before["seen_seeds"][0], train_start + cfg.n_train],
+        "val_seeds": [val_start, val_start + cfg.n_val],
+        "examples": examples,
+        "seconds_this_run": seconds,
+        "machine": machine_line(cfg.device),
+        "started_from": before if cfg.init else None,
+        **cumulative(before, cfg.steps, seconds),
+    }
 
 
 def stages_stamp(*, decided: bool = True, refined: bool = False,

@@ -14,7 +14,6 @@ shipped decision's.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +29,7 @@ from models.train.common import (
     TrainRun,
     cached_shards,
     export_refusal,
+    machine_line,
     served_aligner,
     served_photo,
     stages_stamp,
@@ -177,7 +177,7 @@ def train_decision(cfg: DecisionTrainConfig) -> dict:
         "val_seeds": [val_start, val_start + cfg.n_val],
         "examples": int(len(train["category"])),
         "seconds_this_run": seconds,
-        "machine": f"{platform.machine()}, torch {torch.__version__}, cpu",
+        "machine": machine_line("cpu"),
     }
     CategoryDecider(net).save_pretrained(out, {"training": training, "metrics": final,
                                                "baseline": base})

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from models.train.common import (
     cosine_lr,
     load_checkpoint,
     load_states,
+    machine_line,
     record_eval,
     save_checkpoint,
     state_dicts,
@@ -809,7 +809,7 @@ def _training_record(cfg: GeneratorTrainConfig, what: str, seconds: float, n_tra
         "train_seeds": [start, start + n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + n_val],
         "seconds_this_run": round(seconds, 1),
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        "machine": machine_line(cfg.device),
         **({"loss_weights": {k: cfg.train["generator"].get(k, 0.0) for k in (
             "pixel_weight", "lab_weight", "ssim_weight")},
             "flip": cfg.train["generator"].get("flip", 0.0)} if what == "generator" else {}),

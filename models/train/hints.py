@@ -12,7 +12,6 @@ the hint's category mass names the stated category.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -30,7 +29,7 @@ from models.hints import (
     structure_attributes,
     tokenize,
 )
-from models.train.common import TrainRun, numpy_rng, supervised_loop
+from models.train.common import TrainRun, machine_line, numpy_rng, supervised_loop
 
 KEYS = ("category", "sleeve_length", "length", "neckline")
 
@@ -146,7 +145,7 @@ def train_hints(cfg: HintsTrainConfig) -> dict:
         "bank": {"entries": len(bank), "model": bank.model},
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": seconds,
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        "machine": machine_line(cfg.device),
     }
     HintEncoder(net.cpu()).save_pretrained(Path(cfg.out), {"training": training,
                                                            "metrics": final})

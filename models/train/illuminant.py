@@ -9,7 +9,6 @@ against the best constant gain (what a model that ignores the scene can do).
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -22,7 +21,7 @@ from models.config import model_config
 from models.garments import SPLITS, generate
 from models.illuminant import IlluminantEstimator, IlluminantNet, scene_features
 from models.io import decode_image
-from models.train.common import TrainRun, numpy_rng, render_map, supervised_loop
+from models.train.common import TrainRun, machine_line, numpy_rng, render_map, supervised_loop
 
 
 @dataclass
@@ -123,7 +122,7 @@ def train_illuminant(cfg: IlluminantTrainConfig) -> dict:
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": seconds,
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        "machine": machine_line(cfg.device),
     }
     # The best constant gain is kept beside the weights: what the net is measured against.
     IlluminantEstimator(net.cpu()).save_pretrained(Path(cfg.out), {

@@ -16,7 +16,6 @@ without training from scratch).
 from __future__ import annotations
 
 import functools
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,6 +49,7 @@ from models.train.common import (
     TrainRun,
     changed_flags,
     cumulative,
+    machine_line,
     numpy_rng,
     render_map,
     started_from_line,
@@ -338,7 +338,7 @@ def train_parser(cfg: ParserTrainConfig) -> dict:
         "train_seeds": [SPLITS["train"][0], SPLITS["train"][0] + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": seconds,
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        "machine": machine_line(cfg.device),
     }
     training |= {"started_from": before if cfg.init else None,
                  **cumulative(before, cfg.steps, seconds)}

@@ -21,7 +21,6 @@ with a model card that keeps the cumulative steps and minutes.
 from __future__ import annotations
 
 import functools
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -49,6 +48,7 @@ from models.train.common import (
     changed_flags,
     cumulative,
     export_refusal,
+    machine_line,
     numpy_rng,
     render_map,
     seen_seeds_record,
@@ -321,7 +321,7 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
         "seen_seeds": [before["seen_seeds"][0], start + cfg.n_train],
         "val_seeds": [SPLITS["val"][0], SPLITS["val"][0] + cfg.n_val],
         "seconds_this_run": seconds,
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        "machine": machine_line(cfg.device),
         "started_from": before if cfg.init else None,
         **cumulative(before, cfg.steps, seconds),
     }

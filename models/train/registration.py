@@ -16,8 +16,7 @@ meet photos they never saw.
 
 from __future__ import annotations
 
-import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.config import config_path, model_config
+from models.config import model_config
 from models.garments import SPLITS
 from models.registration import (
     PhotoRegistration,
@@ -37,15 +36,17 @@ from models.registration import (
 from models.silhouette import CANVAS, VIEW_SIZE, refiner_tensors, refiner_views
 from models.train.common import (
     TrainRun,
-    cached_shards,
-    changed_flags,
-    cumulative,
+    export_refusal,
     numpy_rng,
+    per_set_means,
     seen_seeds_record,
+    seen_seeds_training,
     served_aligner,
     served_alignment,
+    stage_views,
     stages_stamp,
     supervised_loop,
+    warm_start,
 )
 from models.warp import signed_distance
 
@@ -93,13 +94,9 @@ def registration_example(job: tuple[int, int, str]) -> dict | None:
 
 def registration_data(run: Path, name: str, start: int, n: int, family: str, photo_size: int,
                       workers: int) -> dict[str, np.ndarray]:
-    """n photos from seed `start` through stages 1–5, cached under run/views/ in a folder
-    named by the set and the stages' stamp."""
-    jobs = [(seed, photo_size, family) for seed in range(start, start + n)]
-    folder = (run / "views"
-              / f"{name}-{start}-{n}-{family}-{photo_size}-{stages_stamp(refined=True)}")
-    return cached_shards(folder, jobs, registration_example, FIELDS, workers,
-                         f"stages 1–5 {name} {family}")
+    """n photos from seed `start` through stages 1–5 (`stage_views`)."""
+    return stage_views(run, name, start, n, family, photo_size, workers, registration_example,
+                       FIELDS, stages_stamp(refined=True))
 
 
 def _batch(d: dict[str, np.ndarray], idx: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -126,18 +123,10 @@ def photo_errors(net: RegistrationNet | None, d: dict[str, np.ndarray]) -> np.nd
     return np.concatenate(out)
 
 
-def _summary(errors: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per set: mean end-point error (`epe_SET`) and its mean where the category was right."""
-    out = {}
-    for name, e in errors.items():
-        out[f"epe_{name}"] = round(float(e.mean()), 4)
-        out[f"epe_{name}_right"] = round(float(e[right[name]].mean()), 4)
-    return out
-
-
 def evaluate(net: RegistrationNet | None, sets: dict[str, dict], right: dict[str, np.ndarray]
              ) -> dict[str, float]:
-    return _summary({name: photo_errors(net, d) for name, d in sets.items()}, right)
+    """Mean end-point error on each set (`epe_SET`), and where the category was right."""
+    return per_set_means("epe", {name: photo_errors(net, d) for name, d in sets.items()}, right)
 
 
 def train_registration(cfg: RegistrationTrainConfig) -> dict:
@@ -145,9 +134,7 @@ def train_registration(cfg: RegistrationTrainConfig) -> dict:
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     if cfg.init:
-        start = PhotoRegistration.from_pretrained(Path(cfg.init))
-        net, before = start.net, seen_seeds_record(cfg.init, start.meta.get("training", {}),
-                                                   TRAIN_START)
+        net, before = warm_start(PhotoRegistration.from_pretrained, cfg.init, TRAIN_START)
         model = net.config()
     else:
         model = cfg.model or model_config("registration", cfg.config)
@@ -186,26 +173,13 @@ def train_registration(cfg: RegistrationTrainConfig) -> dict:
     if (out / "config.json").is_file():
         rivals["the shipped registration"] = evaluate(
             PhotoRegistration.from_pretrained(out).net, sets, right)["epe_val"]
-    best = min(rivals, key=rivals.__getitem__)
-    if final["epe_val"] >= rivals[best]:
-        print(f"not exported: validation end-point error {final['epe_val']} does not beat "
-              f"{best}'s {rivals[best]}")
+    refusal = export_refusal("end-point error", final["epe_val"], rivals,
+                             lower_is_better=True)
+    if refusal:
+        print(refusal)
         return final
-    training = {
-        "command": f"flatlay train registration --config "
-                   f"{cfg.config.removeprefix('registration-')} --steps {cfg.steps} "
-                   f"--n-train {cfg.n_train}" + changed_flags(cfg, "init", "lr"),
-        "config": {**asdict(cfg), "model": model},
-        "architecture_file": str(config_path("registration", cfg.config)),
-        "train_seeds": [train_start, train_start + cfg.n_train],
-        "seen_seeds": [before["seen_seeds"][0], train_start + cfg.n_train],
-        "val_seeds": [val_start, val_start + cfg.n_val],
-        "examples": int(len(train["seed"])),
-        "seconds_this_run": seconds,
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
-        "started_from": before if cfg.init else None,
-        **cumulative(before, cfg.steps, seconds),
-    }
+    training = seen_seeds_training(cfg, "registration", model, before, train_start, val_start,
+                                   int(len(train["seed"])), seconds)
     PhotoRegistration(net.cpu()).save_pretrained(out, {
         "training": training, "metrics": final, "baseline": base})
     write_registration_card(out, training, final, base, history)

@@ -16,8 +16,7 @@ every one those weights saw, so each run adds data without rendering the old pho
 
 from __future__ import annotations
 
-import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.config import config_path, model_config
+from models.config import model_config
 from models.garments import SPLITS
 from models.silhouette import (
     VIEW_SIZE,
@@ -37,16 +36,17 @@ from models.silhouette import (
 )
 from models.train.common import (
     TrainRun,
-    cached_shards,
-    changed_flags,
-    cumulative,
     export_refusal,
     numpy_rng,
+    per_set_means,
     seen_seeds_record,
+    seen_seeds_training,
     served_aligner,
     served_alignment,
+    stage_views,
     stages_stamp,
     supervised_loop,
+    warm_start,
 )
 from models.warp import signed_distance
 
@@ -91,12 +91,9 @@ def refiner_example(job: tuple[int, int, str]) -> dict | None:
 
 def refiner_data(run: Path, name: str, start: int, n: int, family: str, photo_size: int,
                  workers: int) -> dict[str, np.ndarray]:
-    """n photos from seed `start` through stages 1–5, cached under run/views/ in a folder
-    named by the set and the stages' stamp."""
-    jobs = [(seed, photo_size, family) for seed in range(start, start + n)]
-    folder = run / "views" / f"{name}-{start}-{n}-{family}-{photo_size}-{stages_stamp()}"
-    return cached_shards(folder, jobs, refiner_example, FIELDS, workers,
-                         f"stages 1–5 {name} {family}")
+    """n photos from seed `start` through stages 1–5 (`stage_views`)."""
+    return stage_views(run, name, start, n, family, photo_size, workers, refiner_example,
+                       FIELDS, stages_stamp())
 
 
 def _tensors(d: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,27 +122,11 @@ def refined_iou(net: RefinerNet, data: tuple[torch.Tensor, ...]) -> np.ndarray:
     return _iou(refined, truth)
 
 
-def _summary(ious: dict[str, np.ndarray], right: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per set: mean IoU (`iou_SET`) and its mean where the category was right."""
-    out = {}
-    for name, iou in ious.items():
-        out[f"iou_{name}"] = round(float(iou.mean()), 4)
-        out[f"iou_{name}_right"] = round(float(iou[right[name]].mean()), 4)
-    return out
-
-
 def evaluate(net: RefinerNet, sets: dict[str, tuple], right: dict[str, np.ndarray]
              ) -> dict[str, float]:
     """Mean IoU of the refined silhouette on each set, and where the category was right."""
-    return _summary({name: refined_iou(net, data) for name, data in sets.items()}, right)
-
-
-def _started_from(init: str) -> tuple[RefinerNet, dict]:
-    """The warm start's net and what it had done: its command, cumulative steps and minutes,
-    and the train seeds it saw (one range: each run continues where the last one stopped)."""
-    start = SilhouetteRefiner.from_pretrained(Path(init))
-    done = start.meta.get("training", {})
-    return start.net, seen_seeds_record(init, done, TRAIN_START)
+    return per_set_means("iou", {name: refined_iou(net, data) for name, data in sets.items()},
+                         right)
 
 
 def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
@@ -153,7 +134,7 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     if cfg.init:
-        net, before = _started_from(cfg.init)
+        net, before = warm_start(SilhouetteRefiner.from_pretrained, cfg.init, TRAIN_START)
         model = net.config()
     else:
         model = cfg.model or model_config("silhouette", cfg.config)
@@ -175,7 +156,8 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     sdf16 = np.stack([signed_distance(m) for m in train["silhouette"]]).astype(np.float16)
     views = {k: train[k] for k in ("mask", "coverage", "rgb")}
     truth = train["truth"]
-    base = _summary({name: _iou(s < 0, t) for name, (_, s, t) in sets.items()}, right)
+    base = per_set_means("iou", {name: _iou(s < 0, t) for name, (_, s, t) in sets.items()},
+                         right)
     print(f"Ŝ as fused: {base}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -205,21 +187,8 @@ def train_silhouette(cfg: SilhouetteTrainConfig) -> dict:
     if refusal:
         print(refusal)
         return final
-    training = {
-        "command": f"flatlay train silhouette --config "
-                   f"{cfg.config.removeprefix('silhouette-')} --steps {cfg.steps} "
-                   f"--n-train {cfg.n_train}" + changed_flags(cfg, "init", "lr"),
-        "config": {**asdict(cfg), "model": model},
-        "architecture_file": str(config_path("silhouette", cfg.config)),
-        "train_seeds": [train_start, train_start + cfg.n_train],
-        "seen_seeds": [before["seen_seeds"][0], train_start + cfg.n_train],
-        "val_seeds": [val_start, val_start + cfg.n_val],
-        "examples": int(len(truth)),
-        "seconds_this_run": seconds,
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
-        "started_from": before if cfg.init else None,
-        **cumulative(before, cfg.steps, seconds),
-    }
+    training = seen_seeds_training(cfg, "silhouette", model, before, train_start, val_start,
+                                   int(len(truth)), seconds)
     SilhouetteRefiner(net.cpu()).save_pretrained(out, {
         "training": training, "metrics": final, "baseline": base})
     write_silhouette_card(out, training, final, base, history)

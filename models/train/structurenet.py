@@ -12,7 +12,6 @@ retraining (RAGDiffusion's zero-shot path).
 from __future__ import annotations
 
 import math
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -24,7 +23,7 @@ from open_clip.loss import ClipLoss
 
 from models.garments import CATEGORIES, SPLITS
 from models.structurenet import StructureNet, normalise_photos
-from models.train.common import TrainRun, supervised_loop
+from models.train.common import TrainRun, machine_line, supervised_loop
 from models.train.pairs import PAIR_PHOTO_SIZE, PairArrays, render_pairs
 
 WITHHELD_DEFAULT = ("skirt",)
@@ -192,7 +191,7 @@ def train(cfg: TrainConfig) -> dict:
         "train_pairs": len(photos),
         "withheld_categories": list(cfg.withhold),
         "seconds_this_run": seconds,
-        "machine": f"{platform.machine()}, torch {torch.__version__}, {cfg.device}",
+        "machine": machine_line(cfg.device),
     }
     model.cpu().save_pretrained(Path(cfg.out), extra={"training": training, "metrics": final})
     write_model_card(Path(cfg.out), training, final, history)
