@@ -9,7 +9,8 @@ benchmark's own metrics (`models.eval.quality.score`). `--family heldout` draws 
 validation seeds from the held-out shape family (a diagnosis on validation photos, never the
 held-out split) and writes ragdiffusion-val-heldout-family.*. Beside the metrics, garment
 SSIM split by each variant's silhouette (`models.eval.quality.garment_coverage`: the share
-of the true garment covered, the SSIM there and where it is missed).
+of the true garment covered, the SSIM there and where it is missed) and by the garment's true
+pattern (`models.attributes.PATTERNS`: a choice that helps one may hurt another).
 Prints a table and writes ragdiffusion-val.{md,json} under `--out` (bench/results), and a
 grid of the first `--grid` photos under every variant (ragdiffusion-val.png) to look at
 beside the numbers.
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.harness import write_variants  # noqa: E402
+from models.attributes import PATTERNS  # noqa: E402
 from models.eval.quality import (  # noqa: E402
     downsample_rgb,
     garment_coverage,
@@ -112,6 +114,7 @@ def main() -> None:
         call = {k: v for k, v in knobs.items() if k in ("detail", "silhouette", "detail_where",
                                                           "detail_scale")}
         per: dict[str, list[float]] = {m: [] for m in METRICS}
+        by_pattern: dict[str, list[float]] = {p: [] for p in PATTERNS}
         seconds = []
         for i, t in enumerate(tqdm(truths, desc=label)):
             options = PipelineOptions(output_size=args.size, seed=t.seed,
@@ -130,10 +133,13 @@ def main() -> None:
                 grid[i][2][label] = (out, metrics)
             for m in METRICS:
                 per[m].append(metrics[m])
+            by_pattern[t.pattern].append(metrics["ssim_garment"])
         if aligner:
             aligner.refiner = refiner
         rows.append({"variant": label, **{m: round(float(np.nanmean(v)), 4)
                                           for m, v in per.items()},
+                     **{f"ssim_{p}": round(float(np.mean(v)), 4) if v else None
+                        for p, v in by_pattern.items()},
                      "seconds_p50": round(float(np.median(seconds)), 3)})
         print(rows[-1])
     stem = "ragdiffusion-val" + ("-heldout-family" if args.family == "heldout" else "")
@@ -147,6 +153,7 @@ def main() -> None:
                           ("cover", "true garment covered", ".3f"),
                           ("ssim_covered", "SSIM covered", ".3f"),
                           ("ssim_missed", "SSIM missed", ".3f"),
+                          *[(f"ssim_{p}", f"SSIM {p}", ".3f") for p in PATTERNS],
                           ("seconds_p50", "s p50", ".3f")]))
     if grid:
         labels = [row["variant"] for row in rows]
