@@ -55,6 +55,7 @@ from models.train.common import (
     served_photo,
     started_from_line,
     supervised_loop,
+    warm_start,
 )
 from models.train.parser import zoom_view
 
@@ -273,10 +274,9 @@ def train_pattern(cfg: PatternTrainConfig) -> dict:
             views, start = "category-served", cfg.train_start
     before = seen_seeds_record("", {}, start)
     if cfg.init:
-        start_head = head.from_pretrained(Path(cfg.init))
-        net, model = start_head.net.train(), start_head.net.config()
         # A warm start learns from photos its weights never saw: it renders past them.
-        before = seen_seeds_record(cfg.init, start_head.meta.get("training", {}), start)
+        net, before = warm_start(head.from_pretrained, cfg.init, start)
+        net, model = net.train(), net.config()
         start = max(start, before["seen_seeds"][1])
     else:
         model = cfg.model or model_config(cfg.FAMILY, cfg.config)
